@@ -1,0 +1,1 @@
+"""Benchmarks: each writes its section of benchmarks/results/latest.json (see results.py)."""

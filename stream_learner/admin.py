@@ -1,0 +1,46 @@
+"""Topic administration: the topics the learner writes to are created with the configs they need."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_learner.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_topic_config(settings: Settings) -> dict[str, str]:
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(7 * 86400 * 1000),
+        "max.message.bytes": str(settings.snapshot.max_message_bytes + (1 << 20)),
+    }
+
+
+def ensure_topics(settings: Settings, input_partitions: int | None = None, timeout: float = 30.0) -> None:
+    """Create the snapshot topic (one partition: versions are ordered) and the dead-letter topic
+    when missing; create the input topic only when ``input_partitions`` is given (demo, tests)."""
+    admin = AdminClient(settings.kafka.client_config())
+    wanted = [
+        NewTopic(settings.snapshot.topic, 1, config=snapshot_topic_config(settings)),
+        NewTopic(settings.dead_letter.topic, 1),
+    ]
+    if input_partitions:
+        wanted.append(NewTopic(settings.input.topic, input_partitions))
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [t for t in wanted if t.topic not in existing]
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items() if missing else []:
+        try:
+            future.result(timeout)
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
+                raise
+    snap = admin.list_topics(settings.snapshot.topic, timeout=timeout).topics[settings.snapshot.topic]
+    if len(snap.partitions) != 1:
+        raise RuntimeError(
+            f"snapshot topic {settings.snapshot.topic} has {len(snap.partitions)} partitions; it must have 1"
+        )

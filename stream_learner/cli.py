@@ -1,0 +1,227 @@
+"""Command line: ``stream-learner run | produce synthetic | demo``.
+
+Every flag shows the environment variable it can also come from; settings of the job itself come
+from the TOML file and ``STREAM_LEARNER_<SECTION>__<KEY>`` variables (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_learner.app import App, Summary
+from stream_learner.config import Settings, load_settings
+from stream_learner.errors import ConfigError, OwnershipLost
+from stream_learner.producer import produce_synthetic
+from stream_learner.synthetic import SyntheticConfig
+
+log = logging.getLogger("stream_learner")
+
+EXIT_CONFIG = 2
+EXIT_OWNERSHIP = 3
+
+
+def _env_flag(parser: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
+    """A flag whose default comes from an environment variable, shown in --help."""
+    default = os.environ.get(env, kw.pop("default", None))
+    parser.add_argument(flag, default=default, help=f"{help} [env: {env}]", **kw)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stream-learner", description="Online training of recommender models from Kafka."
+    )
+    _env_flag(p, "--log-level", "STREAM_LEARNER_LOG_LEVEL", "logging level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the learner as a streaming job")
+    _env_flag(run, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file", type=Path)
+    run.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="stop once the input is caught up and idle and everything is committed",
+    )
+
+    produce = sub.add_parser("produce", help="produce events into the input topic")
+    psub = produce.add_subparsers(dest="source", required=True)
+    syn = psub.add_parser("synthetic", help="events from a hidden latent-factor preference model")
+    _env_flag(
+        syn, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file (for kafka and input.topic)", type=Path
+    )
+    syn.add_argument("--events", type=int, default=10_000, help="how many events")
+    syn.add_argument("--rate", type=float, default=1_000.0, help="events per second (of event time)")
+    syn.add_argument(
+        "--backfill",
+        action="store_true",
+        help="produce as fast as possible, with event times spaced 1/rate apart ending now",
+    )
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--users", type=int, default=SyntheticConfig.users)
+    syn.add_argument("--items", type=int, default=SyntheticConfig.items)
+
+    demo = sub.add_parser(
+        "demo", help="local broker, synthetic events, the learner and its metrics, ~1 minute"
+    )
+    _env_flag(
+        demo, "--bootstrap", "STREAM_LEARNER_DEMO_BOOTSTRAP", "use this broker instead of the local one"
+    )
+    demo.add_argument("--seconds", type=float, default=40.0, help="how long events are produced")
+    demo.add_argument("--rate", type=float, default=5_000.0, help="events per second")
+    demo.add_argument("--metrics-port", type=int, default=9464)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "run":
+            return _run(load_settings(args.config), args.exit_when_idle)
+        if args.command == "produce":
+            return _produce(load_settings(args.config), args)
+        return _demo(args)
+    except ConfigError as err:
+        print(f"stream-learner: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OwnershipLost as err:
+        log.error("stopping: %s", err)
+        return EXIT_OWNERSHIP
+
+
+def _install_signal_handlers(app: App) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        log.info(
+            "received %s: finishing the current window, publishing, committing", signal.Signals(signum).name
+        )
+        app.request_stop()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _run(settings: Settings, exit_when_idle: bool) -> int:
+    app = App(settings)
+    _install_signal_handlers(app)
+    summary = app.run(exit_when_idle=exit_when_idle)
+    log.info("stopped: %s", summary)
+    return 0
+
+
+def _produce(settings: Settings, args: argparse.Namespace) -> int:
+    config = SyntheticConfig(users=args.users, items=args.items, seed=args.seed)
+    stats = produce_synthetic(
+        settings.kafka, settings.input.topic, args.events, args.rate, args.backfill, config
+    )
+    print(
+        f"produced {stats.events} events to {settings.input.topic} in {stats.seconds:.1f}s "
+        f"(best possible AUC {stats.best_auc:.4f})"
+    )
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------------
+def _local_broker() -> str:
+    """Start (or reuse) the repository's local broker and return its address."""
+    here = Path(__file__).resolve().parent
+    for root in (Path.cwd(), *Path.cwd().parents, here.parent):
+        script = root / "deploy" / "kafka" / "kafka.sh"
+        if script.exists():
+            subprocess.run([str(script), "start"], check=True, stdout=sys.stderr)
+            out = subprocess.run([str(script), "bootstrap"], check=True, capture_output=True, text=True)
+            return out.stdout.strip()
+    raise ConfigError("--bootstrap", "no local broker script (deploy/kafka/kafka.sh) found; pass --bootstrap")
+
+
+def _fresh_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = [n for n in names if n in admin.list_topics(timeout=30).topics]
+    for future in admin.delete_topics(existing, operation_timeout=30).values() if existing else []:
+        future.result(30)
+    for _ in range(50):  # deletion completes asynchronously
+        if not set(names) & set(admin.list_topics(timeout=30).topics):
+            break
+        threading.Event().wait(0.2)
+    for future in admin.create_topics([NewTopic(n, partitions) for n in names[:1]]).values():
+        future.result(30)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    bootstrap = args.bootstrap or _local_broker()
+    settings = Settings.model_validate(
+        {
+            "kafka": {"bootstrap_servers": bootstrap},
+            "input": {"topic": "demo.events", "group_id": "demo"},
+            "window": {"size_seconds": 4.0, "allowed_lateness_seconds": 0.5, "idle_timeout_seconds": 2.0},
+            "dead_letter": {"topic": "demo.dead-letters"},
+            "snapshot": {"topic": "demo.snapshots", "every_windows": 2},
+            "model": {"name": "demo", "user_buckets": 1 << 14, "item_buckets": 1 << 12},
+            "metrics": {"port": args.metrics_port},
+        }
+    )
+    _fresh_topics(bootstrap, ["demo.events", "demo.snapshots", "demo.dead-letters"], partitions=3)
+    logging.getLogger("stream_learner").setLevel(logging.WARNING)
+    stop = threading.Event()
+    events = int(args.seconds * args.rate)
+    produced: dict[str, Any] = {}
+    producer = threading.Thread(
+        target=lambda: produced.update(
+            stats=produce_synthetic(settings.kafka, settings.input.topic, events, args.rate, stop=stop)
+        ),
+        daemon=True,
+    )
+    app = App(settings)
+    _install_signal_handlers(app)
+    print(
+        f"demo: broker {bootstrap}; producing {events} events at {args.rate:.0f}/s; "
+        f"metrics on http://127.0.0.1:{args.metrics_port}/metrics"
+    )
+    producer.start()
+    last = {"events": 0, "t": 0.0}
+
+    def progress(s: Summary) -> None:
+        import time
+
+        now = time.monotonic()
+        rate = (s.events - last["events"]) / (now - last["t"]) if last["t"] else 0.0
+        last.update(events=s.events, t=now)
+        print(
+            f"  {s.events:>8} events  {rate:>8.0f}/s  windows {s.windows_trained:>3}  "
+            f"val_loss {s.last_validation_loss:.4f}  auc {s.last_validation_auc:.4f}  "
+            f"snapshots {s.snapshots:>3}  lag {s.lag}",
+            flush=True,
+        )
+
+    summary = app.run(exit_when_idle=True, on_progress=progress)
+    stop.set()
+    producer.join()
+    stats = produced.get("stats")
+    print("\ndemo summary")
+    print(f"  windows trained        {summary.windows_trained}")
+    print(
+        f"  validation loss        first {summary.first_validation_loss:.4f}"
+        f" -> last {summary.last_validation_loss:.4f}"
+    )
+    print(
+        f"  validation AUC (last)  {summary.last_validation_auc:.4f}"
+        + (f"   (best possible {stats.best_auc:.4f})" if stats else "")
+    )
+    print(f"  snapshots published    {summary.snapshots} (model version {summary.version}) to demo.snapshots")
+    print(f"  metrics were served at {summary.metrics_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

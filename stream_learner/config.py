@@ -1,0 +1,256 @@
+"""Every setting of the learner, declared and validated in one place.
+
+Settings come from a TOML file (sections as below) and from environment variables named
+``STREAM_LEARNER_<SECTION>__<KEY>`` (environment wins). An unknown key or a bad value fails at
+start with a `ConfigError` naming the setting. librdkafka property names are produced only at the
+edge, by `KafkaSettings.client_config`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from stream_learner.errors import ConfigError
+
+ENV_PREFIX = "STREAM_LEARNER_"
+ENV_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """Connection to the cluster; shared by every client the learner creates."""
+
+    bootstrap_servers: str = "127.0.0.1:39092"
+    client_id: str = "stream-learner"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="Further librdkafka properties passed to every client as they are."
+    )
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties for a client of this cluster (secrets revealed only here)."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        conf.update(self.extra)
+        return conf
+
+
+class InputSettings(_Section):
+    """Where events come from and how they are encoded."""
+
+    topic: str = "user-events"
+    group_id: str = "stream-learner"
+    format: Literal["avro", "confluent"] = Field(
+        "avro", description="avro: schemaless Avro; confluent: Confluent wire format with a Schema Registry."
+    )
+    writer_schema: Path | None = Field(
+        None, description="Writer schema file for plain Avro; default: bundled."
+    )
+    schema_registry_url: str | None = None
+    max_batch: int = Field(10_000, gt=0, description="Messages taken per consume call.")
+    poll_timeout_seconds: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _registry_for_confluent(self) -> InputSettings:
+        if self.format == "confluent" and not self.schema_registry_url:
+            raise ValueError("input.schema_registry_url is required when input.format is 'confluent'")
+        return self
+
+
+class ValidationSettings(_Section):
+    """Which events are rejected as invalid."""
+
+    max_age_seconds: float = Field(30 * 86400.0, gt=0, description="Older events are invalid.")
+    max_future_skew_seconds: float = Field(300.0, ge=0, description="Events further ahead are invalid.")
+
+
+class WindowSettings(_Section):
+    """How events are grouped into the timestep windows the model trains on."""
+
+    kind: Literal["event_time", "count"] = "event_time"
+    size_seconds: float = Field(60.0, gt=0, description="Tumbling event-time window size.")
+    count: int = Field(10_000, gt=0, description="Events per count window.")
+    allowed_lateness_seconds: float = Field(5.0, ge=0)
+    idle_timeout_seconds: float = Field(10.0, gt=0, description="Idle input closes open windows after this.")
+    late_policy: Literal["drop", "dead_letter"] = "drop"
+    max_queued: int = Field(4, gt=0, description="Closed windows waiting for training before input pauses.")
+
+
+class DeadLetterSettings(_Section):
+    topic: str = "user-events.dlq"
+
+
+class ModelSettings(_Section):
+    """The model: its kind, its fields and their sizes."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")
+    kind: Literal["logistic", "fm", "dnn"] = "dnn"
+    embedding_dim: int = Field(16, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    user_buckets: int = Field(1 << 18, gt=0)
+    item_buckets: int = Field(1 << 18, gt=0)
+    context_fields: list[str] = Field(default_factory=list)
+    context_buckets: int = Field(1 << 12, gt=0)
+    table: Literal["hash", "dynamic"] = "hash"
+    admit_after: int = Field(1, gt=0, description="Dynamic table: sightings before an id gets its own row.")
+    expire_after_seconds: float = Field(7 * 86400.0, gt=0, description="Dynamic table: unseen rows expire.")
+
+
+class TrainSettings(_Section):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    batch_size: int = Field(1024, gt=0)
+    passes: int = Field(1, gt=0)
+    sparse_optimizer: Literal["adagrad", "adam", "rowwise_adagrad"] = "adagrad"
+    dense_lr_ratio: float = Field(0.02, gt=0, description="Dense (Adam) rate = learning rate x this.")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(10.0, ge=0, description="Max gradient norm; 0 disables clipping.")
+    holdout_fraction: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    deterministic: bool = False
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on the CPU).")
+
+
+class LRSettings(_Section):
+    policy: Literal["constant", "plateau", "drift"] = "drift"
+    initial: float = Field(0.05, gt=0)
+    min: float = Field(1e-4, gt=0)
+    max: float = Field(0.2, gt=0)
+    factor: float = Field(0.5, gt=0, lt=1, description="Decay factor on plateau.")
+    patience: int = Field(3, gt=0)
+    detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    ph_delta: float = Field(0.005, ge=0)
+    ph_threshold: float = Field(0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LRSettings:
+        if not self.min <= self.initial <= self.max:
+            raise ValueError("lr.initial must lie within [lr.min, lr.max]")
+        return self
+
+
+class GuardSettings(_Section):
+    loss_spike_factor: float = Field(5.0, gt=1, description="Skip a window whose loss exceeds k x average.")
+
+
+class SnapshotSettings(_Section):
+    topic: str = "model-snapshots"
+    every_windows: int = Field(1, gt=0)
+    full_every: int = Field(10, gt=0, description="Every K-th snapshot is full, the others deltas.")
+    max_message_bytes: int = Field(8 << 20, ge=1 << 16)
+    recent_items: int = Field(1000, ge=0, description="Recently active item ids carried for serving.")
+    checkpoint_dir: Path | None = None
+
+
+class DeliverySettings(_Section):
+    mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    transaction_timeout_ms: int = Field(600_000, gt=0)
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port.")
+
+
+class WarmStartSettings(_Section):
+    source: Literal["none", "topic", "file"] = Field("topic", description="Where the first model comes from.")
+    path: Path | None = None
+    pretrained: Path | None = Field(None, description="safetensors file with embedding tables to start from.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    input: InputSettings = InputSettings()
+    validation: ValidationSettings = ValidationSettings()
+    window: WindowSettings = WindowSettings()
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    lr: LRSettings = LRSettings()
+    guard: GuardSettings = GuardSettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    warm_start: WarmStartSettings = WarmStartSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+
+def _check_env_names(environ: Mapping[str, str]) -> None:
+    """Reject ``STREAM_LEARNER_<SECTION>__<KEY>`` variables that name no setting."""
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or ENV_DELIMITER not in upper:
+            continue
+        section, _, key = upper[len(ENV_PREFIX) :].lower().partition(ENV_DELIMITER)
+        field = Settings.model_fields.get(section)
+        if field is None:
+            raise ConfigError(section, f"unknown section (from environment variable {name})")
+        sub = field.annotation
+        top_key = key.split(ENV_DELIMITER)[0]
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and top_key not in sub.model_fields:
+            raise ConfigError(f"{section}.{top_key}", f"unknown setting (from environment variable {name})")
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the TOML file at `path` (optional) overlaid with ``STREAM_LEARNER_*`` environment variables."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    _check_env_names(os.environ)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        setting = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(setting, err["msg"]) from None

@@ -1,0 +1,17 @@
+"""Logistic regression over hashed id fields: one weight per id plus a bias."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stream_learner.models.base import ModelSpec, RecModel
+
+
+class Logistic(RecModel):
+    def __init__(self, spec: ModelSpec, sparse: bool = True) -> None:
+        super().__init__(spec, 1, sparse)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.embed(rows).sum(dim=(1, 2)) + self.bias

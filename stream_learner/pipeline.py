@@ -1,0 +1,268 @@
+"""One step of the streaming loop at a time: ingest, backpressure, collect results, report.
+
+The pipeline holds what the loop must know between steps: the open windows (in the windower), the
+windows queued or in training (`pending`), and the consume position per partition (in the source).
+From these, `frontier` says which offsets the model fully accounts for, which is what may be committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream_learner.codec import Decoder, DecodeResult
+from stream_learner.config import Settings
+from stream_learner.learner import WindowResult
+from stream_learner.metrics import Metrics
+from stream_learner.publisher import Publisher
+from stream_learner.sink import Sink
+from stream_learner.source import Source
+from stream_learner.windowing import CountWindower, EventTimeWindower, Window, Windower
+from stream_learner.worker import Output, Worker
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 1.0
+
+
+@dataclass
+class Summary:
+    """What a run did, for the CLI and tests."""
+
+    events: int = 0
+    invalid: int = 0
+    late: int = 0
+    windows_trained: int = 0
+    windows_skipped: int = 0
+    snapshots: int = 0
+    version: int = 0
+    first_validation_loss: float = math.nan
+    last_validation_loss: float = math.nan
+    last_validation_auc: float = math.nan
+    lag: int = 0
+    metrics_url: str = ""
+    events_per_second: float = 0.0
+
+
+def make_windower(settings: Settings) -> Windower:
+    w = settings.window
+    if w.kind == "count":
+        return CountWindower(idle_timeout_s=w.idle_timeout_seconds, count=w.count)
+    return EventTimeWindower(
+        idle_timeout_s=w.idle_timeout_seconds,
+        size_ms=int(w.size_seconds * 1000),
+        lateness_ms=int(w.allowed_lateness_seconds * 1000),
+    )
+
+
+def make_decoder(settings: Settings, clock: Callable[[], float]) -> Decoder:
+    v = settings.validation
+    return Decoder(
+        settings.model.context_fields,
+        settings.input.writer_schema,
+        v.max_age_seconds,
+        v.max_future_skew_seconds,
+        clock,
+    )
+
+
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, reason: str, detail: str
+) -> list[tuple[str, bytes]]:
+    return [
+        ("stream-learner.reason", reason.encode()),
+        ("stream-learner.error", detail[:1000].encode("utf-8", "replace")),
+        ("stream-learner.source.topic", topic.encode()),
+        ("stream-learner.source.partition", str(partition).encode()),
+        ("stream-learner.source.offset", str(offset).encode()),
+    ]
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    source: Source
+    sink: Sink
+    worker: Worker
+    publisher: Publisher
+    windower: Windower
+    decoder: Decoder
+    metrics: Metrics
+    summary: Summary
+    clock: Callable[[], float]
+    pending: deque[Window] = field(default_factory=deque)
+    flushed: bool = False  # the final state requested at shutdown has been handled
+    _windows_since_snapshot: int = 0
+    _last_report: float = 0.0
+
+    # -- input ---------------------------------------------------------------------------------
+    def ingest(self) -> None:
+        """Consume a batch, dead-letter what is invalid, window the rest, queue closed windows."""
+        now = self.clock()
+        messages, at_end = self.source.consume(self.settings.input.poll_timeout_seconds)
+        for p in at_end:
+            self.windower.mark_at_end(p)
+        if messages:
+            self.metrics.events_consumed.labels(self.source.topic).inc(len(messages))
+            self.summary.events += len(messages)
+        decoded = self.decoder.decode(messages)
+        for rej in decoded.rejected:
+            self._dead_letter(rej.message, rej.reason, rej.detail)
+        added = self.windower.add(decoded.batch, now)
+        if added.late.any():
+            self._late(decoded, added.late)
+        if added.replayed:
+            self.metrics.events_replayed.inc(added.replayed)
+        for window in added.windows:
+            self._submit(window)
+
+    def _late(self, decoded: DecodeResult, late: np.ndarray) -> None:
+        n = int(late.sum())
+        self.metrics.events_late.inc(n)
+        self.summary.late += n
+        if self.settings.window.late_policy == "dead_letter":
+            batch = decoded.batch
+            for p, o in zip(batch.partition[late], batch.offset[late], strict=True):
+                headers = dead_letter_headers(
+                    self.source.topic, int(p), int(o), "late", "window already closed"
+                )
+                self.sink.dead_letter(None, None, headers)
+
+    def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
+        self.metrics.events_invalid.labels(reason).inc()
+        self.summary.invalid += 1
+        headers = dead_letter_headers(message.topic(), message.partition(), message.offset(), reason, detail)
+        self.sink.dead_letter(message.value(), message.key(), headers)
+        self.metrics.dead_letters.inc()
+
+    def _submit(self, window: Window) -> None:
+        self.metrics.window_events.observe(len(window))
+        self._windows_since_snapshot += 1
+        due = self._windows_since_snapshot >= self.settings.snapshot.every_windows
+        if due:
+            self._windows_since_snapshot = 0
+        self.pending.append(window)
+        self.worker.submit(window, snapshot=due)
+
+    def backpressure(self) -> None:
+        """Pause input while closed windows queue up beyond the bound; resume when they drain."""
+        if self.worker.queued >= self.settings.window.max_queued:
+            self.source.pause()
+        elif self.source.paused and self.worker.queued < max(1, self.settings.window.max_queued // 2):
+            self.source.resume()
+        self.metrics.paused_partitions.set(len(self.source.partitions) if self.source.paused else 0)
+
+    # -- results and commits -------------------------------------------------------------------
+    def collect(self, timeout: float | None = None) -> None:
+        """Apply the worker's results: metrics, and publish the snapshots it copied."""
+        for out in self.worker.outputs(timeout):
+            if out.error is not None:
+                raise out.error
+            if out.window is not None:
+                self.pending.popleft()
+                assert out.result is not None
+                self._record(out.result)
+            if out.state is not None and (out.window is not None or not self.publisher.up_to_date):
+                self._publish(out)
+            if out.window is None:
+                self.flushed = True
+
+    def _publish(self, out: Output) -> None:
+        assert out.state is not None
+        last = self.publisher.last_result
+        windowing = (
+            {"horizon_ms": last.end_ms} if last and isinstance(self.windower, EventTimeWindower) else {}
+        )
+        resume = {"windowing": windowing, "consumed": {str(p): o for p, o in self.source.positions.items()}}
+        self.publisher.publish(out.state, self.frontier(), resume, self.source.group_metadata())
+        self.summary.snapshots += 1
+        self.summary.version = self.publisher.version
+
+    def _record(self, r: WindowResult) -> None:
+        m, s = self.metrics, self.summary
+        if not math.isnan(r.evaluation.loss):
+            m.validation_loss.set(r.evaluation.loss)
+            s.last_validation_loss = r.evaluation.loss
+            if math.isnan(s.first_validation_loss):
+                s.first_validation_loss = r.evaluation.loss
+        if not math.isnan(r.evaluation.auc):
+            m.validation_auc.set(r.evaluation.auc)
+            s.last_validation_auc = r.evaluation.auc
+        m.learning_rate.set(r.lr.lr)
+        if r.lr.drift:
+            m.drift_detected.inc()
+        if r.lr.reason:
+            log.info("learning rate %.6g: %s", r.lr.lr, r.lr.reason)
+        if r.skipped:
+            m.windows_skipped.labels(r.skipped).inc()
+            s.windows_skipped += 1
+        if r.step is not None and r.step.applied:
+            m.windows_trained.inc()
+            m.train_loss.set(r.step.loss)
+            m.train_step_duration.observe(r.step.seconds)
+            s.windows_trained += 1
+        self.publisher.trained(r)
+        log.info(
+            "window [%d, %d) events=%d val_loss=%.4f auc=%.4f lr=%.3g %s",
+            r.start_ms,
+            r.end_ms,
+            r.events,
+            r.evaluation.loss,
+            r.evaluation.auc,
+            r.lr.lr,
+            f"skipped={r.skipped}" if r.skipped else f"train_loss={r.step.loss:.4f}" if r.step else "",
+        )
+
+    def frontier(self) -> dict[int, int]:
+        """Per partition, the next offset not yet accounted for by the model: the lowest offset of
+        any window still open, queued or in training, else the consume position."""
+        low = dict(self.source.positions)
+        held = [w.offsets for w in self.pending]
+        held.append({p: (lo, lo) for p, lo in self.windower.open_low_offsets().items()})
+        for ranges in held:
+            for p, (lo, _) in ranges.items():
+                low[p] = min(low.get(p, lo), lo)
+        return low
+
+    def finish(self, timeout: float = 120.0) -> None:
+        """Shutdown: drop windows not started, finish the one in training, publish, commit."""
+        self.worker.drop_queued()
+        self.flushed = False
+        self.worker.request_snapshot()
+        deadline = self.clock() + timeout
+        while not self.flushed and self.clock() < deadline:
+            self.collect(timeout=0.5)
+        if not self.flushed:
+            log.error("the training worker did not finish within %.0f s; nothing more is committed", timeout)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def report(self, on_progress: Callable[[Summary], None] | None) -> None:
+        now = self.clock()
+        if now - self._last_report < REPORT_EVERY:
+            return
+        self._last_report = now
+        lag = self.source.lag()
+        for p, records in lag.items():
+            self.metrics.consumer_lag.labels(self.source.topic, str(p)).set(records)
+        self.summary.lag = sum(lag.values())
+        if isinstance(self.windower, EventTimeWindower):
+            wm = self.windower.watermark_ms(now)
+            if wm is not None:
+                self.metrics.watermark.set(wm / 1000)
+        newest = max((s.max_ts for s in self.windower.partitions.values()), default=0)
+        if newest > 0:
+            self.metrics.event_time_lag.set(max(0.0, now - newest / 1000))
+        if on_progress:
+            on_progress(self.summary)
+
+    def idle(self) -> bool:
+        """Nothing left to do: input caught up and idle, no window open, queued or in training."""
+        return (
+            self.windower.all_idle(self.clock()) and not self.windower.open_low_offsets() and not self.pending
+        )
