@@ -60,6 +60,7 @@ class Learner:
         self._loss_avg = math.nan
         self._windows = 0
         self._recent_items: dict[str, int] = {}
+        self.events_trained = 0  # cumulative over the model's life, carried in snapshots
 
     def process(self, window: Window) -> WindowResult:
         """Score the window with the current model, then train on it unless the guard objects."""
@@ -75,7 +76,9 @@ class Learner:
         if skipped:
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
         step = self.trainer.train(rows, events.label, update.lr, self._seed(window))
-        self._remember_items(events.item_ids, events.timestamp_ms)
+        if step.applied:
+            self.events_trained += len(events)
+            self._remember_items(events.item_ids, events.timestamp_ms)
         return WindowResult(
             **common,
             evaluation=evaluation,
@@ -121,6 +124,7 @@ class Learner:
                 "windows": self._windows,
             },
             "recent_items": self.recent_items(),
+            "events_trained": self.events_trained,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -133,5 +137,6 @@ class Learner:
         avg = guard.get("loss_avg")
         self._loss_avg = math.nan if avg is None else float(avg)
         self._windows = int(guard.get("windows", 0))
+        self.events_trained = int(state.get("events_trained", 0))
         items = state.get("recent_items", [])
         self._recent_items = {item: -i for i, item in enumerate(items)}
