@@ -51,6 +51,7 @@ class App:
         self.summary = Summary()
         self._stop = threading.Event()
         self._ready = False
+        self.learner: Learner | None = None  # the active model, once this instance owns it
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current step (safe from a signal handler)."""
@@ -76,7 +77,7 @@ class App:
             sink = Sink(s, commit_offsets=source.commit)
             sink.start()
             stack.callback(sink.close)
-            learner = Learner(s)
+            learner = self.learner = Learner(s)
             windower = make_windower(s)
             version, resume = self._restore(learner, windower)
             starts = source.start(resume)
@@ -106,6 +107,7 @@ class App:
                 pipe.ingest()
                 pipe.backpressure()
                 pipe.collect()
+                pipe.snapshot_if_due()
                 sink.poll()
                 pipe.report(on_progress)
                 if exit_when_idle and pipe.idle():

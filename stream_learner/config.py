@@ -166,6 +166,9 @@ class GuardSettings(_Section):
 class SnapshotSettings(_Section):
     topic: str = "model-snapshots"
     every_windows: int = Field(1, gt=0)
+    interval_seconds: float = Field(
+        30.0, gt=0, description="Trained windows wait at most this long for a snapshot (at once when idle)."
+    )
     full_every: int = Field(10, gt=0, description="Every K-th snapshot is full, the others deltas.")
     max_message_bytes: int = Field(8 << 20, ge=1 << 16)
     recent_items: int = Field(1000, ge=0, description="Recently active item ids carried for serving.")

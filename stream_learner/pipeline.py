@@ -98,6 +98,7 @@ class Pipeline:
     clock: Callable[[], float]
     pending: deque[Window] = field(default_factory=deque)
     flushed: bool = False  # the final state requested at shutdown has been handled
+    _snapshot_requested: bool = False
     _windows_since_snapshot: int = 0
     _last_report: float = 0.0
 
@@ -172,6 +173,18 @@ class Pipeline:
                 self._publish(out)
             if out.window is None:
                 self.flushed = True
+                self._snapshot_requested = False
+
+    def snapshot_if_due(self) -> None:
+        """Publish trained windows that would otherwise wait for the next every-N-windows snapshot:
+        at once when the input is idle, else once the oldest of them is ``snapshot.interval_seconds`` old."""
+        if self._snapshot_requested or self.publisher.up_to_date:
+            return
+        now = self.clock()
+        overdue = now - self.publisher.unpublished_since >= self.settings.snapshot.interval_seconds
+        if overdue or (not self.pending and self.windower.all_idle(now)):
+            self.worker.request_snapshot()
+            self._snapshot_requested = True
 
     def _publish(self, out: Output) -> None:
         assert out.state is not None

@@ -35,6 +35,7 @@ class Publisher:
     last_result: WindowResult | None = None
     window_start_ms: int | None = None  # first window trained since the last snapshot
     newest_event_ms: int = 0
+    unpublished_since: float = 0.0  # wall time the oldest window not yet in a snapshot was trained
 
     @property
     def up_to_date(self) -> bool:
@@ -46,6 +47,7 @@ class Publisher:
         self.last_result = result
         if self.window_start_ms is None:
             self.window_start_ms = result.start_ms
+            self.unpublished_since = self.clock()
         self.newest_event_ms = max(self.newest_event_ms, result.newest_event_ms)
 
     def publish(

@@ -1,0 +1,144 @@
+"""Helpers for tests that run the learner against the real broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_learner.app import App, Summary
+from stream_learner.config import Settings
+from stream_learner.snapshot import Assembler, Snapshot, decode_chunk
+
+
+def learner_settings(bootstrap: str, input_topic: str, **sections: dict[str, Any]) -> Settings:
+    """Settings for one test: unique model, group and output topics; small windows; any port."""
+    name = f"m-{uuid.uuid4().hex[:10]}"
+    base: dict[str, dict[str, Any]] = {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "input": {"topic": input_topic, "group_id": f"g-{name}"},
+        "window": {"size_seconds": 1.0, "allowed_lateness_seconds": 0.0, "idle_timeout_seconds": 1.0},
+        "dead_letter": {"topic": f"{name}.dlq"},
+        "snapshot": {"topic": f"{name}.snapshots", "every_windows": 3},
+        "model": {"name": name, "user_buckets": 1 << 12, "item_buckets": 1 << 10},
+        "metrics": {"port": 0},
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return Settings.model_validate(base)
+
+
+class AppThread:
+    """Runs an `App` in a background thread; `stop()` asks it to finish and waits."""
+
+    def __init__(self, settings: Settings, exit_when_idle: bool = False) -> None:
+        self.app = App(settings)
+        self.summary: Summary | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(exit_when_idle,), daemon=True)
+
+    def _run(self, exit_when_idle: bool) -> None:
+        try:
+            self.summary = self.app.run(exit_when_idle=exit_when_idle)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> AppThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 120.0) -> Summary:
+        self.app.request_stop()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the learner did not stop in time"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+    def join(self, timeout: float) -> Summary:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the learner did not finish in time"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def read_snapshots(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Snapshot]:
+    """Every complete committed snapshot on ``topic``, in order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"probe-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.max.bytes": 64 << 20,
+            "max.partition.fetch.bytes": 64 << 20,
+        }
+    )
+    consumer.subscribe([topic])
+    assembler, out = Assembler(), []
+    try:
+        while True:
+            msg = consumer.poll(timeout)
+            assert msg is not None, f"no end of {topic} within {timeout}s"
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return out
+                raise AssertionError(str(msg.error()))
+            snapshot = assembler.add(decode_chunk(msg.value()))
+            if snapshot is not None:
+                out.append(snapshot)
+    finally:
+        consumer.close()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Fetch a Prometheus text endpoint over HTTP: {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
