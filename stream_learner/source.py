@@ -4,20 +4,29 @@
 topic), starting from given offsets, and never commits by itself: offsets are committed by the sink
 together with the snapshot that includes them. `Lease` decides which instance owns a model: each
 instance joins a consumer group on the (single-partition) snapshot topic, and the one that holds its
-partition is the active learner; the others stand by until it goes away.
+partition is the active learner; the others stand by (not ready, consuming nothing) until it goes
+away, so partitions are never split between two diverging models. The logs say ACTIVE or STANDBY,
+with the instance (``host-pid``) that owns the model.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
+from operator import methodcaller
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from stream_learner.config import Settings
 
 log = logging.getLogger(__name__)
+
+#: Consumed batches whose offsets are folded into the positions only when needed (or this many).
+MAX_UNREAD = 64
 
 
 class Source:
@@ -35,10 +44,17 @@ class Source:
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
             "fetch.max.bytes": 64 << 20,
+            # Keep a deep prefetch queue: with the default (100k messages) the fetcher stalls and the
+            # consume rate drops by ~40% (benchmarks/ingest.py). Memory stays bounded by
+            # queued.max.messages.kbytes (64 MiB by default).
+            "queued.min.messages": 1_000_000,
+            "max.poll.interval.ms": settings.input.max_poll_interval_ms,
+            "session.timeout.ms": min(45_000, settings.input.max_poll_interval_ms),
         }
         self._consumer = Consumer(conf)
         self.partitions: list[int] = []
-        self.positions: dict[int, int] = {}  # next offset to read, per partition
+        self._positions: dict[int, int] = {}  # next offset to read, per partition, up to _unread
+        self._unread: list[list[Message]] = []  # batches consumed since positions was last read
         self._paused = False
 
     def start(self, resume: dict[int, int]) -> dict[int, int]:
@@ -64,27 +80,56 @@ class Source:
                 )
                 starts[tp.partition] = low
         self._consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in self.partitions])
-        self.positions = dict(starts)
+        self._positions = dict(starts)
+        self._unread = []
         return starts
 
     def consume(self, timeout: float) -> tuple[list[Message], list[int]]:
         """Up to max_batch messages, and the partitions whose end was reached."""
-        messages: list[Message] = []
+        batch = self._consumer.consume(self._max_batch, timeout)
+        problems = list(filter(methodcaller("error"), batch))  # C-level scan: no Python per message
+        messages = [m for m in batch if m.error() is None] if problems else batch
         at_end: list[int] = []
-        for msg in self._consumer.consume(self._max_batch, timeout):
-            err = msg.error()
-            if err is None:
-                messages.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                at_end.append(msg.partition())
-                self.positions[msg.partition()] = max(self.positions.get(msg.partition(), 0), msg.offset())
+        for msg in problems:
+            err, partition, offset = msg.error(), msg.partition(), msg.offset()
+            assert err is not None
+            if err.code() == KafkaError._PARTITION_EOF:
+                assert partition is not None and offset is not None
+                at_end.append(partition)
+                self._advance(partition, offset)
             elif err.fatal():
                 raise KafkaException(err)
             else:
                 log.warning("consumer error: %s", err)
-        for msg in messages:
-            self.positions[msg.partition()] = msg.offset() + 1
+        if messages:
+            self._unread.append(messages)
+            if len(self._unread) >= MAX_UNREAD:
+                self._fold()
         return messages, at_end
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """The next offset to read, per partition."""
+        self._fold()
+        return self._positions
+
+    def _fold(self) -> None:
+        """Offsets only grow, so the newest message of each partition gives its position: search the
+        batches consumed since the last fold from the newest back, only as far as needed."""
+        missing = set(self.partitions)
+        for batch in reversed(self._unread):
+            last = dict(zip(map(methodcaller("partition"), batch), range(len(batch)), strict=True))
+            for p in last.keys() & missing:
+                offset = batch[last[p]].offset()
+                assert offset is not None
+                self._advance(p, offset + 1)
+            missing -= last.keys()
+            if not missing:
+                break
+        self._unread.clear()
+
+    def _advance(self, partition: int, position: int) -> None:
+        self._positions[partition] = max(self._positions.get(partition, 0), position)
 
     def pause(self) -> None:
         if not self._paused:
@@ -127,17 +172,24 @@ class Lease:
 
     def __init__(self, settings: Settings, on_change: Callable[[bool], None] | None = None) -> None:
         self.topic = settings.snapshot.topic
+        self.model = settings.model.name
         self.group = f"{settings.input.group_id}.owner.{settings.model.name}"
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._on_change = on_change
         self.owned = False
+        self._closing = False
+        self._admin_config: dict[str, str | int | float | bool] = {**settings.kafka.client_config()}
+        max_poll = settings.input.max_poll_interval_ms
         self._consumer = Consumer(
             {
                 **settings.kafka.client_config(),
+                "client.id": f"{settings.kafka.client_id}.lease.{self.instance}",
                 "group.id": self.group,
                 "enable.auto.commit": False,
                 "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": 10_000,
+                "session.timeout.ms": min(10_000, max_poll),
                 "heartbeat.interval.ms": 1_000,
+                "max.poll.interval.ms": max_poll,
             }
         )
         self._consumer.subscribe(
@@ -160,15 +212,28 @@ class Lease:
     def _set(self, owned: bool) -> None:
         if owned != self.owned:
             self.owned = owned
-            log.info("%s model lease (group %s)", "acquired" if owned else "lost", self.group)
+            if owned:
+                log.info(
+                    "ACTIVE: this instance (%s) owns model %s (lease group %s)",
+                    self.instance,
+                    self.model,
+                    self.group,
+                )
+            elif self._closing:
+                log.info("released the lease of model %s (instance %s)", self.model, self.instance)
+            else:
+                log.warning(
+                    "lease lost: this instance (%s) no longer owns model %s", self.instance, self.model
+                )
             if self._on_change:
                 self._on_change(owned)
 
     def poll(self) -> bool:
         """Keep group membership alive; return whether this instance owns the model."""
         msg = self._consumer.poll(0)
-        if msg is not None and msg.error() and msg.error().fatal():
-            raise KafkaException(msg.error())
+        err = msg.error() if msg is not None else None
+        if err is not None and err.fatal():
+            raise KafkaException(err)
         return self.owned
 
     def wait(self, should_stop: Callable[[], bool], log_every: float = 30.0) -> bool:
@@ -179,9 +244,29 @@ class Lease:
             if self.owned:
                 return True
             if time.monotonic() - last_log > log_every:
-                log.info("standing by: another instance owns model lease %s", self.group)
+                owner, me = self.owner(), self.instance
+                log.info(
+                    "STANDBY: model %s is owned by %s; this instance (%s) takes over when it stops",
+                    self.model,
+                    owner,
+                    me,
+                )
                 last_log = time.monotonic()
         return False
 
+    def owner(self) -> str:
+        """Who holds the lease, as the group coordinator sees it (for the logs)."""
+        admin = AdminClient(self._admin_config)
+        try:
+            group = admin.describe_consumer_groups([self.group], request_timeout=5)[self.group].result(5)
+        except (KafkaException, TimeoutError):
+            return "another instance"
+        for member in group.members:
+            if member.assignment and member.assignment.topic_partitions:
+                name = member.client_id.rpartition(".lease.")[2]
+                return f"instance {name} (client {member.client_id} at {member.host})"
+        return "another instance (the group is rebalancing)"
+
     def close(self) -> None:
+        self._closing = True
         self._consumer.close()

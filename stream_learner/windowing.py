@@ -6,10 +6,12 @@ Event time. Windows are tumbling and aligned to the epoch (start = floor(ts / si
 boundaries survive restarts. Each partition's watermark is the highest event time it has shown minus
 the allowed lateness; the job watermark is the minimum over assigned partitions that are not idle. A
 partition is idle once it has reached the end of its log (the source says so) and has shown no event
-for ``idle_timeout``. A window closes when the job watermark passes its end; when every partition is
-idle, all open windows close on the wall clock. Everything that ends at or before the *horizon* (the
-end of the newest closed window) is closed for good: an event for such a window is late, unless it is
-a replay of an offset that was handled before the last restart, which is skipped silently.
+for ``idle_timeout``; a paused partition is never at its end (`mark_paused`), so backpressure and
+catch-up never close windows on the wall clock. A window closes when the job watermark passes its end;
+when every partition is idle, all open windows close on the wall clock. Everything that ends at or
+before the *horizon* (the end of the newest closed window) is closed for good: an event for such a
+window is late, unless it is a replay of an offset that was handled before the last restart
+(``replay_until``), which is skipped silently. Windows are emitted in order of their start.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def _offset_ranges(batch: EventBatch) -> dict[int, tuple[int, int]]:
     return ranges
 
 
+def _merge_lows(low: dict[int, int], batch: EventBatch) -> None:
+    """Lower ``low`` (partition -> lowest offset) by the offsets in ``batch``."""
+    for p, (lo, _) in _offset_ranges(batch).items():
+        low[p] = min(low.get(p, lo), lo)
+
+
 def _make_window(parts: list[EventBatch], start: int, end: int, closed_by: ClosedBy) -> Window:
     events = EventBatch.concat(parts).sorted_by_time()
     return Window(start, end, events, _offset_ranges(events), closed_by)
@@ -70,6 +78,7 @@ def _make_window(parts: list[EventBatch], start: int, end: int, closed_by: Close
 class _Base:
     idle_timeout_s: float
     partitions: dict[int, _Partition] = field(default_factory=dict)
+    replay_until: dict[int, int] = field(default_factory=dict)  # partition -> consumed before restart
 
     def assign(self, partitions: list[int], now: float) -> None:
         """Track exactly these partitions from now on."""
@@ -79,6 +88,16 @@ class _Base:
         """The source reached the end of this partition's log."""
         if partition in self.partitions:
             self.partitions[partition].at_end = True
+
+    def mark_paused(self) -> None:
+        """The source paused its partitions: none is at its end until the source says so again
+        (it does, after resuming, for a partition that is still at its end)."""
+        for state in self.partitions.values():
+            state.at_end = False
+
+    def replayed(self, partition: int, offset: int) -> bool:
+        """Whether this message was handled before the last restart (its effects are committed)."""
+        return offset < self.replay_until.get(partition, -1)
 
     def _seen(self, batch: EventBatch, now: float) -> None:
         for p in np.unique(batch.partition):
@@ -99,8 +118,8 @@ class EventTimeWindower(_Base):
     size_ms: int = 60_000
     lateness_ms: int = 0
     horizon_ms: int = NO_TIME
-    replay_until: dict[int, int] = field(default_factory=dict)
     _open: dict[int, list[EventBatch]] = field(default_factory=dict)
+    _lows: dict[int, dict[int, int]] = field(default_factory=dict)  # window start -> partition -> low
 
     def add(self, batch: EventBatch, now: float) -> AddResult:
         late = np.zeros(len(batch), dtype=bool)
@@ -109,13 +128,18 @@ class EventTimeWindower(_Base):
             starts = batch.timestamp_ms - batch.timestamp_ms % self.size_ms
             closed = starts + self.size_ms <= self.horizon_ms
             if closed.any():
-                limit = np.array([self.replay_until.get(int(p), -1) for p in batch.partition[closed]])
+                parts = batch.partition[closed]
+                limit = np.full(len(parts), -1, np.int64)
+                for p, until in self.replay_until.items():
+                    limit[parts == p] = until
                 replay = batch.offset[closed] < limit
                 replayed = int(replay.sum())
                 late[np.flatnonzero(closed)[~replay]] = True
             keep = ~closed
-            for start in np.unique(starts[keep]):
-                self._open.setdefault(int(start), []).append(batch.take(keep & (starts == start)))
+            for start in np.unique(starts[keep]).tolist():
+                part = batch.take(keep & (starts == start))
+                self._open.setdefault(start, []).append(part)
+                _merge_lows(self._lows.setdefault(start, {}), part)
             self._seen(batch, now)
         return AddResult(self.tick(now), late, replayed)
 
@@ -140,15 +164,15 @@ class EventTimeWindower(_Base):
     def _close(self, start: int, closed_by: ClosedBy) -> Window:
         end = start + self.size_ms
         self.horizon_ms = max(self.horizon_ms, end)
+        del self._lows[start]
         return _make_window(self._open.pop(start), start, end, closed_by)
 
     def open_low_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset still held by an open window."""
         low: dict[int, int] = {}
-        for parts in self._open.values():
-            for part in parts:
-                for p, (lo, _) in _offset_ranges(part).items():
-                    low[p] = min(low.get(p, lo), lo)
+        for lows in self._lows.values():
+            for p, lo in lows.items():
+                low[p] = min(low.get(p, lo), lo)
         return low
 
     def state(self) -> dict[str, int]:
@@ -166,6 +190,7 @@ class CountWindower(_Base):
     count: int = 10_000
     _parts: list[EventBatch] = field(default_factory=list)
     _held: int = 0
+    _low: dict[int, int] = field(default_factory=dict)
 
     def add(self, batch: EventBatch, now: float) -> AddResult:
         windows: list[Window] = []
@@ -173,6 +198,7 @@ class CountWindower(_Base):
         while pos < len(batch):
             take = min(self.count - self._held, len(batch) - pos)
             self._parts.append(batch.take(np.arange(pos, pos + take)))
+            _merge_lows(self._low, self._parts[-1])
             self._held += take
             pos += take
             if self._held == self.count:
@@ -190,20 +216,20 @@ class CountWindower(_Base):
 
     def _close(self, closed_by: ClosedBy) -> Window:
         events = EventBatch.concat(self._parts)
-        self._parts, self._held = [], 0
+        self._parts, self._held, self._low = [], 0, {}
         start, end = int(events.timestamp_ms.min()), int(events.timestamp_ms.max()) + 1
         return Window(start, end, events, _offset_ranges(events), closed_by)
 
     def open_low_offsets(self) -> dict[int, int]:
-        if not self._held:
-            return {}
-        return {p: lo for p, (lo, _) in _offset_ranges(EventBatch.concat(self._parts)).items()}
+        return dict(self._low)
 
     def state(self) -> dict[str, int]:
         return {}
 
     def restore(self, state: dict[str, int], replay_until: dict[int, int]) -> None:
-        """Count windows never overlap the committed offsets, so nothing needs skipping."""
+        """Count windows take events in consume order, so they never overlap the committed offsets
+        and no event needs skipping; ``replay_until`` only tells which rejections were handled."""
+        self.replay_until = dict(replay_until)
 
 
 Windower = EventTimeWindower | CountWindower
