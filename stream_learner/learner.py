@@ -1,12 +1,24 @@
 """The learning step of one window: features, prequential score, learning rate, guard, training.
 
-`Learner.process` is what the training worker runs for every closed window. It knows windows and
-settings; the torch work is the trainer's, the rate is the controller's.
+`Learner.process` is what the training worker runs for every closed window:
+
+1. score the window with the model as it stands (prequential validation: log loss, AUC, count);
+2. let the learning-rate controller read that loss;
+3. guard: a window whose loss is not finite, or above ``guard.loss_spike_factor`` x the running
+   average of accepted windows, is not applied (after ``guard.max_consecutive_skips`` such windows in
+   a row the next one is accepted and the average starts over: the stream has changed for good);
+4. train on it (all of it, or the older part when ``train.holdout_fraction`` holds the newest events
+   out, which are then scored after training as time-ordered validation); the trainer rolls the
+   window back if a loss or gradient is not finite.
+
+It knows windows and settings; the torch work is the trainer's, the ids the feature mapper's, the
+rate the controller's. An empty window changes nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +26,15 @@ import numpy as np
 import torch
 
 from stream_learner.config import Settings
-from stream_learner.features import FeatureMapper
+from stream_learner.events import EventBatch
+from stream_learner.features import DynamicField, FeatureMapper, Placement, TableStats
 from stream_learner.lr import LRUpdate, make_controller
 from stream_learner.models import ModelSpec, build_model
+from stream_learner.models.optim import restore_rows, scale_second_moments
 from stream_learner.trainer import Evaluation, StepResult, Trainer
 from stream_learner.windowing import Window
 
-#: Windows before the loss-spike guard has an average to compare with.
+#: Accepted windows before the loss-spike guard has an average to compare with.
 GUARD_WARMUP = 3
 GUARD_DECAY = 0.9
 
@@ -33,18 +47,20 @@ class WindowResult:
     end_ms: int
     events: int
     newest_event_ms: int
-    evaluation: Evaluation
+    evaluation: Evaluation  # prequential: the model before this window, on all of it
     lr: LRUpdate
-    step: StepResult | None  # None when the window was skipped before training
-    skipped: str | None = None
+    step: StepResult | None  # None when the window was not trained on (skipped or empty)
+    skipped: str | None = None  # why the window was not applied: non_finite, loss_spike
+    holdout: Evaluation | None = None  # the trained model on the held-out newest events
+    tables: dict[str, TableStats] | None = None  # dynamic tables: in use now, changes in this window
 
 
 class Learner:
-    """Model, trainer and learning-rate controller for one model name."""
+    """Feature mapper, model, trainer and learning-rate controller for one model name."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.features = FeatureMapper(settings.model)
+        self.features = FeatureMapper.from_settings(settings.model)
         m = settings.model
         self.spec = ModelSpec(
             kind=m.kind,
@@ -58,34 +74,90 @@ class Learner:
         self.controller = make_controller(settings.lr)
         self.trainer = Trainer(self.model, settings.train, self.controller.lr)
         self._loss_avg = math.nan
-        self._windows = 0
+        self._accepted = 0
+        self._spikes = 0  # loss spikes skipped in a row
+        self._forget = False  # a drift was detected: forget optimiser state before the next trained window
         self._recent_items: dict[str, int] = {}
         self.events_trained = 0  # cumulative over the model's life, carried in snapshots
 
     def process(self, window: Window) -> WindowResult:
         """Score the window with the current model, then train on it unless the guard objects."""
         events = window.events
-        rows = self.features.rows(events)
-        evaluation = self.trainer.evaluate(rows, events.label)
-        update = self.controller.update(evaluation.loss)
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
-        common = dict(
+        common: dict[str, Any] = dict(
             start_ms=window.start_ms, end_ms=window.end_ms, events=len(events), newest_event_ms=newest
         )
+        evaluation = self.trainer.evaluate(self.features.rows(events), events.label)
+        if len(events) == 0:
+            return WindowResult(**common, evaluation=evaluation, lr=LRUpdate(self.controller.lr), step=None)
+        update = self.controller.update(evaluation.loss)
+        self._forget |= update.drift
         skipped = self._guard(evaluation.loss)
         if skipped:
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
-        step = self.trainer.train(rows, events.label, update.lr, self._seed(window))
+        train, held = self._split(events)
+        placement = self.features.place(train)
+        undo = self._forget_rows(placement.rows) if self._forget else None
+        step = self.trainer.train(
+            placement.rows, train.label, update.lr, self._seed(window), fresh=placement.fresh
+        )
+        holdout = None
+        if undo is not None and not step.applied:  # the window was rolled back: so is the forgetting
+            undo()
         if step.applied:
-            self.events_trained += len(events)
-            self._remember_items(events.item_ids, events.timestamp_ms)
+            self._forget = False
+            self.features.commit(placement)
+            self.events_trained += len(train)
+            self._remember_items(train.item_ids, train.timestamp_ms)
+            if len(held):
+                holdout = self.trainer.evaluate(self.features.rows(held), held.label)
         return WindowResult(
             **common,
             evaluation=evaluation,
             lr=update,
             step=step,
             skipped=None if step.applied else step.reason,
+            holdout=holdout,
+            tables=self._table_changes(placement if step.applied else None),
         )
+
+    def _forget_rows(self, rows: np.ndarray) -> Callable[[], None]:
+        """After a drift, before its first trained window: scale the table optimiser's second moments
+        of the rows this window trains by lr.drift_forget, so that their steps grow at once (rows
+        first seen later keep their state). Only rows the window touches, so that a delta snapshot
+        carries all of the change. Returns what undoes it."""
+        opt, factor = self.trainer.sparse_opt, self.settings.lr.drift_forget
+        done = []
+        for name, table in self.trainer.tables.items():
+            used = np.unique(rows[:, self.trainer.table_field[name]])
+            index = torch.from_numpy(used).to(table.weight.device)
+            done.append((table.weight, index, scale_second_moments(opt, table.weight, index, factor)))
+
+        def undo() -> None:
+            for weight, index, saved in done:
+                restore_rows(opt, weight, index, saved)
+
+        return undo
+
+    def _table_changes(self, placement: Placement | None) -> dict[str, TableStats] | None:
+        """Per dynamic table: rows in use now, and what this window admitted, expired, left unplaced."""
+        out = {}
+        for i, field in enumerate(self.features.fields):
+            if isinstance(field, DynamicField):
+                plan = placement.plans[i] if placement is not None else None
+                out[field.name] = TableStats(
+                    field.stats.in_use,
+                    plan.admitted if plan else 0,
+                    len(plan.expired) if plan else 0,
+                    plan.unplaced if plan else 0,
+                )
+        return out or None
+
+    def _split(self, events: EventBatch) -> tuple[EventBatch, EventBatch]:
+        """The events to train on and the newest ones held out (events are in time order)."""
+        held = int(len(events) * self.settings.train.holdout_fraction)
+        cut = len(events) - held
+        return events.take(np.arange(cut)), events.take(np.arange(cut, len(events)))
 
     def _seed(self, window: Window) -> int:
         return (self.settings.train.seed * 1_000_003 + window.start_ms) % (1 << 63)
@@ -94,10 +166,15 @@ class Learner:
         """Refuse a window whose prequential loss is not finite or spikes against the average."""
         if not math.isfinite(loss):
             return "non_finite"
-        self._windows += 1
+        g = self.settings.guard
+        if self._accepted >= GUARD_WARMUP and loss > g.loss_spike_factor * self._loss_avg:
+            if self._spikes < g.max_consecutive_skips:
+                self._spikes += 1
+                return "loss_spike"
+            self._loss_avg, self._accepted = math.nan, 0  # a lasting change: start the average over
+        self._spikes = 0
+        self._accepted += 1
         avg = self._loss_avg
-        if self._windows > GUARD_WARMUP and loss > self.settings.guard.loss_spike_factor * avg:
-            return "loss_spike"
         self._loss_avg = loss if math.isnan(avg) else GUARD_DECAY * avg + (1 - GUARD_DECAY) * loss
         return None
 
@@ -117,26 +194,49 @@ class Learner:
 
     # -- state for snapshots -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """Everything but tensors, as JSON-ready values."""
         return {
             "lr": self.controller.state(),
             "guard": {
                 "loss_avg": None if math.isnan(self._loss_avg) else self._loss_avg,
-                "windows": self._windows,
+                "windows": self._accepted,
+                "spikes": self._spikes,
             },
+            "forget_pending": self._forget,
+            "sparse_optimizer": self.settings.train.sparse_optimizer,
+            "tables": {name: vars(stats) for name, stats in self.features.stats().items()},
             "recent_items": self.recent_items(),
             "events_trained": self.events_trained,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return self.trainer.state_tensors()
+        """Weights, optimiser state and ``features.<field>.<name>`` dynamic-table state (copies)."""
+        out = self.trainer.state_tensors()
+        out.update({k: torch.from_numpy(v.copy()) for k, v in self.features.state().items()})
+        return out
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        self.trainer.load_state_tensors(tensors)
+        """Load what `tensors` and `state` gave. Raises ValueError when names or shapes do not fit;
+        optimiser state of another kind of sparse optimiser is dropped (it starts afresh)."""
+        self.features.load_state(tensors)
+        same_optimizer = state.get("sparse_optimizer", self.settings.train.sparse_optimizer)
+        model = {k: v for k, v in tensors.items() if not k.startswith("features.")}
+        self.trainer.load_state_tensors(
+            model, optimizer=same_optimizer == self.settings.train.sparse_optimizer
+        )
         self.controller.restore(state.get("lr", {}))
         guard = state.get("guard", {})
         avg = guard.get("loss_avg")
         self._loss_avg = math.nan if avg is None else float(avg)
-        self._windows = int(guard.get("windows", 0))
+        self._accepted = int(guard.get("windows", 0))
+        self._spikes = int(guard.get("spikes", 0))
+        self._forget = bool(state.get("forget_pending", False))
+        for name, counts in state.get("tables", {}).items():
+            if name in self.features.stats():
+                stats = self.features.stats()[name]
+                stats.admitted, stats.expired, stats.unplaced = (
+                    int(counts.get(k, 0)) for k in ("admitted", "expired", "unplaced")
+                )
         self.events_trained = int(state.get("events_trained", 0))
         items = state.get("recent_items", [])
         self._recent_items = {item: -i for i, item in enumerate(items)}

@@ -1,8 +1,10 @@
 """Scoring and training one window on the chosen device.
 
-The trainer takes numpy rows and labels and does all the torch work: the device and its copies,
-mini-batches, the two optimisers (sparse for embedding tables, Adam for dense weights), weight decay,
-clipping, and the guard that rolls a window back when its loss or gradients are not finite.
+The trainer takes numpy rows and labels and does all the torch work: the device and its copies
+(pinned host memory and non-blocking copies on CUDA), bf16 autocast, mini-batches and passes, the
+two optimisers (a sparse one for the embedding tables, Adam for dense weights), weight decay,
+gradient clipping, the reset of table rows given to new ids, and the guard that rolls a window back
+entirely when any of its losses or gradients is not finite.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from torch import nn
 
 from stream_learner.config import TrainSettings
 from stream_learner.models.base import RecModel
+from stream_learner.models.optim import sparse_optimizer
 from stream_learner.quality import log_loss, roc_auc
 
 EVAL_CHUNK = 1 << 16
+
+torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, said out loud (silences a warning)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,14 +33,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device is {name!r} but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"train.device is {name!r} but only {torch.cuda.device_count()} GPUs exist")
     return device
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Prequential quality of a window under the model as it stood."""
+    """Quality of the model on some events: log loss, AUC and how many events."""
 
     loss: float
     auc: float
@@ -53,47 +61,57 @@ class StepResult:
     reason: str | None = None
 
 
-class _Rollback:
-    """A copy of everything a window's training can change: the touched rows of every table and
-    of their optimiser state, the dense weights and the dense optimiser's state."""
+def _is_row_state(value: object, weight: torch.Tensor) -> bool:
+    """Optimiser state with one entry per row of the table (as opposed to a step count)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == weight.shape[0]
 
-    def __init__(self, trainer: Trainer, rows: torch.Tensor) -> None:
-        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = {}
+
+def _copy(value: object) -> object:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _state_value(value: torch.Tensor, param: torch.Tensor) -> object:
+    """A saved optimiser state entry as the optimiser keeps it: row state on the parameter's device,
+    step counts on the CPU (an int64 scalar was a Python int, as SparseAdam keeps its step)."""
+    if value.dim() == 0:
+        return int(value) if value.dtype == torch.int64 else value.clone()
+    return value.to(param.device)
+
+
+class _Rollback:
+    """A copy of everything a window's training can change: the rows it touches in every table and
+    in their optimiser state, the dense weights and the dense optimiser's state."""
+
+    def __init__(self, trainer: Trainer, touched: dict[str, torch.Tensor]) -> None:
+        self.touched = touched
+        self._rows: dict[str, tuple[torch.Tensor, dict[str, object]]] = {}
         for name, table in trainer.tables.items():
-            touched = torch.unique(rows[:, trainer.table_field[name]])
+            rows = touched[name]
             state = trainer.sparse_opt.state.get(table.weight, {})
-            saved = {k: v[touched].clone() for k, v in state.items() if _is_row_state(v, table.weight)}
-            scalars = {k: v.clone() for k, v in state.items() if not _is_row_state(v, table.weight)}
-            self._rows[name] = (touched, table.weight.detach()[touched].clone(), {**saved, **scalars})
+            saved = {
+                k: v[rows].clone() if _is_row_state(v, table.weight) else _copy(v) for k, v in state.items()
+            }
+            self._rows[name] = (table.weight.detach()[rows].clone(), saved)
         self._dense = {n: p.detach().clone() for n, p in trainer.dense_params.items()}
         self._dense_opt = copy.deepcopy(trainer.dense_opt.state_dict())
 
-    def touched(self) -> dict[str, torch.Tensor]:
-        """The rows of each table this window touches (on the CPU)."""
-        return {name: touched.cpu() for name, (touched, _, _) in self._rows.items()}
-
+    @torch.no_grad()
     def restore(self, trainer: Trainer) -> None:
-        with torch.no_grad():
-            for name, (touched, weights, saved) in self._rows.items():
-                table = trainer.tables[name]
-                table.weight[touched] = weights
-                if not saved:  # the optimiser had no state for this table before the window
-                    trainer.sparse_opt.state.pop(table.weight, None)
-                state = trainer.sparse_opt.state.get(table.weight, {})
-                for k, v in saved.items():
-                    if k not in state:
-                        continue
-                    if _is_row_state(state[k], table.weight):
-                        state[k][touched] = v
-                    else:
-                        state[k].copy_(v)
-            for n, p in trainer.dense_params.items():
-                p.copy_(self._dense[n])
+        for name, (weights, saved) in self._rows.items():
+            table, rows = trainer.tables[name], self.touched[name]
+            table.weight[rows] = weights
+            if not saved:  # the optimiser had no state for this table before the window
+                trainer.sparse_opt.state.pop(table.weight, None)
+                continue
+            state = trainer.sparse_opt.state[table.weight]
+            for k, v in saved.items():
+                if _is_row_state(state[k], table.weight):
+                    state[k][rows] = v
+                else:
+                    state[k] = v
+        for n, p in trainer.dense_params.items():
+            p.copy_(self._dense[n])
         trainer.dense_opt.load_state_dict(self._dense_opt)
-
-
-def _is_row_state(value: torch.Tensor, weight: torch.Tensor) -> bool:
-    return value.dim() > 0 and value.shape[0] == weight.shape[0]
 
 
 class Trainer:
@@ -104,43 +122,47 @@ class Trainer:
         self.device = resolve_device(settings.device)
         self.model = model.to(self.device)
         self.tables = model.tables()
+        self.table_field = model.table_fields()
         table_params = {id(t.weight) for t in self.tables.values()}
         self.dense_params = {n: p for n, p in model.named_parameters() if id(p) not in table_params}
-        field_index = {t: i for i, t in enumerate(model.embeddings.keys())}
-        self.table_field = {name: field_index[name.rsplit(".", 1)[-1]] for name in self.tables}
-        sparse = [t.weight for t in self.tables.values()]
-        if settings.sparse_optimizer == "adam":
-            self.sparse_opt: torch.optim.Optimizer = torch.optim.SparseAdam(sparse, lr=lr)
-        else:
-            self.sparse_opt = torch.optim.Adagrad(sparse, lr=lr)
-        self.dense_opt = torch.optim.Adam(
-            list(self.dense_params.values()),
-            lr=lr * settings.dense_lr_ratio,
-            weight_decay=settings.weight_decay,
-        )
-        self._autocast = self.device.type == "cuda" and settings.bf16
+        self._make_optimizers(lr)
+        cuda = self.device.type == "cuda"
+        self.autocast = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
+        self._pin = cuda
         self._touched: dict[str, list[torch.Tensor]] = {name: [] for name in self.tables}
         if settings.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
+    def _make_optimizers(self, lr: float) -> None:
+        """Fresh optimisers (no state) at rate ``lr``."""
+        s = self.settings
+        self.sparse_opt = sparse_optimizer(s.sparse_optimizer, [t.weight for t in self.tables.values()], lr)
+        self.dense_opt = torch.optim.Adam(
+            list(self.dense_params.values()), lr=lr * s.dense_lr_ratio, weight_decay=s.weight_decay
+        )
+        self.set_lr(lr)
+
     # -- data movement -------------------------------------------------------------------------
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """Host array -> device tensor; on CUDA through pinned memory with a non-blocking copy."""
         tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        if self._pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(x).float()
 
     # -- scoring -------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Probabilities for (n, fields) rows."""
         self.model.eval()
-        out = []
-        for lo in range(0, len(rows), EVAL_CHUNK):
-            x = self._to_device(rows[lo : lo + EVAL_CHUNK])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-                logits = self.model(x)
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        out = [
+            torch.sigmoid(self._forward(self._to_device(rows[lo : lo + EVAL_CHUNK]))).cpu().numpy()
+            for lo in range(0, len(rows), EVAL_CHUNK)
+        ]
         return np.concatenate(out) if out else np.empty(0, np.float32)
 
     def evaluate(self, rows: np.ndarray, labels: np.ndarray) -> Evaluation:
@@ -154,18 +176,33 @@ class Trainer:
         for group in self.dense_opt.param_groups:
             group["lr"] = lr * self.settings.dense_lr_ratio
 
-    def train(self, rows: np.ndarray, labels: np.ndarray, lr: float, seed: int) -> StepResult:
-        """Train on one window; roll it back entirely if any loss or gradient is not finite."""
+    def train(
+        self,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        lr: float,
+        seed: int,
+        fresh: dict[int, np.ndarray] | None = None,
+    ) -> StepResult:
+        """Train on one window: first reset the ``fresh`` rows (field index -> rows given to new ids)
+        to initial values with no optimiser state, then run the passes. Roll everything back if any
+        loss or gradient is not finite."""
         started = time.perf_counter()
         n = len(labels)
         if n == 0:
             return StepResult(True, math.nan, 0, 0.0)
         self.set_lr(lr)
-        torch.manual_seed(seed)
         x_all = self._to_device(rows)
         y_all = self._to_device(labels.astype(np.float32))
-        rollback = _Rollback(self, x_all)
+        fresh_t = {i: self._to_device(r.astype(np.int64)) for i, r in (fresh or {}).items()}
+        touched = {}
+        for name, i in self.table_field.items():
+            used = x_all[:, i] if i not in fresh_t else torch.cat((x_all[:, i], fresh_t[i]))
+            touched[name] = torch.unique(used)
+        rollback = _Rollback(self, touched)
         generator = torch.Generator().manual_seed(seed)
+        self._reset_rows(fresh_t, generator)
+        torch.manual_seed(seed)  # dropout
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = 0
@@ -174,49 +211,75 @@ class Trainer:
             order = torch.randperm(n, generator=generator).to(self.device)
             for lo in range(0, n, self.settings.batch_size):
                 idx = order[lo : lo + self.settings.batch_size]
-                loss = self._step(x_all[idx], y_all[idx], lr)
-                finite &= torch.isfinite(loss)
-                total += loss.detach().double() * len(idx)
+                loss, norm = self._step(x_all[idx], y_all[idx], lr)
+                finite &= torch.isfinite(loss) & torch.isfinite(norm)
+                total += loss.double() * len(idx)
                 steps += 1
         mean_loss = float(total.item()) / (n * self.settings.passes)
         if not bool(finite.item()):
             rollback.restore(self)
             return StepResult(False, mean_loss, steps, time.perf_counter() - started, "non_finite")
-        for name, rows_touched in rollback.touched().items():
-            self._touched[name].append(rows_touched)
+        for name, rows_touched in touched.items():
+            self._touched[name].append(rows_touched.cpu())
         return StepResult(True, mean_loss, steps, time.perf_counter() - started)
 
     def take_touched(self) -> dict[str, torch.Tensor]:
-        """Rows of each table changed since the last call (sorted, unique), for delta snapshots."""
+        """Rows of each table changed since the last call (sorted, unique, on the CPU), for delta
+        snapshots. All tables of one field are touched on the same rows."""
         out = {}
         for name, parts in self._touched.items():
             out[name] = torch.unique(torch.cat(parts)) if parts else torch.empty(0, dtype=torch.long)
             parts.clear()
         return out
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    @torch.no_grad()
+    def forget(self, factor: float) -> None:
+        """Scale the sparse optimiser's per-row second-moment state (Adagrad's sum of squared
+        gradients, Adam's exp_avg_sq) by ``factor``: after a drift, rows that have seen much data
+        take large steps again, while rarely seen rows barely change."""
+        for name, table in self.tables.items():
+            for key, value in self.sparse_opt.state.get(table.weight, {}).items():
+                if key in ("sum", "exp_avg_sq") and _is_row_state(value, table.weight):
+                    value.mul_(factor)
+            # every row's optimiser state changed: the next delta must carry all of them
+            self._touched[name].append(torch.arange(table.weight.shape[0]))
+
+    @torch.no_grad()
+    def _reset_rows(self, fresh: dict[int, torch.Tensor], generator: torch.Generator) -> None:
+        for name, table in self.tables.items():
+            rows = fresh.get(self.table_field[name])
+            if rows is None or len(rows) == 0:
+                continue
+            table.weight[rows] = self.model.initial_rows(name, len(rows), generator).to(table.weight)
+            for value in self.sparse_opt.state.get(table.weight, {}).values():
+                if _is_row_state(value, table.weight):
+                    value[rows] = 0
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mini-batch step; returns its loss and gradient norm (before clipping)."""
         self.sparse_opt.zero_grad(set_to_none=True)
         self.dense_opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-            logits = self.model(x)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+        loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x), y)
         loss.backward()
-        if self.settings.grad_clip > 0 and self.dense_params:
-            norm = nn.utils.clip_grad_norm_(self.dense_params.values(), self.settings.grad_clip)
-            loss = loss + 0.0 * norm  # a non-finite gradient norm makes the step's loss non-finite
+        rows: dict[str, torch.Tensor] = {}
+        for name, table in self.tables.items():
+            if table.weight.grad is not None:  # coalesced once: the norm and the optimiser need it so
+                table.weight.grad = table.weight.grad.coalesce()
+                rows[name] = table.weight.grad.indices()[0]
+        clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.sparse_opt.step()
         self.dense_opt.step()
         if self.settings.weight_decay > 0:
-            self._decay_rows(x, lr)
-        return loss.detach()
+            self._decay_rows(rows, lr)
+        return loss.detach(), norm
 
     @torch.no_grad()
-    def _decay_rows(self, x: torch.Tensor, lr: float) -> None:
-        """Decoupled L2 on the embedding rows this mini-batch touched (lazy weight decay)."""
+    def _decay_rows(self, rows: dict[str, torch.Tensor], lr: float) -> None:
+        """Decoupled L2 on the table rows this mini-batch touched (lazy weight decay)."""
         keep = 1.0 - lr * self.settings.weight_decay
-        for name, table in self.tables.items():
-            touched = torch.unique(x[:, self.table_field[name]])
-            table.weight[touched] *= keep
+        for name, touched in rows.items():
+            self.tables[name].weight[touched] *= keep
 
     # -- state ---------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -226,20 +289,39 @@ class Trainer:
         for opt_name, opt in (("sparse", self.sparse_opt), ("dense", self.dense_opt)):
             for param, state in opt.state.items():
                 for key, value in state.items():
-                    if isinstance(value, torch.Tensor):
-                        out[f"optim.{opt_name}.{names[id(param)]}.{key}"] = value.detach().cpu().clone()
+                    name = f"optim.{opt_name}.{names[id(param)]}.{key}"
+                    out[name] = (
+                        value.detach().cpu().clone()
+                        if isinstance(value, torch.Tensor)
+                        else torch.tensor(value)
+                    )
         return out
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Inverse of `state_tensors`; names and shapes must match this trainer's model."""
-        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state, strict=True)
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], optimizer: bool = True) -> None:
+        """Inverse of `state_tensors`. Model names and shapes must match exactly (a `ValueError` lists
+        what differs); optimiser state is loaded only when ``optimizer`` is true."""
+        own = self.model.state_dict()
+        given = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        problems = [f"missing {k}" for k in own if k not in given]
+        problems += [f"unexpected {k}" for k in given if k not in own]
+        problems += [
+            f"{k} has shape {tuple(v.shape)}, the model has {tuple(own[k].shape)}"
+            for k, v in given.items()
+            if k in own and v.shape != own[k].shape
+        ]
+        if problems:
+            raise ValueError("model weights do not fit: " + "; ".join(problems[:10]))
+        self.model.load_state_dict(given, strict=True)
+        self._make_optimizers(self.sparse_opt.param_groups[0]["lr"])
+        if not optimizer:
+            return
         params = dict(self.model.named_parameters())
         for opt_name, opt in (("sparse", self.sparse_opt), ("dense", self.dense_opt)):
             prefix = f"optim.{opt_name}."
             for key, value in tensors.items():
-                if not key.startswith(prefix):
-                    continue
-                param_name, _, state_key = key[len(prefix) :].rpartition(".")
-                param = params[param_name]
-                opt.state[param][state_key] = value.to(param.device if value.dim() else "cpu")
+                if key.startswith(prefix):
+                    param_name, _, state_key = key.removeprefix(prefix).rpartition(".")
+                    if param_name not in params:
+                        raise ValueError(f"optimiser state {key} names no parameter of the model")
+                    param = params[param_name]
+                    opt.state[param][state_key] = _state_value(value, param)

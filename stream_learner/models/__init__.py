@@ -11,7 +11,7 @@ MODELS: dict[str, type[RecModel]] = {"logistic": Logistic, "fm": FM, "dnn": Deep
 
 
 def build_model(spec: ModelSpec, sparse: bool = True) -> RecModel:
-    """A freshly initialised model of ``spec.kind``."""
+    """A freshly initialised model of ``spec.kind`` (initialised from torch's global generator)."""
     try:
         cls = MODELS[spec.kind]
     except KeyError:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_learner.models.base import ModelSpec, RecModel
-from stream_learner.models.fm import FirstOrder, fm_interaction
+from stream_learner.models.base import ModelSpec
+from stream_learner.models.fm import FM, fm_interaction
 
 
-class DeepFM(RecModel):
+class DeepFM(FM):
     def __init__(self, spec: ModelSpec, sparse: bool = True) -> None:
-        super().__init__(spec, spec.embedding_dim, sparse)
-        self.linear = FirstOrder(spec, sparse)
+        super().__init__(spec, sparse)
         layers: list[nn.Module] = []
         width = len(spec.fields) * spec.embedding_dim
         for hidden in spec.hidden:
@@ -22,12 +21,7 @@ class DeepFM(RecModel):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def tables(self) -> dict[str, nn.Embedding]:
-        tables = super().tables()
-        tables.update({f"linear.weights.{n}": t for n, t in self.linear.weights.items()})
-        return tables
-
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         vectors = self.embed(rows)
         deep = self.mlp(vectors.flatten(1)).squeeze(1)
-        return deep + self.linear(rows) + fm_interaction(vectors)
+        return self.bias + self.first_order(rows) + fm_interaction(vectors) + deep

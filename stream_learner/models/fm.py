@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_learner.models.base import ModelSpec, RecModel, table_name
+from stream_learner.models.base import ModelSpec, RecModel
+
+#: Standard deviation of the initial factors; large enough that pairwise terms learn from the start.
+FACTOR_INIT_STD = 0.1
 
 
 def fm_interaction(vectors: torch.Tensor) -> torch.Tensor:
@@ -16,30 +19,23 @@ def fm_interaction(vectors: torch.Tensor) -> torch.Tensor:
 
 
 class FirstOrder(nn.Module):
-    """Per-id scalar weights for each field."""
+    """Holds the per-id scalar weights (``linear.weights.<field>``)."""
 
-    def __init__(self, spec: ModelSpec, sparse: bool) -> None:
+    def __init__(self, weights: nn.ModuleDict) -> None:
         super().__init__()
-        self.weights = nn.ModuleDict(
-            {table_name(f.name): nn.Embedding(f.rows, 1, sparse=sparse) for f in spec.fields}
-        )
-        for table in self.weights.values():
-            nn.init.zeros_(table.weight)
-
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return sum(t(rows[:, i]).squeeze(1) for i, t in enumerate(self.weights.values()))  # type: ignore[return-value]
+        self.weights = weights
 
 
 class FM(RecModel):
     def __init__(self, spec: ModelSpec, sparse: bool = True) -> None:
-        super().__init__(spec, spec.embedding_dim, sparse)
-        self.linear = FirstOrder(spec, sparse)
+        super().__init__(spec, spec.embedding_dim, sparse, init_std=FACTOR_INIT_STD)
+        self.linear = FirstOrder(self._add_tables("linear.weights", 1, sparse))
         self.bias = nn.Parameter(torch.zeros(1))
+        self.reset_parameters()
 
-    def tables(self) -> dict[str, nn.Embedding]:
-        tables = super().tables()
-        tables.update({f"linear.weights.{n}": t for n, t in self.linear.weights.items()})
-        return tables
+    def first_order(self, rows: torch.Tensor) -> torch.Tensor:
+        weights = [t(rows[:, i]) for i, t in enumerate(self.linear.weights.values())]
+        return torch.stack(weights, dim=1).sum(dim=(1, 2))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.bias + self.linear(rows) + fm_interaction(self.embed(rows))
+        return self.bias + self.first_order(rows) + fm_interaction(self.embed(rows))

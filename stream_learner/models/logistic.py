@@ -1,4 +1,4 @@
-"""Logistic regression over hashed id fields: one weight per id plus a bias."""
+"""Logistic regression over the id fields: one weight per id (a 1-wide table per field) plus a bias."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from stream_learner.models.base import ModelSpec, RecModel
 
 class Logistic(RecModel):
     def __init__(self, spec: ModelSpec, sparse: bool = True) -> None:
-        super().__init__(spec, 1, sparse)
+        super().__init__(spec, 1, sparse, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(1))
+        self.reset_parameters()
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.embed(rows).sum(dim=(1, 2)) + self.bias

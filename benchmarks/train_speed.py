@@ -1,0 +1,81 @@
+"""Training speed: samples per second of `Trainer.train` for each model at mini-batches of 1k, 4k, 16k.
+
+The events are synthetic, mapped to rows as the learner does (default table sizes: 2^18 rows for
+users and items, two context fields); one pass per window. The first window warms up (allocations,
+optimiser state) and is not timed. On CUDA the timing includes the host-to-device copies and ends
+with a synchronisation (the trainer reads the loss back).
+
+    python -m benchmarks.train_speed                              # CPU, fp32
+    python -m benchmarks.train_speed --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.results import record
+from stream_learner.config import ModelSettings, TrainSettings
+from stream_learner.features import FeatureMapper
+from stream_learner.models import MODELS, ModelSpec, build_model
+from stream_learner.synthetic import SyntheticConfig, SyntheticStream
+from stream_learner.trainer import Trainer
+
+CONTEXT = ["device", "section"]
+BATCHES = (1024, 4096, 16384)
+
+
+def rows_and_labels(events: int) -> tuple[np.ndarray, np.ndarray, FeatureMapper]:
+    mapper = FeatureMapper.from_settings(ModelSettings(context_fields=CONTEXT))
+    batch = SyntheticStream(SyntheticConfig(users=100_000, items=20_000)).batch(events, 0, 1)
+    return mapper.rows(batch.events(CONTEXT)), batch.label, mapper
+
+
+def samples_per_second(kind: str, batch_size: int, device: str, precision: str, events: int) -> float:
+    rows, labels, mapper = rows_and_labels(events)
+    spec = ModelSpec(kind, mapper.specs())
+    torch.manual_seed(0)
+    settings = TrainSettings(device=device, batch_size=batch_size, precision=precision)  # type: ignore[arg-type]
+    trainer = Trainer(build_model(spec), settings, lr=0.2)
+    warm = min(len(labels), 4 * batch_size)
+    trainer.train(rows[:warm], labels[:warm], 0.2, seed=0)
+    started = time.perf_counter()
+    result = trainer.train(rows, labels, 0.2, seed=1)
+    seconds = time.perf_counter() - started
+    assert result.applied, "the benchmark window was rolled back"
+    return len(labels) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--events", type=int, default=0, help="events per timed window (0: 64k CPU, 1M GPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    events = args.events or (1 << 20 if device.type == "cuda" else 1 << 16)
+    results: dict[str, dict[str, float]] = {}
+    for kind in sorted(MODELS):
+        results[kind] = {}
+        for batch_size in BATCHES:
+            rate = samples_per_second(kind, batch_size, args.device, args.precision, events)
+            results[kind][str(batch_size)] = round(rate)
+            print(f"{kind:9s} batch {batch_size:6d}: {rate:12,.0f} samples/s", flush=True)
+    name = "train_speed_cuda" if device.type == "cuda" else "train_speed_cpu"
+    record(
+        name,
+        {
+            "samples_per_second": results,
+            "device": args.device,
+            "precision": args.precision,
+            "events_per_window": events,
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Optimisers for the sparse (embedding-table) part of a model.
+
+``adagrad`` and ``adam`` are torch's Adagrad and SparseAdam; ``rowwise_adagrad`` keeps one
+accumulator per row instead of one per weight (the mean of the row's squared gradient, as in
+FBGEMM's row-wise Adagrad), which saves a table's worth of optimiser memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+
+SparseKind = Literal["adagrad", "adam", "rowwise_adagrad"]
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per row, for sparse gradients of 2-d tables."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.1, eps: float = 1e-10) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad.coalesce()
+                state = self.state[param]
+                if not state:
+                    state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
+                rows, values = grad.indices()[0], grad.values()
+                acc = state["sum"]
+                acc.index_add_(0, rows, values.pow(2).mean(dim=1))
+                scale = group["lr"] / (acc[rows].sqrt() + group["eps"])
+                param.index_add_(0, rows, -values * scale.unsqueeze(1))
+
+
+#: Per-row optimiser state that divides the step: Adagrad's (and row-wise Adagrad's) sum of squared
+#: gradients, Adam's running mean of them.
+SECOND_MOMENTS = ("sum", "exp_avg_sq")
+
+
+@torch.no_grad()
+def scale_second_moments(
+    optimizer: torch.optim.Optimizer, weight: torch.Tensor, rows: torch.Tensor, factor: float
+) -> dict[str, torch.Tensor]:
+    """Multiply the second moments of ``rows`` of table ``weight`` by ``factor`` (forgetting: the
+    rows' next steps grow by 1 / sqrt(factor), and shrink again as they see new gradients). Returns
+    the previous values, for `restore_rows`."""
+    state = optimizer.state.get(weight, {})
+    saved = {}
+    for key in SECOND_MOMENTS:
+        value = state.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == weight.shape[0]:
+            saved[key] = value[rows].clone()
+            value[rows] = saved[key] * factor
+    return saved
+
+
+@torch.no_grad()
+def restore_rows(
+    optimizer: torch.optim.Optimizer, weight: torch.Tensor, rows: torch.Tensor, saved: dict[str, torch.Tensor]
+) -> None:
+    """Put back the row state that `scale_second_moments` returned."""
+    state = optimizer.state.get(weight, {})
+    for key, values in saved.items():
+        state[key][rows] = values
+
+
+def sparse_optimizer(kind: SparseKind, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """The optimiser for the embedding tables (which must produce sparse gradients)."""
+    if kind == "adam":
+        return torch.optim.SparseAdam(params, lr=lr)
+    if kind == "rowwise_adagrad":
+        return RowWiseAdagrad(params, lr=lr)
+    return torch.optim.Adagrad(params, lr=lr)

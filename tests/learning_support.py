@@ -1,0 +1,59 @@
+"""Helpers for the learning tests: small settings and windows of synthetic events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from stream_learner.config import Settings
+from stream_learner.events import EventBatch
+from stream_learner.synthetic import SyntheticConfig, SyntheticStream
+from stream_learner.windowing import Window
+
+CONTEXT = ("device", "section")
+
+
+def small_settings(**sections: dict[str, Any]) -> Settings:
+    """A small model (tables of a few hundred rows) on the CPU; sections override."""
+    base: dict[str, dict[str, Any]] = {
+        "model": {
+            "kind": "dnn",
+            "embedding_dim": 4,
+            "hidden": [8],
+            "user_buckets": 512,
+            "item_buckets": 256,
+            "context_fields": list(CONTEXT),
+            "context_buckets": 16,
+        },
+        "train": {"device": "cpu", "batch_size": 256},
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return Settings.model_validate(base)
+
+
+def windows(count: int, size: int = 1_000, seed: int = 0, **config: Any) -> Iterator[Window]:
+    """``count`` windows of ``size`` synthetic events (300 users, 60 items), 1 ms apart."""
+    stream = SyntheticStream(SyntheticConfig(users=300, items=60, seed=seed, **config))
+    for w in range(count):
+        batch = stream.batch(size, w * size, 1)
+        yield Window(
+            w * size,
+            (w + 1) * size,
+            batch.events(CONTEXT, w * size),
+            {0: (w * size, (w + 1) * size - 1)},
+            "count",
+        )
+
+
+def empty_window(start_ms: int = 0) -> Window:
+    return Window(start_ms, start_ms + 1000, EventBatch.empty(len(CONTEXT)), {}, "count")
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert torch.equal(a[name], b[name]), name

@@ -1,0 +1,168 @@
+"""Learning-rate controllers: constant, plateau decay, drift boost and return (Page-Hinkley, ADWIN),
+bounds, reasons, state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_learner.config import LRSettings
+from stream_learner.lr import Adwin, ConstantLR, DriftLR, PageHinkley, PlateauLR, make_controller
+
+#: The noise of a window's mean log loss over 10 000 events (about 0.6 / sqrt(events)).
+WINDOW_NOISE = 0.006
+
+
+def noisy(level: float, n: int, seed: int = 0, sigma: float = 0.005) -> list[float]:
+    return list(level + np.random.default_rng(seed).normal(0, sigma, n))
+
+
+def learning_curve(n: int, seed: int = 0) -> list[float]:
+    """A prequential loss as a model learns: falling fast, then slowly, with window noise."""
+    t = np.arange(n)
+    return list(0.45 + 0.2 * np.exp(-t / 3) + 0.04 * np.exp(-t / 40) + noisy(0.0, n, seed, WINDOW_NOISE))
+
+
+def test_constant_never_changes() -> None:
+    c = ConstantLR(LRSettings(policy="constant", initial=0.3, max=0.5))
+    assert {c.update(x).lr for x in [0.5, 5.0, 0.1, float("nan")]} == {0.3}
+
+
+def test_plateau_decays_after_patience_and_stops_at_min() -> None:
+    c = PlateauLR(LRSettings(policy="plateau", initial=0.2, min=0.06, factor=0.5, patience=2))
+    updates = [c.update(x) for x in [0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]]
+    assert [u.lr for u in updates] == [0.2, 0.2, 0.2, 0.1, 0.1, 0.06, 0.06, 0.06]
+    assert updates[3].reason and "plateau" in updates[3].reason and "0.2 -> 0.1" in updates[3].reason
+    assert all(u.reason is None for i, u in enumerate(updates) if i not in (3, 5))
+    assert c.update(0.4).lr == 0.06  # improvement keeps the rate; it never goes below min
+
+
+def test_page_hinkley_ignores_noise_and_a_falling_loss_but_fires_on_a_rise() -> None:
+    ph = PageHinkley(delta=0.005, threshold=0.03)
+    falling = [0.7 - 0.01 * i for i in range(20)]
+    assert not any(ph.update(x) for x in falling + noisy(0.5, 40))
+    assert ph.update(0.56)  # a jump of 0.06 (ten times the window noise) fires at once
+
+
+def test_page_hinkley_fires_within_a_few_windows_of_a_gradual_rise() -> None:
+    ph = PageHinkley(delta=0.005, threshold=0.03)
+    assert not any(ph.update(x) for x in noisy(0.5, 30, sigma=WINDOW_NOISE))
+    rising = [
+        ph.update(x) for x in np.array(noisy(0.5, 6, seed=1, sigma=WINDOW_NOISE)) + 0.01 * np.arange(1, 7)
+    ]
+    assert any(rising[:4]), "a rise of 0.01 per window not seen within 4 windows"
+
+
+def test_adwin_fires_on_a_rise_only() -> None:
+    a = Adwin(delta=0.002)
+    assert not any(a.update(x) for x in noisy(0.5, 30))
+    assert not any(a.update(x) for x in noisy(0.1, 30, seed=1))  # a drop is learning, not drift
+    assert len(a.values) < 60  # but it is a change: the older values were dropped
+    a.reset()
+    assert not any(a.update(x) for x in noisy(0.5, 40, seed=2))
+    fired = [a.update(x) for x in noisy(0.6, 5, seed=3)]
+    assert any(fired[:2]), "no alarm within two windows of a rise of 0.1 (20 times the noise)"
+
+
+def test_adwin_is_not_fooled_by_a_learning_curve_before_a_change() -> None:
+    a = Adwin(delta=0.002)  # the early, high losses must not widen the bound
+    assert not any(a.update(x) for x in learning_curve(40))
+    assert any(a.update(x) for x in noisy(0.5, 3, seed=4, sigma=WINDOW_NOISE))
+
+
+def test_adwin_sees_a_rise_of_a_few_times_the_noise_within_three_windows() -> None:
+    seen = 0
+    for seed in range(40):
+        a = Adwin(delta=0.002)
+        for x in noisy(0.47, 40, seed, WINDOW_NOISE):
+            a.update(x)
+        seen += any(a.update(x) for x in noisy(0.49, 3, 100 + seed, WINDOW_NOISE))
+    assert seen >= 30, f"a rise of 0.02 (3.3 times the noise) seen in only {seen} of 40 runs"
+
+
+@pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
+def test_no_false_alarm_on_a_long_stationary_stream(detector: str) -> None:
+    c = make_controller(LRSettings(policy="drift", detector=detector))
+    losses = learning_curve(40) + noisy(0.47, 300, seed=5, sigma=WINDOW_NOISE)
+    updates = [c.update(x) for x in losses]
+    assert not any(u.drift for u in updates)
+    assert {u.lr for u in updates} == {LRSettings().initial}
+
+
+def test_drift_jumps_to_max_says_why_and_returns_to_the_settled_rate() -> None:
+    s = LRSettings(policy="drift", initial=0.2, min=0.1, max=0.8, patience=50, drift_decay=0.6)
+    c = DriftLR(s)
+    before = [c.update(x) for x in learning_curve(30)]
+    assert {u.lr for u in before} == {0.2} and not any(u.drift or u.reason for u in before)
+    up = c.update(0.6)  # the loss jumps by far more than the noise
+    assert up.drift and up.lr == 0.8
+    assert up.reason and "drift detected by page_hinkley" in up.reason and "0.2 -> 0.8" in up.reason
+    after = [c.update(x) for x in learning_curve(10, seed=1)]  # the model learns the new stream
+    assert [u.lr for u in after] == pytest.approx([0.48, 0.288, 0.2] + [0.2] * 7)  # never below 0.2
+    assert not any(u.drift for u in after)
+    assert all(u.reason and "recovering from drift" in u.reason for u in after[:2])
+    assert after[2].reason and "drift recovery over" in after[2].reason
+    assert all(u.reason is None for u in after[3:])
+
+
+def test_a_drift_during_the_recovery_returns_to_the_first_settled_rate() -> None:
+    s = LRSettings(policy="drift", initial=0.2, min=0.1, max=0.8, patience=50, drift_decay=0.5)
+    c = DriftLR(s)
+    for x in learning_curve(30):
+        c.update(x)
+    assert c.update(0.6).drift
+    assert c.update(0.55).lr == 0.4
+    again = c.update(0.75)
+    assert again.drift and again.lr == 0.8 and "returning to 0.2" in (again.reason or "")
+    assert [c.update(x).lr for x in (0.7, 0.65, 0.6)] == [0.4, 0.2, 0.2]
+
+
+def test_plateau_decay_resumes_after_the_recovery() -> None:
+    s = LRSettings(policy="drift", initial=0.2, min=0.05, max=0.4, patience=3, drift_decay=0.5)
+    c = DriftLR(s)
+    assert [c.update(0.65 - 0.005 * i).lr for i in range(30)] == [0.2] * 30  # always improving
+    assert c.update(0.7).drift
+    rates = [c.update(0.6).lr for _ in range(8)]  # recovered, then flat: a plateau
+    assert rates[:2] == [0.2, 0.2] and rates[-1] < 0.2 and min(rates) >= 0.05
+
+
+@pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
+def test_drift_state_round_trips_through_json_mid_recovery(detector: str) -> None:
+    s = LRSettings(policy="drift", detector=detector, max=0.8, drift_decay=0.7)
+    a, b = make_controller(s), make_controller(s)
+    losses = [*learning_curve(30), 0.7, 0.68, *learning_curve(10, seed=2)]
+    for x in losses[:32]:
+        a.update(x)
+    assert a.lr > s.initial  # restored while recovering
+    b.restore(json.loads(json.dumps(a.state())))
+    assert [a.update(x) for x in losses[32:]] == [b.update(x) for x in losses[32:]]
+
+
+def test_restore_keeps_the_rate_within_the_bounds() -> None:
+    c = make_controller(LRSettings(policy="drift", initial=0.2, min=0.1, max=0.4))
+    c.restore({"lr": 3.0, "settled": 0.01, "detector": {}})
+    assert c.lr == 0.4
+    assert [c.update(0.5).lr for _ in range(3)] == [0.2, 0.1, 0.1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 20.0), max_size=60),
+    st.sampled_from(["constant", "plateau", "drift"]),
+    st.sampled_from(["page_hinkley", "adwin"]),
+)
+def test_the_rate_stays_within_bounds_and_every_change_has_a_reason(
+    losses: list[float], policy: str, detector: str
+) -> None:
+    s = LRSettings(policy=policy, detector=detector, initial=0.2, min=0.05, max=0.4, patience=1)
+    c = make_controller(s)
+    previous = c.lr
+    for x in losses:
+        u = c.update(x)
+        assert 0.05 <= u.lr <= 0.4 and u.lr == c.lr
+        assert (u.reason is not None) == (u.lr != previous) or u.drift
+        previous = u.lr

@@ -1,0 +1,158 @@
+"""The trainer: optimisers, clipping, weight decay, the non-finite guard's rollback, row resets, state,
+and the CUDA code paths (bf16 autocast, non-blocking copies) exercised on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_learner.config import TrainSettings
+from stream_learner.models import FieldSpec, ModelSpec, build_model
+from stream_learner.trainer import Trainer, resolve_device
+from tests.learning_support import assert_same_tensors
+
+SPEC = ModelSpec("dnn", (FieldSpec("user", 50), FieldSpec("item", 20), FieldSpec("ctx.d", 3)), 4, (8,), 0.0)
+
+
+def data(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose label follows the item (learnable), for a small model."""
+    rng = np.random.default_rng(seed)
+    rows = np.stack([rng.integers(0, 50, n), rng.integers(0, 20, n), rng.integers(0, 3, n)], axis=1)
+    labels = (rng.random(n) < np.where(rows[:, 1] < 10, 0.8, 0.2)).astype(np.float32)
+    return rows.astype(np.int64), labels
+
+
+def trainer(lr: float = 0.1, **settings: object) -> Trainer:
+    torch.manual_seed(0)
+    return Trainer(build_model(SPEC), TrainSettings(device="cpu", batch_size=64, **settings), lr)
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "rowwise_adagrad"])
+def test_each_sparse_optimiser_learns(optimizer: str) -> None:
+    t = trainer(0.05 if optimizer == "adam" else 0.2, sparse_optimizer=optimizer, passes=3)
+    rows, labels = data()
+    before = t.evaluate(rows, labels)
+    result = t.train(rows, labels, t.sparse_opt.param_groups[0]["lr"], seed=1)
+    after = t.evaluate(rows, labels)
+    assert result.applied and result.steps == 3 * math.ceil(600 / 64)
+    assert after.loss < before.loss - 0.05 and after.auc > 0.75
+    if optimizer == "rowwise_adagrad":
+        assert t.sparse_opt.state[t.tables["embeddings.user"].weight]["sum"].shape == (50,)
+
+
+def test_non_finite_loss_rolls_the_whole_window_back() -> None:
+    t = trainer(dense_lr_ratio=0.5)
+    rows, labels = data()
+    t.train(rows, labels, 0.1, seed=1)
+    t.take_touched()
+    before = t.state_tensors()
+    labels[-1] = np.nan  # the last mini-batches go bad after earlier ones were applied
+    result = t.train(rows, labels, 0.1, seed=2)
+    assert not result.applied and result.reason == "non_finite"
+    assert_same_tensors(t.state_tensors(), before)
+    assert all(len(r) == 0 for r in t.take_touched().values())  # nothing changed, nothing to ship
+    rows2, labels2 = data(seed=3)
+    assert t.train(rows2, labels2, 0.1, seed=3).applied  # and training goes on afterwards
+
+
+def test_touched_rows_are_reported_per_table_once() -> None:
+    t = trainer()
+    rows, labels = data(50)
+    t.train(rows, labels, 0.1, seed=1, fresh={1: np.array([19])})
+    touched = t.take_touched()
+    for name, field in t.table_field.items():
+        expected = set(rows[:, field].tolist()) | ({19} if field == 1 else set())
+        assert set(touched[name].tolist()) == expected, name
+    assert all(len(r) == 0 for r in t.take_touched().values())
+
+
+def test_fresh_rows_start_over_with_no_optimiser_state() -> None:
+    t = trainer()
+    rows, labels = data()
+    t.train(rows, labels, 0.1, seed=1)
+    item = t.tables["embeddings.item"].weight
+    first = t.tables["linear.weights.item"].weight
+    assert t.sparse_opt.state[item]["sum"][3].abs().sum() > 0
+    # Row 3 of the item field goes to a new id; no event of this window uses it.
+    keep = rows[:, 1] != 3
+    t.train(rows[keep][:0], labels[keep][:0], 0.1, seed=2)  # an empty window resets nothing
+    t.train(rows[keep][:10], labels[keep][:10], 0.1, seed=2, fresh={1: np.array([3])})
+    assert t.sparse_opt.state[item]["sum"][3].abs().sum() == 0
+    assert first[3].abs().sum() == 0
+    assert 0 < item[3].abs().max() < 1  # a fresh random row
+
+
+def test_gradients_are_clipped_to_the_limit() -> None:
+    t = trainer(grad_clip=0.01)
+    rows, labels = data()
+    t.train(rows, labels, 0.1, seed=1)
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in t.model.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert norm <= 0.01 * (1 + 1e-4)
+
+
+def test_weight_decay_shrinks_only_the_rows_trained() -> None:
+    plain, decayed = trainer(), trainer(weight_decay=1.0)
+    rows, labels = data(100)
+    rows[:, 0] = rows[:, 0] % 10  # users 10..49 are never seen
+    for t in (plain, decayed):
+        t.train(rows, labels, 0.5, seed=1)
+    a, b = plain.tables["embeddings.user"].weight, decayed.tables["embeddings.user"].weight
+    assert torch.equal(a[10:], b[10:])
+    assert b[:10].norm() < a[:10].norm()
+
+
+def test_state_round_trips_for_every_optimiser_and_names_what_does_not_fit() -> None:
+    for optimizer in ("adagrad", "adam", "rowwise_adagrad"):
+        a, b = trainer(sparse_optimizer=optimizer), trainer(sparse_optimizer=optimizer)
+        rows, labels = data()
+        a.train(rows, labels, 0.05, seed=1)
+        b.load_state_tensors(a.state_tensors())
+        assert_same_tensors(b.state_tensors(), a.state_tensors())
+        a.train(rows, labels, 0.05, seed=2)
+        b.train(rows, labels, 0.05, seed=2)
+        assert_same_tensors(b.state_tensors(), a.state_tensors())
+    state = trainer().state_tensors()
+    state["model.embeddings.user.weight"] = torch.zeros(51, 4)
+    del state["model.bias"]
+    state["model.extra"] = torch.zeros(1)
+    with pytest.raises(ValueError) as err:
+        trainer().load_state_tensors(state)
+    text = str(err.value)
+    assert "missing bias" in text and "unexpected extra" in text and "(51, 4)" in text
+
+
+def test_bf16_autocast_and_device_copies_run_on_the_cpu() -> None:
+    t = trainer(precision="bf16")
+    assert t.autocast and t.device.type == "cpu"
+    rows, labels = data()
+    before = t.evaluate(rows, labels)
+    t.train(rows, labels, 0.2, seed=1)
+    probs = t.predict(rows)
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()
+    assert t.evaluate(rows, labels).loss < before.loss
+    assert not trainer(precision="auto").autocast  # auto is fp32 on the CPU
+
+
+def test_device_names_resolve() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda:1")
+    else:
+        with pytest.raises(RuntimeError, match="GPUs exist"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_forget_scales_the_squared_gradient_sums() -> None:
+    t = trainer()
+    rows, labels = data()
+    t.train(rows, labels, 0.1, seed=1)
+    state = t.sparse_opt.state[t.tables["embeddings.item"].weight]
+    before = state["sum"].clone()
+    t.forget(0.1)
+    torch.testing.assert_close(state["sum"], before * 0.1)
