@@ -1,15 +1,18 @@
-"""From a copy of the model state to a committed snapshot: version, offset ranges, metadata, metrics.
+"""From a copy of the model state to a committed snapshot: version, kind, offset ranges, metadata.
 
-The publisher keeps what the snapshot history needs between snapshots: the last version, the next
-offset per partition already committed (where the next snapshot's ranges begin), and the window
-range and newest event time trained since the last snapshot.
+The publisher keeps what the snapshot history needs between snapshots: the last version handed out,
+the next offset per partition already handed out (where the next snapshot's ranges begin), and the
+window range and newest event time trained since the last snapshot. Versions and ranges are assigned
+on the polling thread, in order; encoding and the commit happen on the sink's thread, and metrics
+(and the local checkpoint, when configured) follow the commit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +20,13 @@ from stream_learner.config import Settings
 from stream_learner.learner import WindowResult
 from stream_learner.metrics import Metrics
 from stream_learner.sink import Sink
-from stream_learner.snapshot import PartitionRange, SnapshotMeta, encode, encode_payload
+from stream_learner.snapshot import PartitionRange, Payload, SnapshotMeta, encode, encode_payload
 from stream_learner.worker import StateCopy
 
 log = logging.getLogger(__name__)
+
+#: Called after a commit with the snapshot's metadata and its messages (for a local checkpoint).
+Checkpoint = Callable[[SnapshotMeta, Iterable[bytes]], None]
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Publisher:
     clock: Callable[[], float]
     version: int = 0
     committed_next: dict[int, int] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
     last_result: WindowResult | None = None
     window_start_ms: int | None = None  # first window trained since the last snapshot
     newest_event_ms: int = 0
@@ -39,7 +46,7 @@ class Publisher:
 
     @property
     def up_to_date(self) -> bool:
-        """The last trained window is in a committed snapshot."""
+        """The last trained window is in a snapshot already handed out."""
         return self.window_start_ms is None
 
     def trained(self, result: WindowResult) -> None:
@@ -57,26 +64,56 @@ class Publisher:
         resume_state: dict[str, Any],
         group_metadata: object,
     ) -> None:
-        """Publish ``state`` as the next version; commit ``frontier`` (next offset per partition)."""
+        """Hand ``state`` to the sink as the next version, to be committed with ``frontier`` (next
+        offset per partition)."""
         r = self.last_result
         if r is None:
             return
-        meta = self._meta(r, frontier, {"learner": state.learner_state, **resume_state})
-        payload = encode_payload(state.tensors)
-        chunks = encode(meta, payload, self.settings.snapshot.max_message_bytes)
-        self.sink.publish(chunks, self.settings.model.name.encode(), frontier, group_metadata)
-        committed_at = self.clock()
+        meta = self._meta(r, state.kind, frontier, {"learner": state.learner_state, **resume_state})
         self.version = meta.version
         self.committed_next = dict(frontier)
         self.window_start_ms = None
+        encoded: dict[str, Any] = {}
+        max_bytes = self.settings.snapshot.max_message_bytes
+
+        def chunks() -> Iterator[bytes]:
+            encoded["started"] = time.perf_counter()
+            encoded["payload"] = payload = encode_payload(state.tensors)
+            encoded["chunks"] = 0
+            for message in encode(meta, payload, max_bytes):
+                encoded["chunks"] += 1
+                yield message
+
+        self.sink.publish(
+            chunks,
+            self.settings.model.name.encode(),
+            frontier,
+            group_metadata,
+            committed=lambda: self._committed(meta, encoded),
+        )
+
+    def _committed(self, meta: SnapshotMeta, encoded: dict[str, Any]) -> None:
+        """On the sink's thread, right after the commit."""
+        payload: Payload = encoded["payload"]
         m = self.metrics
         m.snapshot_published.labels(meta.kind.lower()).inc()
-        m.snapshot_size.set(len(payload))
-        m.model_version.set(self.version)
-        m.model_freshness.set(max(0.0, committed_at - meta.newest_event_ms / 1000))
-        log.info("snapshot v%d committed (%d bytes, %d chunks)", self.version, len(payload), len(chunks))
+        m.snapshot_size.set(payload.size)
+        m.model_version.set(meta.version)
+        m.model_freshness.set(max(0.0, self.clock() - meta.newest_event_ms / 1000))
+        log.info(
+            "snapshot v%d (%s) committed: %d bytes in %d chunks, %.3f s",
+            meta.version,
+            meta.kind.lower(),
+            payload.size,
+            encoded["chunks"],
+            time.perf_counter() - encoded["started"],
+        )
+        if self.checkpoint is not None:
+            self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes))
 
-    def _meta(self, r: WindowResult, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
+    def _meta(
+        self, r: WindowResult, kind: str, frontier: dict[int, int], state: dict[str, Any]
+    ) -> SnapshotMeta:
         topic = self.settings.input.topic
         ranges = tuple(
             PartitionRange(topic, p, self.committed_next.get(p, nxt), nxt - 1)
@@ -85,7 +122,8 @@ class Publisher:
         return SnapshotMeta(
             model_name=self.settings.model.name,
             version=self.version + 1,
-            kind="FULL",
+            kind=kind,
+            base_version=self.version if kind == "DELTA" else None,
             spec=self.spec_json,
             created_ms=int(self.clock() * 1000),
             window_start_ms=self.window_start_ms if self.window_start_ms is not None else r.start_ms,

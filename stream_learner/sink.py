@@ -4,14 +4,24 @@ Exactly-once (default): one transactional producer whose id is derived from the 
 newer instance fences an older one. A transaction is opened by the first dead letter or snapshot
 after a commit and closed by the next snapshot, together with the input offsets that snapshot
 includes (`send_offsets_to_transaction`): in the committed history the model, its dead letters and
-its offsets move as one. At-least-once: an idempotent producer; the snapshot is flushed and
-acknowledged first, then the offsets are committed, so a crash between the two replays events.
+its offsets move as one. At-least-once (for brokers without transactions): an idempotent producer;
+the snapshot is flushed and acknowledged first, then the offsets are committed, so a crash between
+the two replays events that the model already holds.
+
+All producer work runs on the sink's own thread, in the order it was asked for, so the polling loop
+never waits for snapshot encoding, the broker or a commit; a dead letter queued before a snapshot is
+in that snapshot's transaction, as the offsets it is committed with require. At most
+`MAX_QUEUED_SNAPSHOTS` snapshots wait at a time (their state copies are held in memory). A failure
+there (a produce or commit error, a fence) is raised on the caller's thread at its next call, and
+ends the job: the restart recovers from the last committed snapshot.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
@@ -21,6 +31,9 @@ from stream_learner.errors import OwnershipLost
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT = 60.0
+MAX_QUEUED_SNAPSHOTS = 2
+#: Bound on the producer's local queue (librdkafka copies each message until it is acknowledged).
+MIN_QUEUE_KBYTES = 256 << 10
 
 
 def transactional_id(settings: Settings) -> str:
@@ -40,6 +53,9 @@ class Sink:
             **settings.kafka.client_config(),
             "enable.idempotence": True,
             "message.max.bytes": settings.snapshot.max_message_bytes + (1 << 20),
+            "queue.buffering.max.kbytes": max(
+                MIN_QUEUE_KBYTES, 4 * settings.snapshot.max_message_bytes >> 10
+            ),
             "linger.ms": 5,
         }
         if self.exactly_once:
@@ -48,14 +64,89 @@ class Sink:
         self._producer = Producer(conf)
         self._in_transaction = False
         self._errors: list[KafkaError] = []
+        self._jobs: queue.Queue[tuple[Callable[[], None], bool] | None] = queue.Queue()
+        self._room = threading.Semaphore(MAX_QUEUED_SNAPSHOTS)
+        self._failure: BaseException | None = None
+        self._reported = False
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Register the transactional id, fencing any older instance of this model."""
+        """Register the transactional id (fencing any older instance of this model and aborting its
+        open transaction), then start the sink's thread."""
         if self.exactly_once:
             try:
-                self._producer.init_transactions(60)
+                self._producer.init_transactions(FLUSH_TIMEOUT)
             except KafkaException as exc:
                 raise _ownership_or(exc) from exc
+        self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ---------------------------------------------------------------------
+    def dead_letter(self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Queue one rejected input message, as it was, with headers saying why."""
+        self._submit(lambda: self._dead_letter(value, key, headers))
+
+    def publish(
+        self,
+        chunks: Callable[[], Iterable[bytes]],
+        key: bytes,
+        offsets: dict[int, int],
+        group_metadata: object,
+        committed: Callable[[], None],
+    ) -> None:
+        """Queue a snapshot: the messages ``chunks()`` yields (called on the sink's thread), committed
+        with ``offsets`` (next offset per input partition); ``committed`` is called after the commit.
+        Waits while `MAX_QUEUED_SNAPSHOTS` snapshots are queued."""
+        while not self._room.acquire(timeout=0.2):
+            self.poll()
+        self._submit(lambda: self._publish(chunks, key, offsets, group_metadata, committed))
+
+    def poll(self) -> None:
+        """Raise the sink thread's failure, if there was one."""
+        if self._failure is not None and not self._reported:
+            self._reported = True
+            raise self._failure
+
+    def close(self) -> None:
+        """Finish the queued work, abort what was not committed (it is produced again on replay),
+        flush, and raise a failure not reported yet."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(4 * FLUSH_TIMEOUT)
+            if self._thread.is_alive():
+                log.error("the sink did not finish its queued work in time; it is abandoned")
+                return
+        if self._in_transaction:
+            try:
+                self._producer.abort_transaction(FLUSH_TIMEOUT)
+            except KafkaException as exc:
+                log.warning("could not abort the open transaction: %s", exc)
+            self._in_transaction = False
+        self._producer.flush(FLUSH_TIMEOUT)
+        self.poll()
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        self.poll()
+        self._jobs.put((job, False))
+
+    # -- the sink's thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._jobs.get(timeout=0.1)
+            except queue.Empty:
+                self._producer.poll(0)  # serve delivery callbacks
+                continue
+            if item is None:
+                return
+            job, always = item
+            if self._failure is not None and not always:
+                continue
+            try:
+                job()
+            except BaseException as exc:
+                log.error("sink failed: %s", exc)
+                self._failure = exc
 
     def _begin(self) -> None:
         if self.exactly_once and not self._in_transaction:
@@ -66,8 +157,7 @@ class Sink:
         if err is not None:
             self._errors.append(err)
 
-    def dead_letter(self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Send one rejected input message, as it was, with headers saying why."""
+    def _dead_letter(self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         self._begin()
         self._produce(self.dead_letter_topic, value, key, headers)
 
@@ -81,49 +171,42 @@ class Sink:
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._delivered
+                    topic, value=value, key=key, headers=list(headers or ()), on_delivery=self._delivered
                 )
                 return
             except BufferError:
                 self._producer.poll(0.1)  # local queue full: let deliveries drain
 
-    def publish(
-        self, chunks: list[bytes], key: bytes, offsets: dict[int, int], group_metadata: object
+    def _publish(
+        self,
+        chunks: Callable[[], Iterable[bytes]],
+        key: bytes,
+        offsets: dict[int, int],
+        group_metadata: object,
+        committed: Callable[[], None],
     ) -> None:
-        """Publish a snapshot and commit the input offsets it includes (next offset per partition)."""
-        self._begin()
-        for chunk in chunks:
-            self._produce(self.snapshot_topic, chunk, key)
-        if self.exactly_once:
-            tps = [TopicPartition(self.input_topic, p, o) for p, o in offsets.items()]
-            try:
-                self._producer.send_offsets_to_transaction(tps, group_metadata, FLUSH_TIMEOUT)
-                self._producer.commit_transaction(FLUSH_TIMEOUT)
-            except KafkaException as exc:
+        try:
+            self._begin()
+            for chunk in chunks():
+                self._produce(self.snapshot_topic, chunk, key)
+            if self.exactly_once:
+                tps = [TopicPartition(self.input_topic, p, o) for p, o in offsets.items()]
+                try:
+                    self._producer.send_offsets_to_transaction(tps, group_metadata, FLUSH_TIMEOUT)
+                    self._producer.commit_transaction(FLUSH_TIMEOUT)
+                except KafkaException as exc:
+                    raise _ownership_or(exc) from exc
                 self._in_transaction = False
-                raise _ownership_or(exc) from exc
-            self._in_transaction = False
-            self._errors.clear()
-        else:
-            remaining = self._producer.flush(FLUSH_TIMEOUT)
-            if remaining or self._errors:
-                errors, self._errors = self._errors, []
-                raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))
-            self._commit_offsets(offsets)
-
-    def poll(self) -> None:
-        """Serve delivery callbacks."""
-        self._producer.poll(0)
-
-    def close(self) -> None:
-        """Abort what was not committed (it will be produced again on replay) and flush."""
-        if self._in_transaction:
-            try:
-                self._producer.abort_transaction(FLUSH_TIMEOUT)
-            except KafkaException as exc:
-                log.warning("could not abort the open transaction: %s", exc)
-            self._in_transaction = False
-        self._producer.flush(FLUSH_TIMEOUT)
+                self._errors.clear()
+            else:
+                remaining = self._producer.flush(FLUSH_TIMEOUT)
+                if remaining or self._errors:
+                    errors, self._errors = self._errors, []
+                    raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))
+                self._commit_offsets(offsets)
+            committed()
+        finally:
+            self._room.release()
 
 
 def _ownership_or(exc: KafkaException) -> Exception:

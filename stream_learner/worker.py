@@ -2,7 +2,9 @@
 
 Windows go in through a queue, results come out through another, in order. torch releases the GIL
 while it computes, so polling keeps the consumer alive during long steps. When a result is marked
-for a snapshot, the worker copies the model state right after that window, before the next one.
+for a snapshot, the worker copies the model state right after that window, before the next one:
+every ``full_every``-th copy whole, the others as deltas (the rows touched since the previous copy,
+see `stream_learner.delta`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from typing import Any
 
 import torch
 
+from stream_learner import delta
 from stream_learner.learner import Learner, WindowResult
 from stream_learner.windowing import Window
 
 
 @dataclass(frozen=True)
 class StateCopy:
-    """The model state after a window: tensors for the payload, learner state for resume."""
+    """The model state after a window: tensors for the payload (all of them for a full snapshot, the
+    delta from the previous copy otherwise), learner state for resume."""
 
     tensors: dict[str, torch.Tensor]
     learner_state: dict[str, Any]
+    kind: str = "FULL"  # or "DELTA"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class _Job:
 @dataclass
 class Worker:
     learner: Learner
+    full_every: int = 1
+    #: Deltas since the last full copy; None when the next copy must be full. ``layout`` is the shape
+    #: of every tensor of the state the next delta applies to.
+    since_full: int | None = None
+    layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _inbox: queue.Queue[_Job | None] = field(default_factory=queue.Queue)
     _outbox: queue.Queue[Output] = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
@@ -94,8 +104,19 @@ class Worker:
         while (job := self._inbox.get()) is not None:
             try:
                 result = self.learner.process(job.window) if job.window is not None else None
-                state = StateCopy(self.learner.tensors(), self.learner.state()) if job.snapshot else None
+                state = self.copy_state() if job.snapshot else None
                 self._outbox.put(Output(job.window, result, state))
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return
+
+    def copy_state(self) -> StateCopy:
+        """The state now (on the training thread): whole, or as the delta from the previous copy."""
+        touched = self.learner.trainer.take_touched()
+        tensors = self.learner.tensors()
+        full = self.since_full is None or self.since_full + 1 >= self.full_every
+        copied = tensors if full else delta.extract(tensors, touched, self.learner.spec.fields, self.layout)
+        shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+        self.layout = shapes if full else {**self.layout, **shapes}
+        self.since_full = 0 if full else (self.since_full or 0) + 1
+        return StateCopy(copied, self.learner.state(), "FULL" if full else "DELTA")

@@ -1,0 +1,209 @@
+"""End-to-end freshness: from an event's production to the first subscriber model that includes it.
+
+    .venv/bin/python -m benchmarks.freshness --seconds 60
+
+1. Maximum rate: the learner (in this process) trains a backfilled topic with the settings below; its
+   rate is events / (last event trained - first event consumed).
+2. Live, at half that rate: events are produced in 10 ms chunks stamped with the wall clock; the learner
+   runs as its own ``stream-learner run`` process; a `ModelSubscriber` in this process follows the
+   snapshot topic. An event is in the first model served whose window range ends after its event time
+   (windows close in time order, and nothing is late). Its freshness is the time that model began to be
+   served minus the time the event was produced. The first two windows (start-up) are not counted, and
+   production goes on for a window and a few seconds after the measured span, so every measured window
+   closes on the watermark, not on idleness.
+
+Target: p99 <= window size + 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+
+from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
+from benchmarks.results import record
+from stream_learner.app import App, Summary
+from stream_learner.codec import encode_event
+from stream_learner.config import Settings
+from stream_learner.producer import produce_synthetic
+from stream_learner.snapshot import SnapshotMeta
+from stream_learner.subscriber import ModelSubscriber
+from stream_learner.synthetic import SyntheticStream
+
+PARTITIONS = 3
+WINDOW_SECONDS = 5.0
+LATENESS_SECONDS = 0.2
+CHUNK_SECONDS = 0.01
+
+
+def _sections(address: str, topic: str, name: str) -> dict[str, dict[str, object]]:
+    return {
+        "kafka": {"bootstrap_servers": address},
+        "input": {"topic": topic, "group_id": name},
+        "window": {"size_seconds": WINDOW_SECONDS, "allowed_lateness_seconds": LATENESS_SECONDS},
+        "dead_letter": {"topic": f"{name}.dlq"},
+        "snapshot": {"topic": f"{name}.snapshots", "every_windows": 1, "full_every": 10},
+        "model": {"name": name},
+        "metrics": {"port": 0},
+    }
+
+
+def max_rate(address: str, events: int) -> float:
+    """Events/s the learner trains with these settings, from a backfilled topic."""
+    topic = new_topic(address, "fresh-max", PARTITIONS)
+    name = f"bench-fresh-{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate(_sections(address, topic, name))
+    produce_synthetic(settings.kafka, topic, events, rate=events / (8 * WINDOW_SECONDS), backfill=True)
+    app = App(settings)
+    marks: dict[str, float] = {}
+
+    def progress(s: Summary) -> None:
+        now = time.perf_counter()
+        if s.events:
+            marks.setdefault("first", now)
+        if app.learner is not None and app.learner.events_trained >= events:
+            marks.setdefault("trained", now)
+
+    try:
+        app.run(exit_when_idle=True, on_progress=progress)
+    finally:
+        delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
+    return events / (marks.get("trained", time.perf_counter()) - marks["first"])
+
+
+def _toml(sections: dict[str, dict[str, object]]) -> str:
+    def value(v: object) -> str:
+        return f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return "\n".join(
+        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in values.items())
+        for section, values in sections.items()
+    )
+
+
+def live(address: str, rate: float, seconds: float) -> dict[str, object]:
+    topic = new_topic(address, "fresh-live", PARTITIONS)
+    name = f"bench-fresh-{uuid.uuid4().hex[:8]}"
+    sections = _sections(address, topic, name)
+    settings = Settings.model_validate(sections)
+    served: list[tuple[float, int, str]] = []  # (serving since, window end ms, kind)
+    chunks: list[tuple[float, int]] = []  # (produced at, events)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "learner.toml"
+        config.write_text(_toml(sections))
+        learner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stream_learner.cli",
+                "--log-level",
+                "WARNING",
+                "run",
+                "--config",
+                str(config),
+            ]
+        )
+
+        def on_update(meta: SnapshotMeta) -> None:
+            served.append((time.time(), meta.window_end_ms, meta.kind))
+
+        subscriber = ModelSubscriber(settings.kafka, settings.snapshot.topic, name, on_update=on_update)
+        subscriber.start()
+        try:
+            time.sleep(8)  # the learner starts and takes its lease
+            total = seconds + 3 * WINDOW_SECONDS + 3
+            chunks = _produce(settings, topic, rate, total)
+            time.sleep(3)
+        finally:
+            learner.send_signal(signal.SIGTERM)
+            learner.wait(120)
+            subscriber.close()
+            delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
+    start = chunks[0][0] + 2 * WINDOW_SECONDS  # skip the start-up windows
+    measured = [(t, n) for t, n in chunks if start <= t < start + seconds]
+    ends = [end for _, end, _ in served]
+    latencies, counts, missing = [], [], 0
+    for t, n in measured:
+        i = bisect.bisect_right(ends, int(t * 1000))
+        if i == len(served):
+            missing += n
+            continue
+        latencies.append(served[i][0] - t)
+        counts.append(n)
+    per_event = np.repeat(np.array(latencies), counts)
+    p50, p99 = np.percentile(per_event, [50, 99])
+    return {
+        "events_measured": int(per_event.size),
+        "events_not_served": missing,
+        "p50_seconds": round(float(p50), 3),
+        "p99_seconds": round(float(p99), 3),
+        "max_seconds": round(float(per_event.max()), 3),
+        "models_served": len(served),
+        "full_snapshots_served": sum(kind == "FULL" for _, _, kind in served),
+    }
+
+
+def _produce(settings: Settings, topic: str, rate: float, seconds: float) -> list[tuple[float, int]]:
+    """Events at ``rate``, in chunks every 10 ms stamped with the wall clock; returns (time, count)."""
+    stream = SyntheticStream()
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 5, "enable.idempotence": True})
+    out: list[tuple[float, int]] = []
+    begun = time.time()
+    sent = 0
+    while (now := time.time()) < begun + seconds:
+        n = int((now - begun) * rate) - sent
+        if n > 0:
+            batch = stream.batch(n, int(now * 1000), 0.0)
+            for record, user in zip(batch.records(), batch.user_id, strict=True):
+                while True:
+                    try:
+                        producer.produce(topic, value=encode_event(record), key=user.encode())
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            out.append((now, n))
+            sent += n
+        producer.poll(0)
+        time.sleep(max(0.0, begun + (sent / rate) + CHUNK_SECONDS - time.time()))
+    producer.flush(30)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured span of the live run")
+    parser.add_argument("--max-events", type=int, default=200_000, help="events for the maximum rate")
+    args = parser.parse_args()
+    address = bootstrap()
+    maximum = max_rate(address, args.max_events)
+    print(f"maximum rate {maximum:.0f} events/s", flush=True)
+    result = live(address, maximum / 2, args.seconds)
+    target = WINDOW_SECONDS + 2
+    result = {
+        "max_events_per_second": round(maximum),
+        "live_events_per_second": round(maximum / 2),
+        "window_seconds": WINDOW_SECONDS,
+        "allowed_lateness_seconds": LATENESS_SECONDS,
+        "snapshot": "every window, full every 10th; default model (dnn, 2^18 rows per table)",
+        "target_p99_seconds": target,
+        "meets_target": result["p99_seconds"] <= target,  # type: ignore[operator]
+        **result,
+    }
+    record("freshness", result)
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Delta snapshots: a full state plus the deltas after it is exactly the state they were cut from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stream_learner import delta
+from stream_learner.config import Settings
+from stream_learner.errors import SnapshotError
+from stream_learner.events import EventBatch, hash_id
+from stream_learner.learner import Learner
+from stream_learner.models.base import FieldSpec
+from stream_learner.snapshot import Snapshot, SnapshotMeta, encode_payload
+from stream_learner.windowing import Window
+from stream_learner.worker import StateCopy, Worker
+
+WINDOW_MS = 60_000
+
+
+def _settings(lr: dict[str, object] | None = None, **model: object) -> Settings:
+    return Settings.model_validate(
+        {
+            "model": {"kind": "dnn", "user_buckets": 512, "item_buckets": 128, **model},
+            "train": {"device": "cpu", "batch_size": 64, "deterministic": True},
+            "lr": lr or {"policy": "constant"},
+        }
+    )
+
+
+def _window(rng: np.random.Generator, index: int, n: int = 300, users: int = 2000) -> Window:
+    """A window touching a few hundred of the rows (ids are hashed into the buckets)."""
+    u = rng.integers(0, users, n)
+    i = rng.integers(0, 300, n)
+    start = 1_700_000_000_000 + index * WINDOW_MS
+    events = EventBatch(
+        user=np.array([hash_id(f"u{x}") for x in u], dtype=np.int64),
+        item=np.array([hash_id(f"i{x}") for x in i], dtype=np.int64),
+        context=np.empty((n, 0), np.int64),
+        label=(rng.random(n) < 0.3).astype(np.float32),
+        timestamp_ms=np.sort(rng.integers(start, start + WINDOW_MS, n)).astype(np.int64),
+        partition=np.zeros(n, np.int32),
+        offset=np.arange(index * n, (index + 1) * n, dtype=np.int64),
+        item_ids=np.array([f"i{x}" for x in i], dtype=object),
+    )
+    return Window(start, start + WINDOW_MS, events, {0: (index * n, (index + 1) * n - 1)}, "watermark")
+
+
+def _run(learner: Learner, worker: Worker, windows: list[Window]) -> list[tuple[StateCopy, dict]]:
+    """Train on each window through the worker thread; the copy after each, with the true state."""
+    out = []
+    with worker:
+        for w in windows:
+            worker.submit(w, snapshot=True)
+            (result,) = worker.outputs(timeout=60)
+            assert result.error is None, result.error
+            assert result.state is not None
+            out.append((result.state, learner.tensors()))
+    return out
+
+
+def _snapshot(copy: StateCopy, version: int, base: int | None) -> Snapshot:
+    meta = SnapshotMeta("m", version, copy.kind, "{}", 0, 0, 0, 0, base_version=base)
+    return Snapshot(meta, encode_payload(copy.tensors).tobytes())
+
+
+def _assert_chain_is_exact(copies: list[tuple[StateCopy, dict]]) -> None:
+    snapshots = [_snapshot(c, v, None if c.kind == "FULL" else v - 1) for v, (c, _) in enumerate(copies, 1)]
+    for upto in range(1, len(snapshots) + 1):
+        restored = delta.replay(snapshots[:upto])
+        truth = copies[upto - 1][1]
+        assert restored.keys() == truth.keys()
+        for name, tensor in truth.items():
+            assert torch.equal(restored[name], tensor), (upto, name)
+
+
+@pytest.mark.parametrize(
+    "model", [{"kind": "dnn"}, {"kind": "logistic"}, {"kind": "dnn", "table": "dynamic"}]
+)
+def test_full_plus_deltas_equals_the_state_exactly(model):
+    learner = Learner(_settings(**model))
+    rng = np.random.default_rng(1)
+    copies = _run(learner, Worker(learner, full_every=4), [_window(rng, k) for k in range(9)])
+    assert [c.kind for c, _ in copies] == ["FULL", "DELTA", "DELTA", "DELTA"] * 2 + ["FULL"]
+    _assert_chain_is_exact(copies)
+
+
+def test_the_optimiser_state_forgotten_after_a_drift_reaches_the_next_delta():
+    """After a drift the trainer scales the table optimiser's state of every row (`Trainer.forget`);
+    the rows it changes must be among the touched rows, or a restore from full + deltas is not exact."""
+    learner = Learner(_settings())
+    rng = np.random.default_rng(1)
+    copies = []
+    with Worker(learner, full_every=10) as worker:
+        for k in range(4):
+            if k == 2:  # between windows: the worker thread is idle
+                learner.trainer.forget(0.3)
+            worker.submit(_window(rng, k), snapshot=True)
+            (result,) = worker.outputs(timeout=60)
+            assert result.error is None and result.state is not None
+            copies.append((result.state, learner.tensors()))
+    _assert_chain_is_exact(copies)
+
+
+def test_a_delta_carries_only_the_touched_rows():
+    learner = Learner(_settings(user_buckets=8192))
+    rng = np.random.default_rng(2)
+    windows = [_window(rng, 0), _window(rng, 1, n=50, users=40)]
+    (full, _), (small, _) = _run(learner, Worker(learner, full_every=10), windows)
+    rows = small.tensors["delta.rows/user"]
+    expected = np.unique([hash_id(f"u{x}") % 8192 for x in range(40)]).size
+    assert 0 < len(rows) <= expected
+    assert small.tensors["delta.slice/user/model.embeddings.user.weight"].shape == (len(rows), 16)
+    assert "model.embeddings.user.weight" not in small.tensors
+    assert "model.mlp.0.weight" in small.tensors  # dense weights travel whole
+    assert encode_payload(small.tensors).size < encode_payload(full.tensors).size / 5
+
+
+def test_after_a_restore_the_next_copy_continues_the_chain():
+    """A worker told it stands 2 deltas after a full (K=3) makes a full copy next, then deltas."""
+    learner = Learner(_settings())
+    rng = np.random.default_rng(3)
+    layout = {n: tuple(t.shape) for n, t in learner.tensors().items()}
+    worker = Worker(learner, full_every=3, since_full=2, layout=layout)
+    kinds = [c.kind for c, _ in _run(learner, worker, [_window(rng, k) for k in range(4)])]
+    assert kinds == ["FULL", "DELTA", "DELTA", "FULL"]
+    worker = Worker(learner, full_every=3, since_full=0, layout=layout)
+    assert [c.kind for c, _ in _run(learner, worker, [_window(rng, 9)])] == ["DELTA"]
+
+
+def test_a_tensor_new_since_the_base_travels_whole():
+    fields = (FieldSpec("user", 6),)
+    tensors = {
+        "model.embeddings.user.weight": torch.arange(12.0).reshape(6, 2),
+        "optim.sparse.x": torch.ones(6),
+    }
+    touched = {"embeddings.user": torch.tensor([1, 4])}
+    out = delta.extract(tensors, touched, fields, layout={"model.embeddings.user.weight": (6, 2)})
+    assert out.keys() == {
+        "delta.rows/user",
+        "delta.slice/user/model.embeddings.user.weight",
+        "optim.sparse.x",
+    }
+    base = {"model.embeddings.user.weight": torch.zeros(6, 2)}
+    delta.apply(base, out)
+    assert torch.equal(
+        base["model.embeddings.user.weight"][[1, 4]], tensors["model.embeddings.user.weight"][[1, 4]]
+    )
+    assert torch.equal(base["model.embeddings.user.weight"][[0, 2, 3, 5]], torch.zeros(4, 2))
+    assert torch.equal(base["optim.sparse.x"], torch.ones(6))
+
+
+def _good_delta() -> dict[str, torch.Tensor]:
+    return {
+        "delta.rows/user": torch.tensor([0, 2]),
+        "delta.slice/user/w": torch.ones(2, 3),
+        "dense": torch.full((2,), 5.0),
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"delta.rows/user": torch.tensor([0, 6])},  # row outside the table
+        {"delta.rows/user": torch.tensor([-1, 2])},
+        {"delta.rows/user": torch.tensor([0.0, 2.0])},  # not integer rows
+        {"delta.slice/user/w": torch.ones(2, 4)},  # wrong row width
+        {"delta.slice/user/w": torch.ones(3, 3)},  # more rows than indices
+        {"delta.slice/user/missing": torch.ones(2, 3)},  # nothing to apply it to
+        {"delta.slice/item/w": torch.ones(2, 3)},  # no row index for the field
+        {"dense": torch.zeros(3)},  # a whole tensor of another shape
+        {"delta.slice/user/w": torch.ones(2, 3, dtype=torch.float64)},
+    ],
+)
+def test_a_bad_delta_is_refused_and_changes_nothing(bad):
+    base = {"w": torch.zeros(6, 3), "dense": torch.zeros(2)}
+    before = {k: v.clone() for k, v in base.items()}
+    with pytest.raises(SnapshotError) as err:
+        delta.apply(base, {**_good_delta(), **bad})
+    assert err.value.reason == "bad_delta"
+    assert all(torch.equal(base[k], before[k]) for k in before)
+
+
+def test_replay_refuses_a_gap_and_a_chain_without_a_full_snapshot():
+    full = Snapshot(
+        SnapshotMeta("m", 1, "FULL", "{}", 0, 0, 0, 0), encode_payload({"dense": torch.zeros(2)}).tobytes()
+    )
+    payload = encode_payload({"dense": torch.ones(2)}).tobytes()
+    later = Snapshot(SnapshotMeta("m", 3, "DELTA", "{}", 0, 0, 0, 0, base_version=2), payload)
+    follows = Snapshot(SnapshotMeta("m", 2, "DELTA", "{}", 0, 0, 0, 0, base_version=1), payload)
+    assert torch.equal(delta.replay([full, follows])["dense"], torch.ones(2))
+    with pytest.raises(SnapshotError) as err:
+        delta.replay([full, later])
+    assert err.value.reason == "gap"
+    with pytest.raises(SnapshotError):
+        delta.replay([later])
