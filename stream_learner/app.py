@@ -15,24 +15,22 @@ from contextlib import ExitStack
 
 from prometheus_client import CollectorRegistry
 
+from stream_learner import warmstart
 from stream_learner.admin import ensure_topics
 from stream_learner.config import Settings
-from stream_learner.errors import OwnershipLost, WarmStartError
+from stream_learner.errors import OwnershipLost
 from stream_learner.learner import Learner
 from stream_learner.metrics import Metrics, MetricsServer
-from stream_learner.models import ModelSpec
 from stream_learner.pipeline import Pipeline, Summary, make_decoder, make_windower
 from stream_learner.publisher import Publisher
+from stream_learner.recovery import Checkpoints, restore
 from stream_learner.sink import Sink
-from stream_learner.snapshot import Snapshot
 from stream_learner.source import Lease, Source
-from stream_learner.subscriber import read_latest
-from stream_learner.windowing import Windower
 from stream_learner.worker import Worker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["App", "Summary", "apply_snapshot"]
+__all__ = ["App", "Summary"]
 
 
 class App:
@@ -68,7 +66,7 @@ class App:
             )
             self.summary.metrics_url = server.url
             ensure_topics(s)
-            lease = Lease(s, on_change=lambda owned: self.metrics.active.set(1 if owned else 0))
+            lease = Lease(s, on_change=self._ownership_changed)
             stack.callback(lease.close)
             if not lease.wait(self._stop.is_set):
                 return self.summary
@@ -79,12 +77,25 @@ class App:
             stack.callback(sink.close)
             learner = self.learner = Learner(s)
             windower = make_windower(s)
-            version, resume = self._restore(learner, windower)
-            starts = source.start(resume)
+            restored = restore(s, learner, windower)
+            warmstart.initialise(s, learner, restored)
+            version = restored.version
+            starts = source.start(restored.resume)
             windower.assign(source.partitions, self.clock())
-            worker = stack.enter_context(Worker(learner))
+            worker = stack.enter_context(
+                Worker(learner, s.snapshot.full_every, restored.since_full, dict(restored.layout))
+            )
+            folder = s.snapshot.checkpoint_dir
+            checkpoint = Checkpoints(folder, s.model.name).write if folder else None
             publisher = Publisher(
-                s, sink, self.metrics, learner.spec.to_json(), self.clock, version, dict(starts)
+                s,
+                sink,
+                self.metrics,
+                learner.spec.to_json(),
+                self.clock,
+                version,
+                dict(starts),
+                checkpoint=checkpoint,
             )
             pipe = Pipeline(
                 s,
@@ -113,7 +124,7 @@ class App:
                 if exit_when_idle and pipe.idle():
                     break
             self._ready = False
-            pipe.finish()
+            pipe.finish(keepalive=lease.poll)
             pipe.report(None)
         self.summary.events_per_second = self.summary.events / max(1e-9, time.monotonic() - started)
         return self.summary
@@ -122,35 +133,11 @@ class App:
         """For /readyz: this instance owns the model and is consuming."""
         return self._ready
 
+    def _ownership_changed(self, owned: bool) -> None:
+        self.metrics.active.set(1 if owned else 0)
+        self.metrics.rebalances.inc()
+
     @staticmethod
     def _check_lease(lease: Lease) -> None:
         if not lease.poll():
             raise OwnershipLost("the model lease was revoked: another instance is taking over")
-
-    def _restore(self, learner: Learner, windower: Windower) -> tuple[int, dict[int, int]]:
-        """Load the newest committed snapshot; return its version and the offsets to resume from."""
-        s = self.settings
-        if s.warm_start.source != "topic":
-            return 0, {}
-        snapshot = read_latest(s.kafka, s.snapshot.topic, s.model.name)
-        if snapshot is None:
-            log.info("no snapshot of model %s on %s: starting fresh", s.model.name, s.snapshot.topic)
-            return 0, {}
-        apply_snapshot(snapshot, learner, windower)
-        resume = {p: nxt for (t, p), nxt in snapshot.meta.resume_offsets().items() if t == s.input.topic}
-        log.info("restored model %s v%d; resuming at %s", s.model.name, snapshot.meta.version, resume)
-        return snapshot.meta.version, resume
-
-
-def apply_snapshot(snapshot: Snapshot, learner: Learner, windower: Windower) -> None:
-    """Load a snapshot into the learner and the windowing state; the spec must match."""
-    spec = ModelSpec.from_json(snapshot.meta.spec)
-    if spec != learner.spec:
-        raise WarmStartError(
-            f"snapshot v{snapshot.meta.version} has model spec {spec}, "
-            f"but the configuration builds {learner.spec}"
-        )
-    state = snapshot.meta.state_dict()
-    learner.restore(snapshot.tensors(), state.get("learner", {}))
-    consumed = {int(p): int(o) for p, o in state.get("consumed", {}).items()}
-    windower.restore(state.get("windowing", {}), consumed)

@@ -1,4 +1,4 @@
-"""Command line: ``stream-learner run | produce synthetic | demo``.
+"""Command line: ``stream-learner run | produce synthetic | demo | snapshots list|inspect | recommend``.
 
 Every flag shows the environment variable it can also come from; settings of the job itself come
 from the TOML file and ``STREAM_LEARNER_<SECTION>__<KEY>`` variables (see docs/configuration.md).
@@ -7,12 +7,16 @@ from the TOML file and ``STREAM_LEARNER_<SECTION>__<KEY>`` variables (see docs/c
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +25,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_learner.app import App, Summary
 from stream_learner.config import Settings, load_settings
-from stream_learner.errors import ConfigError, OwnershipLost
+from stream_learner.errors import ConfigError, OwnershipLost, SnapshotError
 from stream_learner.producer import produce_synthetic
+from stream_learner.snapshot import Snapshot, describe_payload
+from stream_learner.snapshot_log import Entry, SnapshotLog
+from stream_learner.subscriber import ModelSubscriber
 from stream_learner.synthetic import SyntheticConfig
 
 log = logging.getLogger("stream_learner")
 
+EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
 EXIT_OWNERSHIP = 3
 
@@ -78,7 +86,31 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=40.0, help="how long events are produced")
     demo.add_argument("--rate", type=float, default=5_000.0, help="events per second")
     demo.add_argument("--metrics-port", type=int, default=9464)
+
+    snaps = sub.add_parser("snapshots", help="the committed snapshots of a model")
+    ssub = snaps.add_subparsers(dest="action", required=True)
+    listing = ssub.add_parser("list", help="the newest snapshots, oldest first, verified")
+    _model_flags(listing)
+    listing.add_argument("--last", type=int, default=20, help="how many snapshots (newest)")
+    inspect = ssub.add_parser("inspect", help="one snapshot's envelope, learner state and tensors, as JSON")
+    _model_flags(inspect)
+    inspect.add_argument("--version", type=int, help="the version to show (default: the newest)")
+
+    rec = sub.add_parser("recommend", help="the best items for a user, from the newest committed model")
+    _model_flags(rec)
+    rec.add_argument("--user", required=True, help="user id")
+    rec.add_argument("-k", type=int, default=10, help="how many items")
+    rec.add_argument(
+        "--candidates", help="comma-separated item ids (default: the recently active items in the snapshot)"
+    )
     return p
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    _env_flag(
+        parser, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file (kafka, snapshot.topic)", type=Path
+    )
+    parser.add_argument("--model", help="model name (default: model.name from the settings)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(load_settings(args.config), args.exit_when_idle)
         if args.command == "produce":
             return _produce(load_settings(args.config), args)
+        if args.command == "snapshots":
+            return _snapshots(load_settings(args.config), args)
+        if args.command == "recommend":
+            return _recommend(load_settings(args.config), args)
         return _demo(args)
     except ConfigError as err:
         print(f"stream-learner: {err}", file=sys.stderr)
@@ -129,6 +165,82 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
         f"produced {stats.events} events to {settings.input.topic} in {stats.seconds:.1f}s "
         f"(best possible AUC {stats.best_auc:.4f})"
     )
+    return 0
+
+
+# -- snapshots and serving ------------------------------------------------------------------------
+def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
+    return SnapshotLog(settings.kafka, settings.snapshot.topic, args.model or settings.model.name)
+
+
+def _snapshots(settings: Settings, args: argparse.Namespace) -> int:
+    with _snapshot_log(settings, args) as snapshots:
+        if args.action == "list":
+            entries = list(itertools.islice(snapshots.newest_first(), args.last))
+            for entry in reversed(entries):
+                print(_entry_line(entry))
+            if not entries:
+                print(f"no snapshots of {snapshots.key.decode()} on {settings.snapshot.topic}")
+            return 0
+        for entry in snapshots.newest_first():
+            snap = entry.snapshot
+            if snap is not None and args.version in (None, snap.meta.version):
+                try:
+                    print(json.dumps(_inspect(snap), indent=2))
+                except (SnapshotError, ValueError) as err:
+                    print(f"stream-learner: v{snap.meta.version} cannot be shown: {err}", file=sys.stderr)
+                    return EXIT_NOT_FOUND
+                return 0
+    print(f"stream-learner: no verified snapshot {args.version or ''} found", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+def _entry_line(entry: Entry) -> str:
+    if entry.snapshot is None:
+        return f"@{entry.offset!s:<8} refused: {entry.error}"
+    m = entry.snapshot.meta
+    ranges = " ".join(f"{r.partition}:[{r.first},{r.last}]" for r in m.offsets)
+    base = f"<-v{m.base_version}" if m.base_version is not None else ""
+    created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m.created_ms / 1000))
+    return (
+        f"@{entry.offset!s:<8} v{m.version:<6} {m.kind.lower():5} {base:9} {created}Z "
+        f"{len(entry.snapshot.payload):>11} B  windows [{m.window_start_ms}, {m.window_end_ms})  "
+        f"offsets {ranges}"
+    )
+
+
+def _inspect(snap: Snapshot) -> dict[str, Any]:
+    m = snap.meta
+    state = m.state_dict()
+    learner = state.get("learner", {})
+    if isinstance(learner.get("recent_items"), list):
+        learner["recent_items"] = f"{len(learner['recent_items'])} item ids"
+    return {
+        **{k: v for k, v in vars(m).items() if k not in ("spec", "state", "offsets")},
+        "offsets": [vars(r) for r in m.offsets],
+        "spec": json.loads(m.spec),
+        "state": state,
+        "payload_bytes": len(snap.payload),
+        "payload_sha256": hashlib.sha256(snap.payload).hexdigest(),
+        "tensors": {
+            name: [dtype, list(shape)] for name, (dtype, shape) in describe_payload(snap.payload).items()
+        },
+    }
+
+
+def _recommend(settings: Settings, args: argparse.Namespace) -> int:
+    name = args.model or settings.model.name
+    with ModelSubscriber(settings.kafka, settings.snapshot.topic, name) as subscriber:
+        if subscriber.refresh() is None:
+            print(
+                f"stream-learner: no usable snapshot of {name} on {settings.snapshot.topic}", file=sys.stderr
+            )
+            return EXIT_NOT_FOUND
+        candidates = [c for c in args.candidates.split(",") if c] if args.candidates else None
+        best = subscriber.recommend(args.user, args.k, candidates)
+    print(f"model {name} v{subscriber.version}, user {args.user}:")
+    for rank, (item, score) in enumerate(best, 1):
+        print(f"{rank:>3}  {item}  {score:.6f}")
     return 0
 
 

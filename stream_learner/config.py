@@ -77,8 +77,17 @@ class InputSettings(_Section):
         None, description="Writer schema file for plain Avro; default: bundled."
     )
     schema_registry_url: str | None = None
+    schema_registry_username: str | None = Field(None, description="HTTP basic auth for the registry.")
+    schema_registry_password: SecretStr | None = None
+    schema_registry_timeout_seconds: float = Field(10.0, gt=0)
     max_batch: int = Field(10_000, gt=0, description="Messages taken per consume call.")
     poll_timeout_seconds: float = Field(0.1, gt=0)
+    max_poll_interval_ms: int = Field(
+        300_000,
+        ge=6_000,
+        description="max.poll.interval.ms of the learner's consumers. The ownership lease's session "
+        "timeout is the smaller of 10 s and this (brokers refuse sessions under 6 s by default).",
+    )
 
     @model_validator(mode="after")
     def _registry_for_confluent(self) -> InputSettings:
@@ -92,6 +101,7 @@ class ValidationSettings(_Section):
 
     max_age_seconds: float = Field(30 * 86400.0, gt=0, description="Older events are invalid.")
     max_future_skew_seconds: float = Field(300.0, ge=0, description="Events further ahead are invalid.")
+    max_id_bytes: int = Field(1024, gt=0, description="Longer user or item ids (UTF-8 bytes) are invalid.")
 
 
 class WindowSettings(_Section):
@@ -118,13 +128,37 @@ class ModelSettings(_Section):
     embedding_dim: int = Field(16, gt=0)
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.1, ge=0, lt=1)
-    user_buckets: int = Field(1 << 18, gt=0)
-    item_buckets: int = Field(1 << 18, gt=0)
-    context_fields: list[str] = Field(default_factory=list)
-    context_buckets: int = Field(1 << 12, gt=0)
-    table: Literal["hash", "dynamic"] = "hash"
+    user_buckets: int = Field(1 << 18, gt=0, description="Rows of the user table (hash buckets or slots).")
+    item_buckets: int = Field(1 << 18, gt=0, description="Rows of the item table (hash buckets or slots).")
+    context_fields: list[str] = Field(
+        default_factory=list, description="Keys of the event's context map used as (hashed) fields."
+    )
+    context_buckets: int = Field(1 << 12, gt=0, description="Hash buckets of each context field.")
+    context_field_buckets: dict[str, int] = Field(
+        default_factory=dict, description="Hash buckets of particular context fields (overrides)."
+    )
+    table: Literal["hash", "dynamic"] = Field(
+        "hash", description="How user and item ids map to rows: hashing, or a collisionless dynamic table."
+    )
     admit_after: int = Field(1, gt=0, description="Dynamic table: sightings before an id gets its own row.")
-    expire_after_seconds: float = Field(7 * 86400.0, gt=0, description="Dynamic table: unseen rows expire.")
+    expire_after_seconds: float = Field(
+        7 * 86400.0, gt=0, description="Dynamic table: rows unseen for this long (event time) are reused."
+    )
+
+    @model_validator(mode="after")
+    def _known_context_fields(self) -> ModelSettings:
+        for name, rows in self.context_field_buckets.items():
+            if name not in self.context_fields:
+                raise ValueError(
+                    f"model.context_field_buckets names {name!r}, which is not in context_fields"
+                )
+            if rows <= 0:
+                raise ValueError(f"model.context_field_buckets.{name} must be positive")
+        return self
+
+    def context_rows(self, name: str) -> int:
+        """Hash buckets of context field ``name``."""
+        return self.context_field_buckets.get(name, self.context_buckets)
 
 
 class TrainSettings(_Section):
@@ -138,19 +172,30 @@ class TrainSettings(_Section):
     holdout_fraction: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     deterministic: bool = False
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on the CPU).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU; bf16 or fp32 force it."
+    )
 
 
 class LRSettings(_Section):
+    """Learning-rate control (see stream_learner/lr.py); the rate of the sparse (table) optimiser."""
+
     policy: Literal["constant", "plateau", "drift"] = "drift"
-    initial: float = Field(0.05, gt=0)
-    min: float = Field(1e-4, gt=0)
-    max: float = Field(0.2, gt=0)
+    initial: float = Field(0.2, gt=0)
+    min: float = Field(0.2, gt=0, description="Floor of plateau decay (lr.initial: none, see lr.py).")
+    max: float = Field(0.3, gt=0, description="The rate right after a detected drift.")
     factor: float = Field(0.5, gt=0, lt=1, description="Decay factor on plateau.")
-    patience: int = Field(3, gt=0)
+    patience: int = Field(8, gt=0, description="Windows without improvement that make a plateau.")
     detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
-    ph_delta: float = Field(0.005, ge=0)
-    ph_threshold: float = Field(0.5, gt=0)
+    ph_delta: float = Field(0.005, ge=0, description="Page-Hinkley: loss rise tolerated per window.")
+    ph_threshold: float = Field(0.03, gt=0, description="Page-Hinkley: cumulative rise that signals drift.")
+    adwin_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN: confidence of a detected change.")
+    drift_forget: float = Field(
+        0.3, gt=0, le=1, description="On drift, scale the table optimiser's squared-gradient sums by this."
+    )
+    drift_decay: float = Field(
+        0.5, gt=0, lt=1, description="After a drift, the rate returns from lr.max by this factor per window."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> LRSettings:
@@ -161,6 +206,9 @@ class LRSettings(_Section):
 
 class GuardSettings(_Section):
     loss_spike_factor: float = Field(5.0, gt=1, description="Skip a window whose loss exceeds k x average.")
+    max_consecutive_skips: int = Field(
+        3, ge=0, description="After this many loss spikes in a row, accept the next window and start over."
+    )
 
 
 class SnapshotSettings(_Section):
@@ -186,9 +234,19 @@ class MetricsSettings(_Section):
 
 
 class WarmStartSettings(_Section):
+    """Where the first model comes from when no snapshot is restored (see stream_learner/warmstart.py)."""
+
     source: Literal["none", "topic", "file"] = Field("topic", description="Where the first model comes from.")
-    path: Path | None = None
+    path: Path | None = Field(None, description="source = file: a full snapshot file (checkpoint format).")
     pretrained: Path | None = Field(None, description="safetensors file with embedding tables to start from.")
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> WarmStartSettings:
+        if self.source == "file" and self.path is None:
+            raise ValueError("warm_start.path is required when warm_start.source is 'file'")
+        if self.source == "file" and self.pretrained is not None:
+            raise ValueError("warm_start.pretrained cannot be combined with source 'file' (it has tables)")
+        return self
 
 
 class Settings(BaseSettings):

@@ -7,8 +7,9 @@ Names follow Prometheus conventions: prefix ``stream_learner_``, base units, cou
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -86,6 +87,56 @@ class Metrics:
         self.rebalances = Counter(f"{P}rebalances", "Ownership changes seen.", registry=r)
         self.paused_partitions = Gauge(f"{P}paused_partitions", "Input partitions paused.", registry=r)
         self.active = Gauge(f"{P}active", "1 when this instance owns the model, 0 on standby.", registry=r)
+        self.feature_rows_in_use = Gauge(
+            f"{P}feature_rows_in_use", "Rows of a dynamic table held by ids.", ["field"], registry=r
+        )
+        self.feature_ids_admitted = Counter(
+            f"{P}feature_ids_admitted", "Ids given their own row in a dynamic table.", ["field"], registry=r
+        )
+        self.feature_rows_expired = Counter(
+            f"{P}feature_rows_expired", "Dynamic-table rows freed after going unseen.", ["field"], registry=r
+        )
+        self.feature_ids_unplaced = Counter(
+            f"{P}feature_ids_unplaced",
+            "New ids that found their dynamic table full (they share the default row).",
+            ["field"],
+            registry=r,
+        )
+
+    def record_tables(self, tables: Mapping[str, Any] | None) -> None:
+        """Export a window's dynamic-table counts (`WindowResult.tables`: field -> in_use, admitted,
+        expired, unplaced)."""
+        for name, t in (tables or {}).items():
+            self.feature_rows_in_use.labels(name).set(t.in_use)
+            self.feature_ids_admitted.labels(name).inc(t.admitted)
+            self.feature_rows_expired.labels(name).inc(t.expired)
+            self.feature_ids_unplaced.labels(name).inc(t.unplaced)
+
+
+class SubscriberMetrics:
+    """The serving side's metrics (`stream_learner.subscriber.ModelSubscriber`), on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.registry = registry
+        self.applied = Counter(
+            f"{P}subscriber_snapshots_applied",
+            "Snapshots the subscriber applied, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.refused = Counter(
+            f"{P}subscriber_snapshots_refused",
+            "Snapshots or messages the subscriber refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_version = Gauge(f"{P}subscriber_model_version", "Version of the model served.", registry=r)
+        self.model_freshness = Gauge(
+            f"{P}subscriber_model_freshness_seconds",
+            "Newest event time in the model served to the moment it began to be served.",
+            registry=r,
+        )
 
 
 class MetricsServer:

@@ -21,6 +21,7 @@ from stream_learner.config import Settings
 from stream_learner.learner import WindowResult
 from stream_learner.metrics import Metrics
 from stream_learner.publisher import Publisher
+from stream_learner.registry import SchemaRegistry
 from stream_learner.sink import Sink
 from stream_learner.source import Source
 from stream_learner.windowing import CountWindower, EventTimeWindower, Window, Windower
@@ -62,20 +63,31 @@ def make_windower(settings: Settings) -> Windower:
 
 
 def make_decoder(settings: Settings, clock: Callable[[], float]) -> Decoder:
-    v = settings.validation
+    i, v = settings.input, settings.validation
+    registry = None
+    if i.format == "confluent":
+        assert i.schema_registry_url is not None  # the settings insist
+        password = i.schema_registry_password.get_secret_value() if i.schema_registry_password else ""
+        auth = (i.schema_registry_username, password) if i.schema_registry_username else None
+        registry = SchemaRegistry(i.schema_registry_url, auth, timeout=i.schema_registry_timeout_seconds)
     return Decoder(
         settings.model.context_fields,
-        settings.input.writer_schema,
+        i.writer_schema,
         v.max_age_seconds,
         v.max_future_skew_seconds,
         clock,
+        wire_format=i.format,
+        registry=registry,
+        max_id_bytes=v.max_id_bytes,
     )
 
 
 def dead_letter_headers(
-    topic: str, partition: int, offset: int, reason: str, detail: str
+    topic: str, partition: int, offset: int, reason: str, detail: str, original: list[Any] | None = None
 ) -> list[tuple[str, bytes]]:
+    """The message's own headers, then why and where from it was rejected."""
     return [
+        *(original or []),
         ("stream-learner.reason", reason.encode()),
         ("stream-learner.error", detail[:1000].encode("utf-8", "replace")),
         ("stream-learner.source.topic", topic.encode()),
@@ -107,8 +119,6 @@ class Pipeline:
         """Consume a batch, dead-letter what is invalid, window the rest, queue closed windows."""
         now = self.clock()
         messages, at_end = self.source.consume(self.settings.input.poll_timeout_seconds)
-        for p in at_end:
-            self.windower.mark_at_end(p)
         if messages:
             self.metrics.events_consumed.labels(self.source.topic).inc(len(messages))
             self.summary.events += len(messages)
@@ -116,6 +126,8 @@ class Pipeline:
         for rej in decoded.rejected:
             self._dead_letter(rej.message, rej.reason, rej.detail)
         added = self.windower.add(decoded.batch, now)
+        for p in at_end:  # after add: a partition's end comes after its last messages
+            self.windower.mark_at_end(p)
         if added.late.any():
             self._late(decoded, added.late)
         if added.replayed:
@@ -128,17 +140,22 @@ class Pipeline:
         self.metrics.events_late.inc(n)
         self.summary.late += n
         if self.settings.window.late_policy == "dead_letter":
-            batch = decoded.batch
-            for p, o in zip(batch.partition[late], batch.offset[late], strict=True):
-                headers = dead_letter_headers(
-                    self.source.topic, int(p), int(o), "late", "window already closed"
-                )
-                self.sink.dead_letter(None, None, headers)
+            for i in np.flatnonzero(late):
+                self._send_dead_letter(decoded.messages[i], "late", "its window was already closed")
 
     def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
+        if self.windower.replayed(message.partition(), message.offset()):
+            self.metrics.events_replayed.inc()  # dead-lettered and committed before the restart
+            return
         self.metrics.events_invalid.labels(reason).inc()
         self.summary.invalid += 1
-        headers = dead_letter_headers(message.topic(), message.partition(), message.offset(), reason, detail)
+        self._send_dead_letter(message, reason, detail)
+
+    def _send_dead_letter(self, message: Any, reason: str, detail: str) -> None:
+        """The original bytes, key and headers, plus headers saying why and where from."""
+        headers = dead_letter_headers(
+            message.topic(), message.partition(), message.offset(), reason, detail, message.headers()
+        )
         self.sink.dead_letter(message.value(), message.key(), headers)
         self.metrics.dead_letters.inc()
 
@@ -152,11 +169,17 @@ class Pipeline:
         self.worker.submit(window, snapshot=due)
 
     def backpressure(self) -> None:
-        """Pause input while closed windows queue up beyond the bound; resume when they drain."""
-        if self.worker.queued >= self.settings.window.max_queued:
+        """Pause input while closed windows queue up beyond the bound; resume when they drain. The
+        loop keeps polling meanwhile, so the consumers stay in their groups; a paused partition never
+        counts as idle."""
+        queued = self.worker.queued
+        if queued >= self.settings.window.max_queued and not self.source.paused:
             self.source.pause()
-        elif self.source.paused and self.worker.queued < max(1, self.settings.window.max_queued // 2):
+            self.windower.mark_paused()
+            log.debug("input paused: %d windows wait for training", queued)
+        elif self.source.paused and queued < max(1, self.settings.window.max_queued // 2):
             self.source.resume()
+            log.debug("input resumed: %d windows wait for training", queued)
         self.metrics.paused_partitions.set(len(self.source.partitions) if self.source.paused else 0)
 
     # -- results and commits -------------------------------------------------------------------
@@ -243,16 +266,22 @@ class Pipeline:
                 low[p] = min(low.get(p, lo), lo)
         return low
 
-    def finish(self, timeout: float = 120.0) -> None:
-        """Shutdown: drop windows not started, finish the one in training, publish, commit."""
-        self.worker.drop_queued()
+    def finish(self, timeout: float = 120.0, keepalive: Callable[[], object] | None = None) -> bool:
+        """Shutdown: take no more input, drop windows not started (their offsets stay uncommitted),
+        finish the one in training, publish, commit. ``keepalive`` is called while waiting (to keep
+        group memberships). Returns whether the final state was published within ``timeout``."""
+        dropped = self.worker.drop_queued()
         self.flushed = False
         self.worker.request_snapshot()
+        log.info("finishing: %d queued windows dropped (they will be read again), publishing", dropped)
         deadline = self.clock() + timeout
         while not self.flushed and self.clock() < deadline:
             self.collect(timeout=0.5)
+            if keepalive is not None:
+                keepalive()
         if not self.flushed:
             log.error("the training worker did not finish within %.0f s; nothing more is committed", timeout)
+        return self.flushed
 
     # -- reporting -----------------------------------------------------------------------------
     def report(self, on_progress: Callable[[Summary], None] | None) -> None:

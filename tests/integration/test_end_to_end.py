@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stream_learner import delta
 from stream_learner.codec import encode_event
 from stream_learner.models import ModelSpec, build_model
 from stream_learner.producer import produce_synthetic
@@ -61,9 +62,10 @@ def test_learner_consumes_trains_snapshots_and_commits(kafka_bootstrap, new_topi
     assert next_offset == ends
     assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS
 
-    # The payload is safetensors (no pickle) and loads into a fresh model that predicts the same.
+    # The payload is safetensors (no pickle); the newest full snapshot with the deltas after it
+    # loads into a fresh model that predicts the same.
     newest = snapshots[-1]
-    tensors = newest.tensors()
+    tensors = delta.replay(snapshots)
     fresh = build_model(ModelSpec.from_json(newest.meta.spec))
     fresh.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     fresh.eval()
