@@ -107,6 +107,8 @@ class Learner:
         if step.applied:
             self._forget = False
             self.features.commit(placement)
+            for field, plan in placement.plans.items():  # expired slots changed outside the trained rows
+                self.trainer.mark_touched(field, plan.expired)
             self.events_trained += len(train)
             self._remember_items(train.item_ids, train.timestamp_ms)
             if len(held):

@@ -223,6 +223,12 @@ class Trainer:
             self._touched[name].append(rows_touched.cpu())
         return StepResult(True, mean_loss, steps, time.perf_counter() - started)
 
+    def mark_touched(self, field: int, rows: np.ndarray) -> None:
+        """Count rows of a field as changed (e.g. id-table slots that expired) for the next delta."""
+        for name in self.tables:
+            if self.table_field[name] == field:
+                self._touched[name].append(torch.from_numpy(rows.astype(np.int64)))
+
     def take_touched(self) -> dict[str, torch.Tensor]:
         """Rows of each table changed since the last call (sorted, unique, on the CPU), for delta
         snapshots. All tables of one field are touched on the same rows."""
@@ -233,17 +239,6 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def forget(self, factor: float) -> None:
-        """Scale the sparse optimiser's per-row second-moment state (Adagrad's sum of squared
-        gradients, Adam's exp_avg_sq) by ``factor``: after a drift, rows that have seen much data
-        take large steps again, while rarely seen rows barely change."""
-        for name, table in self.tables.items():
-            for key, value in self.sparse_opt.state.get(table.weight, {}).items():
-                if key in ("sum", "exp_avg_sq") and _is_row_state(value, table.weight):
-                    value.mul_(factor)
-            # every row's optimiser state changed: the next delta must carry all of them
-            self._touched[name].append(torch.arange(table.weight.shape[0]))
-
     @torch.no_grad()
     def _reset_rows(self, fresh: dict[int, torch.Tensor], generator: torch.Generator) -> None:
         for name, table in self.tables.items():

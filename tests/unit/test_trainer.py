@@ -146,13 +146,3 @@ def test_device_names_resolve() -> None:
     else:
         with pytest.raises(RuntimeError, match="GPUs exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
-
-
-def test_forget_scales_the_squared_gradient_sums() -> None:
-    t = trainer()
-    rows, labels = data()
-    t.train(rows, labels, 0.1, seed=1)
-    state = t.sparse_opt.state[t.tables["embeddings.item"].weight]
-    before = state["sum"].clone()
-    t.forget(0.1)
-    torch.testing.assert_close(state["sum"], before * 0.1)
