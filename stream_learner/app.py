@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 from prometheus_client import CollectorRegistry
 
-from stream_learner import warmstart
+from stream_learner import __version__, warmstart
 from stream_learner.admin import ensure_topics
 from stream_learner.config import Settings
 from stream_learner.errors import OwnershipLost
@@ -49,6 +49,7 @@ class App:
         self.summary = Summary()
         self._stop = threading.Event()
         self._ready = False
+        self._beat = time.monotonic()  # the last turn of the loop, for /healthz
         self.learner: Learner | None = None  # the active model, once this instance owns it
 
     def request_stop(self) -> None:
@@ -62,13 +63,16 @@ class App:
         started = time.monotonic()
         with ExitStack() as stack:
             server = stack.enter_context(
-                MetricsServer(self.registry, s.metrics.host, s.metrics.port, self.ready)
+                MetricsServer(self.registry, s.metrics.host, s.metrics.port, self.ready, self.healthy)
             )
             self.summary.metrics_url = server.url
+            self.metrics.model_info.info(
+                {"model": s.model.name, "kind": s.model.kind, "version": __version__}
+            )
             ensure_topics(s)
             lease = Lease(s, on_change=self._ownership_changed)
             stack.callback(lease.close)
-            if not lease.wait(self._stop.is_set):
+            if not lease.wait(self._standing_by):
                 return self.summary
             source = Source(s)
             stack.callback(source.close)
@@ -114,6 +118,7 @@ class App:
             )
             self._ready = True
             while not self._stop.is_set():
+                self._beat = time.monotonic()
                 self._check_lease(lease)
                 pipe.ingest()
                 pipe.backpressure()
@@ -132,6 +137,14 @@ class App:
     def ready(self) -> bool:
         """For /readyz: this instance owns the model and is consuming."""
         return self._ready
+
+    def healthy(self) -> bool:
+        """For /healthz: the loop (active or standing by) turned within metrics.stall_seconds."""
+        return time.monotonic() - self._beat < self.settings.metrics.stall_seconds
+
+    def _standing_by(self) -> bool:
+        self._beat = time.monotonic()
+        return self._stop.is_set()
 
     def _ownership_changed(self, owned: bool) -> None:
         self.metrics.active.set(1 if owned else 0)

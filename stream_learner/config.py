@@ -229,8 +229,13 @@ class DeliverySettings(_Section):
 
 
 class MetricsSettings(_Section):
-    host: str = "127.0.0.1"
+    """The HTTP endpoint with /metrics, /healthz and /readyz."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port.")
+    stall_seconds: float = Field(
+        120.0, gt=0, description="/healthz answers 503 when the main loop has not turned for this long."
+    )
 
 
 class WarmStartSettings(_Section):

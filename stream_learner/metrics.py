@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -87,6 +88,22 @@ class Metrics:
         self.rebalances = Counter(f"{P}rebalances", "Ownership changes seen.", registry=r)
         self.paused_partitions = Gauge(f"{P}paused_partitions", "Input partitions paused.", registry=r)
         self.active = Gauge(f"{P}active", "1 when this instance owns the model, 0 on standby.", registry=r)
+        self.model_info = Info(
+            f"{P}model", "The model this instance learns: name, kind, package version.", registry=r
+        )
+        self.holdout_loss = Gauge(
+            f"{P}holdout_loss",
+            "Log loss of the held-out newest events of the last window, after training.",
+            registry=r,
+        )
+        self.holdout_auc = Gauge(
+            f"{P}holdout_auc", "AUC of the held-out newest events of the last window.", registry=r
+        )
+        self.snapshot_last_commit = Gauge(
+            f"{P}snapshot_last_commit_timestamp_seconds",
+            "Wall-clock time of the last snapshot commit.",
+            registry=r,
+        )
         self.feature_rows_in_use = Gauge(
             f"{P}feature_rows_in_use", "Rows of a dynamic table held by ids.", ["field"], registry=r
         )
@@ -140,10 +157,18 @@ class SubscriberMetrics:
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz (process alive) and /readyz (owning and consuming) over HTTP."""
+    """Serves /metrics, /healthz (the loop is turning: active or standing by) and /readyz (owning
+    the model and consuming) over HTTP."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool]) -> None:
-        handler = _handler(registry, ready)
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        handler = _handler(registry, ready, healthy)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
@@ -162,14 +187,17 @@ class MetricsServer:
         self._server.server_close()
 
 
-def _handler(registry: CollectorRegistry, ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    registry: CollectorRegistry, ready: Callable[[], bool], healthy: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._send(200, b"ok\n", "text/plain")
+                ok = healthy()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
             elif path == "/readyz":
                 ok = ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")

@@ -243,6 +243,11 @@ class Pipeline:
             m.train_loss.set(r.step.loss)
             m.train_step_duration.observe(r.step.seconds)
             s.windows_trained += 1
+        if r.holdout is not None:
+            for gauge, value in ((m.holdout_loss, r.holdout.loss), (m.holdout_auc, r.holdout.auc)):
+                if not math.isnan(value):
+                    gauge.set(value)
+        m.record_tables(r.tables)
         self.publisher.trained(r)
         log.info(
             "window [%d, %d) events=%d val_loss=%.4f auc=%.4f lr=%.3g %s",

@@ -100,6 +100,7 @@ class Publisher:
         m.snapshot_size.set(payload.size)
         m.model_version.set(meta.version)
         m.model_freshness.set(max(0.0, self.clock() - meta.newest_event_ms / 1000))
+        m.snapshot_last_commit.set(self.clock())
         log.info(
             "snapshot v%d (%s) committed: %d bytes in %d chunks, %.3f s",
             meta.version,
