@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_learner.app import App, Summary
 from stream_learner.config import Settings, load_settings
+from stream_learner.config_reference import render
 from stream_learner.errors import ConfigError, OwnershipLost, SnapshotError
 from stream_learner.producer import produce_synthetic
 from stream_learner.snapshot import Snapshot, describe_payload
@@ -103,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--candidates", help="comma-separated item ids (default: the recently active items in the snapshot)"
     )
+
+    conf = sub.add_parser(
+        "config", help="check the settings and print them (secrets hidden), or the reference"
+    )
+    _env_flag(conf, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file", type=Path)
+    conf.add_argument("--reference", action="store_true", help="print every setting as Markdown instead")
     return p
 
 
@@ -127,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _snapshots(load_settings(args.config), args)
         if args.command == "recommend":
             return _recommend(load_settings(args.config), args)
+        if args.command == "config":
+            print(render() if args.reference else _shown(load_settings(args.config)))
+            return 0
         return _demo(args)
     except ConfigError as err:
         print(f"stream-learner: {err}", file=sys.stderr)
@@ -134,6 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OwnershipLost as err:
         log.error("stopping: %s", err)
         return EXIT_OWNERSHIP
+
+
+def _shown(settings: Settings) -> str:
+    """The settings as JSON; secrets hidden, also librdkafka extras whose name says they are secret."""
+    data = settings.model_dump(mode="json")
+    extra = data["kafka"]["extra"]
+    for key in extra:
+        if any(word in key for word in ("password", "secret", "token", "key")):
+            extra[key] = "**********"
+    return json.dumps(data, indent=2)
 
 
 def _install_signal_handlers(app: App) -> None:

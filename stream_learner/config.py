@@ -30,16 +30,22 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     """Connection to the cluster; shared by every client the learner creates."""
 
-    bootstrap_servers: str = "127.0.0.1:39092"
-    client_id: str = "stream-learner"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-    ssl_key_password: SecretStr | None = None
+    bootstrap_servers: str = Field(
+        "127.0.0.1:39092", description="Comma-separated host:port list of brokers."
+    )
+    client_id: str = Field("stream-learner", description="client.id of every client (shows in broker logs).")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol."
+    )
+    sasl_mechanism: str | None = Field(None, description="sasl.mechanism, e.g. PLAIN, SCRAM-SHA-512.")
+    sasl_username: str | None = Field(None, description="sasl.username.")
+    sasl_password: SecretStr | None = Field(
+        None, description="sasl.password; set it through the environment."
+    )
+    ssl_ca_location: str | None = Field(None, description="ssl.ca.location: CA bundle to verify brokers.")
+    ssl_certificate_location: str | None = Field(None, description="ssl.certificate.location (mutual TLS).")
+    ssl_key_location: str | None = Field(None, description="ssl.key.location (mutual TLS).")
+    ssl_key_password: SecretStr | None = Field(None, description="ssl.key.password; through the environment.")
     extra: dict[str, str] = Field(
         default_factory=dict, description="Further librdkafka properties passed to every client as they are."
     )
@@ -68,20 +74,22 @@ class KafkaSettings(_Section):
 class InputSettings(_Section):
     """Where events come from and how they are encoded."""
 
-    topic: str = "user-events"
-    group_id: str = "stream-learner"
+    topic: str = Field("user-events", description="Input topic of Avro UserEvents; every partition is read.")
+    group_id: str = Field(
+        "stream-learner", description="Consumer group under which input offsets are committed."
+    )
     format: Literal["avro", "confluent"] = Field(
         "avro", description="avro: schemaless Avro; confluent: Confluent wire format with a Schema Registry."
     )
     writer_schema: Path | None = Field(
         None, description="Writer schema file for plain Avro; default: bundled."
     )
-    schema_registry_url: str | None = None
+    schema_registry_url: str | None = Field(None, description="Schema Registry for input.format confluent.")
     schema_registry_username: str | None = Field(None, description="HTTP basic auth for the registry.")
-    schema_registry_password: SecretStr | None = None
-    schema_registry_timeout_seconds: float = Field(10.0, gt=0)
+    schema_registry_password: SecretStr | None = Field(None, description="HTTP basic auth password.")
+    schema_registry_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of a registry request.")
     max_batch: int = Field(10_000, gt=0, description="Messages taken per consume call.")
-    poll_timeout_seconds: float = Field(0.1, gt=0)
+    poll_timeout_seconds: float = Field(0.1, gt=0, description="Longest wait of one consume call.")
     max_poll_interval_ms: int = Field(
         300_000,
         ge=6_000,
@@ -107,27 +115,42 @@ class ValidationSettings(_Section):
 class WindowSettings(_Section):
     """How events are grouped into the timestep windows the model trains on."""
 
-    kind: Literal["event_time", "count"] = "event_time"
+    kind: Literal["event_time", "count"] = Field(
+        "event_time", description="Tumbling windows by event time, or every `count` events in arrival order."
+    )
     size_seconds: float = Field(60.0, gt=0, description="Tumbling event-time window size.")
     count: int = Field(10_000, gt=0, description="Events per count window.")
-    allowed_lateness_seconds: float = Field(5.0, ge=0)
+    allowed_lateness_seconds: float = Field(
+        5.0, ge=0, description="The watermark trails the newest event time by this much."
+    )
     idle_timeout_seconds: float = Field(10.0, gt=0, description="Idle input closes open windows after this.")
-    late_policy: Literal["drop", "dead_letter"] = "drop"
+    late_policy: Literal["drop", "dead_letter"] = Field(
+        "drop", description="What happens to events for windows already closed (always counted)."
+    )
     max_queued: int = Field(4, gt=0, description="Closed windows waiting for training before input pauses.")
 
 
 class DeadLetterSettings(_Section):
-    topic: str = "user-events.dlq"
+    topic: str = Field(
+        "user-events.dlq",
+        description="Where rejected and (optionally) late messages go, with headers saying why.",
+    )
 
 
 class ModelSettings(_Section):
     """The model: its kind, its fields and their sizes."""
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]+$")
-    kind: Literal["logistic", "fm", "dnn"] = "dnn"
-    embedding_dim: int = Field(16, gt=0)
-    hidden: list[int] = Field(default_factory=lambda: [64, 32])
-    dropout: float = Field(0.1, ge=0, lt=1)
+    name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Names the model; snapshots, the ownership lease and the transactional id use it.",
+    )
+    kind: Literal["logistic", "fm", "dnn"] = Field(
+        "dnn", description="logistic regression, factorization machine, or DeepFM (embeddings + MLP + FM)."
+    )
+    embedding_dim: int = Field(16, gt=0, description="Width of each id embedding (fm, dnn).")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="MLP layer widths (dnn).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each MLP layer (dnn).")
     user_buckets: int = Field(1 << 18, gt=0, description="Rows of the user table (hash buckets or slots).")
     item_buckets: int = Field(1 << 18, gt=0, description="Rows of the item table (hash buckets or slots).")
     context_fields: list[str] = Field(
@@ -162,16 +185,33 @@ class ModelSettings(_Section):
 
 
 class TrainSettings(_Section):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    batch_size: int = Field(1024, gt=0)
-    passes: int = Field(1, gt=0)
-    sparse_optimizer: Literal["adagrad", "adam", "rowwise_adagrad"] = "adagrad"
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: CUDA when a GPU is present, else the CPU.",
+    )
+    batch_size: int = Field(1024, gt=0, description="Mini-batch size within a window.")
+    passes: int = Field(1, gt=0, description="Passes over each window.")
+    sparse_optimizer: Literal["adagrad", "adam", "rowwise_adagrad"] = Field(
+        "adagrad", description="Optimiser of the embedding tables (sparse updates); dense weights use Adam."
+    )
     dense_lr_ratio: float = Field(0.02, gt=0, description="Dense (Adam) rate = learning rate x this.")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(
+        0.0, ge=0, description="L2: Adam weight decay, and lazy decay of touched rows."
+    )
     grad_clip: float = Field(10.0, ge=0, description="Max gradient norm; 0 disables clipping.")
-    holdout_fraction: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-    deterministic: bool = False
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Newest fraction of each window kept out of training and scored after it.",
+    )
+    seed: int = Field(
+        0, description="Seeds initialisation; each window's seed derives from it and the window."
+    )
+    deterministic: bool = Field(
+        False, description="Deterministic torch algorithms: the same windows give the same model on the CPU."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU; bf16 or fp32 force it."
     )
@@ -180,13 +220,18 @@ class TrainSettings(_Section):
 class LRSettings(_Section):
     """Learning-rate control (see stream_learner/lr.py); the rate of the sparse (table) optimiser."""
 
-    policy: Literal["constant", "plateau", "drift"] = "drift"
-    initial: float = Field(0.2, gt=0)
+    policy: Literal["constant", "plateau", "drift"] = Field(
+        "drift",
+        description="constant; plateau: decay when the loss stops improving; drift: plateau + detector.",
+    )
+    initial: float = Field(0.2, gt=0, description="Starting rate of the table optimiser.")
     min: float = Field(0.2, gt=0, description="Floor of plateau decay (lr.initial: none, see lr.py).")
     max: float = Field(0.3, gt=0, description="The rate right after a detected drift.")
     factor: float = Field(0.5, gt=0, lt=1, description="Decay factor on plateau.")
     patience: int = Field(8, gt=0, description="Windows without improvement that make a plateau.")
-    detector: Literal["page_hinkley", "adwin"] = "page_hinkley"
+    detector: Literal["page_hinkley", "adwin"] = Field(
+        "page_hinkley", description="Change detector on the prequential loss (drift policy)."
+    )
     ph_delta: float = Field(0.005, ge=0, description="Page-Hinkley: loss rise tolerated per window.")
     ph_threshold: float = Field(0.03, gt=0, description="Page-Hinkley: cumulative rise that signals drift.")
     adwin_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN: confidence of a detected change.")
@@ -212,20 +257,32 @@ class GuardSettings(_Section):
 
 
 class SnapshotSettings(_Section):
-    topic: str = "model-snapshots"
-    every_windows: int = Field(1, gt=0)
+    topic: str = Field(
+        "model-snapshots", description="Snapshot topic (one partition; created with the configs it needs)."
+    )
+    every_windows: int = Field(1, gt=0, description="Publish a snapshot after every N trained windows.")
     interval_seconds: float = Field(
         30.0, gt=0, description="Trained windows wait at most this long for a snapshot (at once when idle)."
     )
     full_every: int = Field(10, gt=0, description="Every K-th snapshot is full, the others deltas.")
-    max_message_bytes: int = Field(8 << 20, ge=1 << 16)
+    max_message_bytes: int = Field(
+        8 << 20, ge=1 << 16, description="Largest snapshot message; bigger snapshots are split into chunks."
+    )
     recent_items: int = Field(1000, ge=0, description="Recently active item ids carried for serving.")
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: Path | None = Field(
+        None, description="Also keep snapshots here; restored from when it holds the newest version."
+    )
 
 
 class DeliverySettings(_Section):
-    mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    transaction_timeout_ms: int = Field(600_000, gt=0)
+    mode: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once",
+        description="exactly_once: snapshot and offsets in one transaction; at_least_once: for brokers "
+        "without transactions (a crash between publish and commit replays events).",
+    )
+    transaction_timeout_ms: int = Field(
+        600_000, gt=0, description="transaction.timeout.ms; at most the broker's transaction.max.timeout.ms."
+    )
 
 
 class MetricsSettings(_Section):

@@ -1,0 +1,38 @@
+"""Documentation that is generated from code stays equal to it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stream_learner.cli import main
+from stream_learner.config import Settings
+from stream_learner.config_reference import render
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_the_configuration_reference_is_current():
+    assert (DOCS / "configuration.md").read_text() == render() + "\n", (
+        "docs/configuration.md is stale: run `stream-learner config --reference > docs/configuration.md`"
+    )
+
+
+def test_every_setting_is_described():
+    for section, field in Settings.model_fields.items():
+        for key, info in field.annotation.model_fields.items():
+            assert info.description, f"{section}.{key} has no description"
+
+
+def test_config_command_hides_secrets(capsys, monkeypatch, tmp_path):
+    path = tmp_path / "learner.toml"
+    path.write_text(
+        '[kafka.extra]\n"sasl.oauthbearer.client.secret" = "s3cret"\n"socket.timeout.ms" = "5000"\n'
+    )
+    monkeypatch.setenv("STREAM_LEARNER_KAFKA__SASL_PASSWORD", "hunter2")
+    assert main(["config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "s3cret" not in out
+    shown = json.loads(out)
+    assert shown["kafka"]["extra"]["socket.timeout.ms"] == "5000"
+    assert shown["kafka"]["sasl_password"] == "**********"
