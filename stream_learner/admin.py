@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -39,8 +40,22 @@ def ensure_topics(settings: Settings, input_partitions: int | None = None, timeo
         except KafkaException as exc:
             if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
                 raise
-    snap = admin.list_topics(settings.snapshot.topic, timeout=timeout).topics[settings.snapshot.topic]
-    if len(snap.partitions) != 1:
+    partitions = _partitions_once_visible(admin, settings.snapshot.topic, timeout)
+    if partitions != 1:
         raise RuntimeError(
-            f"snapshot topic {settings.snapshot.topic} has {len(snap.partitions)} partitions; it must have 1"
+            f"snapshot topic {settings.snapshot.topic} has {partitions} partitions; it must have 1"
         )
+
+
+def _partitions_once_visible(admin: AdminClient, topic: str, timeout: float) -> int:
+    """The topic's partition count, waiting until a just-created topic shows in the metadata with
+    leaders (the controller's view reaches the brokers a moment after the creation succeeds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(topic, timeout=timeout).topics[topic]
+        ready = (
+            meta.error is None and meta.partitions and all(p.leader >= 0 for p in meta.partitions.values())
+        )
+        if ready or time.monotonic() > deadline:
+            return len(meta.partitions)
+        time.sleep(0.1)

@@ -100,6 +100,8 @@ class App:
                 version,
                 dict(starts),
                 checkpoint=checkpoint,
+                window_end_ms=restored.meta.window_end_ms if restored.meta else None,
+                newest_event_ms=restored.meta.newest_event_ms if restored.meta else 0,
             )
             pipe = Pipeline(
                 s,

@@ -111,6 +111,7 @@ class Pipeline:
     pending: deque[Window] = field(default_factory=deque)
     flushed: bool = False  # the final state requested at shutdown has been handled
     _snapshot_requested: bool = False
+    _waiting_since: float | None = None  # since when something waits for a snapshot
     _windows_since_snapshot: int = 0
     _last_report: float = 0.0
 
@@ -192,28 +193,38 @@ class Pipeline:
                 self.pending.popleft()
                 assert out.result is not None
                 self._record(out.result)
-            if out.state is not None and (out.window is not None or not self.publisher.up_to_date):
+            if out.state is not None and (out.window is not None or self._unpublished()):
                 self._publish(out)
             if out.window is None:
                 self.flushed = True
                 self._snapshot_requested = False
 
+    def _unpublished(self) -> bool:
+        """Something is accounted for but not committed: windows trained since the last snapshot, or
+        offsets passed without a window (dead letters, late events, replays)."""
+        return not self.publisher.up_to_date or self.frontier() != self.publisher.committed_next
+
     def snapshot_if_due(self) -> None:
-        """Publish trained windows that would otherwise wait for the next every-N-windows snapshot:
-        at once when the input is idle, else once the oldest of them is ``snapshot.interval_seconds`` old."""
-        if self._snapshot_requested or self.publisher.up_to_date:
-            return
+        """Publish what would otherwise wait for the next every-N-windows snapshot: at once when the
+        input is idle, else once it has waited ``snapshot.interval_seconds``."""
         now = self.clock()
-        overdue = now - self.publisher.unpublished_since >= self.settings.snapshot.interval_seconds
+        if self._snapshot_requested or not self._unpublished():
+            self._waiting_since = None
+            return
+        if self.publisher.up_to_date and self.pending:  # offsets alone wait for the queued windows
+            return
+        if self._waiting_since is None:
+            self._waiting_since = now if self.publisher.up_to_date else self.publisher.unpublished_since
+        overdue = now - self._waiting_since >= self.settings.snapshot.interval_seconds
         if overdue or (not self.pending and self.windower.all_idle(now)):
             self.worker.request_snapshot()
             self._snapshot_requested = True
 
     def _publish(self, out: Output) -> None:
         assert out.state is not None
-        last = self.publisher.last_result
+        end = self.publisher.window_end_ms
         windowing = (
-            {"horizon_ms": last.end_ms} if last and isinstance(self.windower, EventTimeWindower) else {}
+            {"horizon_ms": end} if end is not None and isinstance(self.windower, EventTimeWindower) else {}
         )
         resume = {"windowing": windowing, "consumed": {str(p): o for p, o in self.source.positions.items()}}
         self.publisher.publish(out.state, self.frontier(), resume, self.source.group_metadata())

@@ -41,6 +41,7 @@ class Publisher:
     checkpoint: Checkpoint | None = None
     last_result: WindowResult | None = None
     window_start_ms: int | None = None  # first window trained since the last snapshot
+    window_end_ms: int | None = None  # end of the last window in the model (restored or trained)
     newest_event_ms: int = 0
     unpublished_since: float = 0.0  # wall time the oldest window not yet in a snapshot was trained
 
@@ -52,6 +53,7 @@ class Publisher:
     def trained(self, result: WindowResult) -> None:
         """Note a window the model has taken in."""
         self.last_result = result
+        self.window_end_ms = result.end_ms
         if self.window_start_ms is None:
             self.window_start_ms = result.start_ms
             self.unpublished_since = self.clock()
@@ -65,11 +67,9 @@ class Publisher:
         group_metadata: object,
     ) -> None:
         """Hand ``state`` to the sink as the next version, to be committed with ``frontier`` (next
-        offset per partition)."""
-        r = self.last_result
-        if r is None:
-            return
-        meta = self._meta(r, state.kind, frontier, {"learner": state.learner_state, **resume_state})
+        offset per partition). With no window trained since the last snapshot, the new version only
+        moves the offsets on (past dead letters, late events and replays)."""
+        meta = self._meta(state.kind, frontier, {"learner": state.learner_state, **resume_state})
         self.version = meta.version
         self.committed_next = dict(frontier)
         self.window_start_ms = None
@@ -112,10 +112,19 @@ class Publisher:
         if self.checkpoint is not None:
             self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes))
 
-    def _meta(
-        self, r: WindowResult, kind: str, frontier: dict[int, int], state: dict[str, Any]
-    ) -> SnapshotMeta:
+    def _meta(self, kind: str, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
         topic = self.settings.input.topic
+        r = None if self.up_to_date else self.last_result
+        end = self.window_end_ms if self.window_end_ms is not None else 0
+        metrics = (
+            {}
+            if r is None
+            else {
+                "validation_loss": r.evaluation.loss,
+                "validation_auc": r.evaluation.auc,
+                "events": float(r.events),
+            }
+        )
         ranges = tuple(
             PartitionRange(topic, p, self.committed_next.get(p, nxt), nxt - 1)
             for p, nxt in sorted(frontier.items())
@@ -127,14 +136,10 @@ class Publisher:
             base_version=self.version if kind == "DELTA" else None,
             spec=self.spec_json,
             created_ms=int(self.clock() * 1000),
-            window_start_ms=self.window_start_ms if self.window_start_ms is not None else r.start_ms,
-            window_end_ms=r.end_ms,
+            window_start_ms=self.window_start_ms if self.window_start_ms is not None else end,
+            window_end_ms=end,
             newest_event_ms=self.newest_event_ms,
             offsets=ranges,
-            metrics={
-                "validation_loss": r.evaluation.loss,
-                "validation_auc": r.evaluation.auc,
-                "events": float(r.events),
-            },
+            metrics=metrics,
             state=json.dumps(state),
         )

@@ -46,6 +46,7 @@ class Restored:
     resume: dict[int, int] = field(default_factory=dict)  # next offset per input partition
     since_full: int | None = None  # deltas since the full snapshot restored; None: next one is full
     layout: dict[str, tuple[int, ...]] = field(default_factory=dict)  # shapes of the state restored
+    meta: SnapshotMeta | None = None  # the snapshot restored
 
 
 def restore(settings: Settings, learner: Learner, windower: Windower) -> Restored:
@@ -102,6 +103,7 @@ def _restore_from(
             resume=resume,
             since_full=used - 1 if meta.version == version else None,
             layout={n: tuple(t.shape) for n, t in tensors.items()},
+            meta=meta,
         )
     return None
 

@@ -122,7 +122,8 @@ class Sink:
             except KafkaException as exc:
                 log.warning("could not abort the open transaction: %s", exc)
             self._in_transaction = False
-        self._producer.flush(FLUSH_TIMEOUT)
+        if self._failure is None:  # after a fatal error (fenced) the producer delivers nothing more
+            self._producer.flush(FLUSH_TIMEOUT)
         self.poll()
 
     def _submit(self, job: Callable[[], None]) -> None:
@@ -135,18 +136,22 @@ class Sink:
             try:
                 item = self._jobs.get(timeout=0.1)
             except queue.Empty:
-                self._producer.poll(0)  # serve delivery callbacks
+                if self._failure is None:
+                    self._guarded(lambda: self._producer.poll(0))  # serve delivery callbacks
                 continue
             if item is None:
                 return
             job, always = item
-            if self._failure is not None and not always:
-                continue
-            try:
-                job()
-            except BaseException as exc:
-                log.error("sink failed: %s", exc)
-                self._failure = exc
+            if self._failure is None or always:
+                self._guarded(job)
+
+    def _guarded(self, job: Callable[[], object]) -> None:
+        """Run ``job``; keep its failure for the polling loop (a fenced producer fails even in poll)."""
+        try:
+            job()
+        except BaseException as exc:
+            log.error("sink failed: %s", exc)
+            self._failure = exc
 
     def _begin(self) -> None:
         if self.exactly_once and not self._in_transaction:

@@ -146,3 +146,31 @@ def test_ten_thousand_fuzzed_payloads_are_dead_lettered_by_the_running_job(kafka
     assert committed_offsets(kafka_bootstrap, settings.input.group_id, topic, PARTITIONS) == ends
     snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
     assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == len(valid)
+
+
+def test_a_stream_that_ends_with_invalid_messages_commits_them_once(kafka_bootstrap, new_topic):
+    """Offsets past the last trained window (here: dead letters) are committed by a version of their
+    own, without waiting for another window; a restart then dead-letters nothing again."""
+    topic = new_topic("events", partitions=1)
+    settings = learner_settings(kafka_bootstrap, topic, model={"kind": "logistic"})
+    t0 = (int(time.time()) - 60) * 1000
+    valid = [(0, None, encode_event(event(user_id=f"u{k}", timestamp=t0 + 100 * k)), None) for k in range(40)]
+    tail = [(0, None, b"\x00 not avro", None) for _ in range(5)]
+    produce(kafka_bootstrap, topic, valid)
+    with AppThread(settings) as run:
+        group = settings.input.group_id
+        wait_for(
+            lambda: committed_offsets(kafka_bootstrap, group, topic, 1) == {0: 40}, 60, "the valid events"
+        )
+        produce(kafka_bootstrap, topic, tail)  # after the last window was trained and committed
+        wait_for(
+            lambda: committed_offsets(kafka_bootstrap, group, topic, 1) == {0: 45}, 60, "the dead letters"
+        )
+        run.stop()
+    with AppThread(settings) as again:  # resumes after the dead letters: nothing to send again
+        time.sleep(3)
+        again.stop()
+    letters = read_all(kafka_bootstrap, settings.dead_letter.topic)
+    assert len(letters) == 5
+    snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
+    assert snapshots[-1].meta.offsets[-1].last == 44

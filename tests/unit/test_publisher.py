@@ -114,11 +114,16 @@ def test_metrics_and_checkpoint_wait_for_the_commit(tmp_path):
     assert torch.equal(chain[0].tensors()["w"], torch.arange(4.0))
 
 
-def test_nothing_is_published_before_a_window_was_trained():
+def test_offsets_alone_move_on_in_a_new_version_with_the_windows_of_the_last():
+    """Dead letters or late events past the last window: a version that commits them, keeps the
+    model's window range (empty, at its end) and claims no validation metrics."""
     sink = RecordingSink()
-    pub = _publisher(sink, CollectorRegistry())
-    pub.publish(_copy("FULL"), {0: 0}, {}, None)
-    assert sink.published == [] and pub.version == 0
+    pub = _publisher(sink, CollectorRegistry(), version=4, committed_next={0: 10}, window_end_ms=5000)
+    pub.publish(_copy("FULL"), {0: 25}, {}, None)
+    meta = _meta(sink.published[0][0])
+    assert (meta.version, pub.version, pub.committed_next) == (5, 5, {0: 25})
+    assert [(r.first, r.last) for r in meta.offsets] == [(10, 24)]
+    assert (meta.window_start_ms, meta.window_end_ms, meta.metrics) == (5000, 5000, {})
 
 
 def test_a_checkpoint_folder_keeps_the_chain_from_the_newest_full_snapshot(tmp_path):
