@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 def snapshot_topic_config(settings: Settings) -> dict[str, str]:
     return {
         "cleanup.policy": "delete",
-        "retention.ms": str(7 * 86400 * 1000),
+        "retention.ms": "-1",  # by size only: a model stopped for long must still find its last snapshot
+        "retention.bytes": str(settings.snapshot.retention_bytes),
         "max.message.bytes": str(settings.snapshot.max_message_bytes + (1 << 20)),
     }
 

@@ -101,6 +101,12 @@ class Publisher:
         m.model_version.set(meta.version)
         m.model_freshness.set(max(0.0, self.clock() - meta.newest_event_ms / 1000))
         m.snapshot_last_commit.set(self.clock())
+        if meta.kind == "FULL" and 3 * payload.size > self.settings.snapshot.retention_bytes:
+            log.warning(
+                "a full snapshot is %d bytes: snapshot.retention_bytes (%d) keeps fewer than three of them",
+                payload.size,
+                self.settings.snapshot.retention_bytes,
+            )
         log.info(
             "snapshot v%d (%s) committed: %d bytes in %d chunks, %.3f s",
             meta.version,

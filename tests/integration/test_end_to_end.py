@@ -113,3 +113,22 @@ def test_undecodable_messages_are_counted_and_do_not_stop_the_job(kafka_bootstra
     assert metrics[("stream_learner_events_consumed_total", (("topic", topic),))] == 600
     final = read_snapshots(kafka_bootstrap, settings.snapshot.topic)[-1]
     assert final.meta.state_dict()["learner"]["events_trained"] == valid
+
+
+def test_the_snapshot_topic_is_created_with_the_configs_it_needs(kafka_bootstrap, new_topic):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from stream_learner.admin import ensure_topics
+
+    settings = learner_settings(kafka_bootstrap, new_topic("events"))
+    ensure_topics(settings)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, settings.snapshot.topic)
+    configs = {k: v.value for k, v in admin.describe_configs([resource])[resource].result(30).items()}
+    assert configs["cleanup.policy"] == "delete"  # compaction would keep one chunk per model
+    assert configs["retention.ms"] == "-1"
+    assert configs["retention.bytes"] == str(settings.snapshot.retention_bytes)
+    assert int(configs["max.message.bytes"]) > settings.snapshot.max_message_bytes
+    topics = admin.list_topics(timeout=30).topics
+    assert len(topics[settings.snapshot.topic].partitions) == 1
+    assert settings.dead_letter.topic in topics
