@@ -75,9 +75,10 @@ def extract(
     fields: Sequence[FieldSpec],
     layout: Mapping[str, tuple[int, ...]],
 ) -> dict[str, torch.Tensor]:
-    """The delta from the previous snapshot to ``tensors``. ``touched``: rows changed per table since
-    then; ``layout``: name -> shape of every tensor the previous snapshot's state has (a row-aligned
-    tensor that is new or changed shape travels whole)."""
+    """The delta from the previous snapshot to ``tensors`` (as CPU copies: ``tensors`` may be the live
+    state, on any device). ``touched``: rows changed per table since then; ``layout``: name -> shape
+    of every tensor the previous snapshot's state has (a row-aligned tensor that is new or changed
+    shape travels whole)."""
     rows = field_rows(touched, fields)
     tables = _tables(touched, fields)
     out: dict[str, torch.Tensor] = {}
@@ -86,10 +87,10 @@ def extract(
         shape = tuple(tensor.shape)
         f = _field_of(name, shape, tables) if layout.get(name) == shape else None
         if f is None:
-            out[name] = tensor
+            out[name] = tensor.to("cpu", copy=True)
             continue
         key = table_name(f.name)
-        out[f"{SLICE}{key}/{name}"] = tensor.index_select(0, rows[key].to(tensor.device))
+        out[f"{SLICE}{key}/{name}"] = tensor.index_select(0, rows[key].to(tensor.device)).to("cpu")
         used.add(key)
     out.update({f"{ROWS}{key}": rows[key] for key in used})
     return out

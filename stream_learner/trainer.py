@@ -277,19 +277,20 @@ class Trainer:
             self.tables[name].weight[touched] *= keep
 
     # -- state ---------------------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Model weights and optimiser state as flat, named CPU tensors (for safetensors)."""
-        out = {f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+    def state_tensors(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        """Model weights and optimiser state as flat, named CPU copies (for safetensors); with
+        ``copy=False`` the live tensors themselves, on their device (to slice before copying)."""
+
+        def take(value: torch.Tensor) -> torch.Tensor:
+            return value.detach().to("cpu", copy=True) if copy else value.detach()
+
+        out = {f"model.{k}": take(v) for k, v in self.model.state_dict().items()}
         names = {id(p): n for n, p in self.model.named_parameters()}
         for opt_name, opt in (("sparse", self.sparse_opt), ("dense", self.dense_opt)):
             for param, state in opt.state.items():
                 for key, value in state.items():
                     name = f"optim.{opt_name}.{names[id(param)]}.{key}"
-                    out[name] = (
-                        value.detach().cpu().clone()
-                        if isinstance(value, torch.Tensor)
-                        else torch.tensor(value)
-                    )
+                    out[name] = take(value) if isinstance(value, torch.Tensor) else torch.tensor(value)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], optimizer: bool = True) -> None:

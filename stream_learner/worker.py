@@ -113,8 +113,8 @@ class Worker:
     def copy_state(self) -> StateCopy:
         """The state now (on the training thread): whole, or as the delta from the previous copy."""
         touched = self.learner.trainer.take_touched()
-        tensors = self.learner.tensors()
         full = self.since_full is None or self.since_full + 1 >= self.full_every
+        tensors = self.learner.tensors(copy=full)  # a delta copies only what it takes
         copied = tensors if full else delta.extract(tensors, touched, self.learner.spec.fields, self.layout)
         shapes = {n: tuple(t.shape) for n, t in tensors.items()}
         self.layout = shapes if full else {**self.layout, **shapes}
