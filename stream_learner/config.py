@@ -269,6 +269,12 @@ class SnapshotSettings(_Section):
         8 << 20, ge=1 << 16, description="Largest snapshot message; bigger snapshots are split into chunks."
     )
     recent_items: int = Field(1000, ge=0, description="Recently active item ids carried for serving.")
+    retention_bytes: int = Field(
+        16 << 30,
+        ge=1 << 20,
+        description="Size the snapshot topic keeps (it is created without time-based retention); keep it "
+        "above a few full snapshots so that the newest full one and its deltas are never deleted.",
+    )
     checkpoint_dir: Path | None = Field(
         None, description="Also keep snapshots here; restored from when it holds the newest version."
     )

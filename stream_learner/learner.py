@@ -211,10 +211,11 @@ class Learner:
             "events_trained": self.events_trained,
         }
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Weights, optimiser state and ``features.<field>.<name>`` dynamic-table state (copies)."""
-        out = self.trainer.state_tensors()
-        out.update({k: torch.from_numpy(v.copy()) for k, v in self.features.state().items()})
+    def tensors(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        """Weights, optimiser state and ``features.<field>.<name>`` dynamic-table state: CPU copies,
+        or with ``copy=False`` the live tensors (valid until the next window is trained)."""
+        out = self.trainer.state_tensors(copy)
+        out.update({k: torch.from_numpy(v.copy() if copy else v) for k, v in self.features.state().items()})
         return out
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
