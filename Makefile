@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy stream_learner
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run
 
 broker:

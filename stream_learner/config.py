@@ -50,9 +50,9 @@ class KafkaSettings(_Section):
         default_factory=dict, description="Further librdkafka properties passed to every client as they are."
     )
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties for a client of this cluster (secrets revealed only here)."""
-        conf: dict[str, str] = {
+        conf: dict[str, str | int | float | bool] = {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": self.security_protocol,
