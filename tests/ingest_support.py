@@ -152,31 +152,3 @@ def produce(
                 producer.poll(0.1)
     assert producer.flush(60) == 0 and not errors, errors[:3]
     return [landed[i] for i in range(len(items))]
-
-
-def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every committed message of a single-partition topic, from the beginning to the end."""
-    import uuid
-
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"probe-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    out: list[Any] = []
-    try:
-        while True:
-            msg = consumer.poll(timeout)
-            assert msg is not None, f"no end of {topic} within {timeout}s"
-            if msg.error():
-                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                return out
-            out.append(msg)
-    finally:
-        consumer.close()

@@ -103,34 +103,37 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         consumer.close()
 
 
-def read_snapshots(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Snapshot]:
-    """Every complete committed snapshot on ``topic``, in order."""
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every committed message of a single-partition topic, from the beginning to the end."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"probe-{uuid.uuid4().hex}",
             "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "fetch.max.bytes": 64 << 20,
             "max.partition.fetch.bytes": 64 << 20,
         }
     )
-    consumer.subscribe([topic])
-    assembler, out = Assembler(), []
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out: list[Any] = []
     try:
         while True:
             msg = consumer.poll(timeout)
             assert msg is not None, f"no end of {topic} within {timeout}s"
             if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(str(msg.error()))
-            snapshot = assembler.add(decode_chunk(msg.value()))
-            if snapshot is not None:
-                out.append(snapshot)
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                return out
+            out.append(msg)
     finally:
         consumer.close()
+
+
+def read_snapshots(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Snapshot]:
+    """Every complete committed snapshot on ``topic`` (one partition), in order."""
+    assembler = Assembler()
+    snapshots = (assembler.add(decode_chunk(msg.value())) for msg in read_all(bootstrap, topic, timeout))
+    return [s for s in snapshots if s is not None]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

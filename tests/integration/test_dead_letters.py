@@ -11,12 +11,13 @@ import numpy as np
 
 from stream_learner.codec import encode_event
 from tests.ingest_fuzz import NOW_MS, malformed, reference
-from tests.ingest_support import event, produce, read_all
+from tests.ingest_support import event, produce
 from tests.support import (
     AppThread,
     committed_offsets,
     end_offsets,
     learner_settings,
+    read_all,
     read_snapshots,
     wait_for,
 )
