@@ -30,6 +30,7 @@ from stream_learner.worker import Output, Worker
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 1.0
+DUE_CHECK_EVERY = 0.5
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Pipeline:
     flushed: bool = False  # the final state requested at shutdown has been handled
     _snapshot_requested: bool = False
     _waiting_since: float | None = None  # since when something waits for a snapshot
+    _due_checked: float = 0.0
     _windows_since_snapshot: int = 0
     _last_report: float = 0.0
 
@@ -206,9 +208,13 @@ class Pipeline:
 
     def snapshot_if_due(self) -> None:
         """Publish what would otherwise wait for the next every-N-windows snapshot: at once when the
-        input is idle, else once it has waited ``snapshot.interval_seconds``."""
+        input is idle, else once it has waited ``snapshot.interval_seconds``. Looked at twice a second:
+        the commit frontier is not worth computing for every batch."""
         now = self.clock()
-        if self._snapshot_requested or not self._unpublished():
+        if self._snapshot_requested or now - self._due_checked < DUE_CHECK_EVERY:
+            return
+        self._due_checked = now
+        if not self._unpublished():
             self._waiting_since = None
             return
         if self.publisher.up_to_date and self.pending:  # offsets alone wait for the queued windows
