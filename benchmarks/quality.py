@@ -45,10 +45,11 @@ constant. For the gradual drift it is a loose bound: the reset comes at the drif
 when the users still mostly follow their old tastes.
 
 The adaptive policy of the targets is the default one (``drift`` with Page-Hinkley and the default
-lr.* settings). The constants, the adaptive policies, two ablations (the drift policy without
-forgetting, and without the rate jump) and the oracle run on several seeds of the stream in each
-scenario; peers and the other model kinds on the first seed of the default scenario. Curves of the
-first seed go to results/quality.png (default) and results/quality-small-catalogue.png.
+lr.* settings). The constants, the adaptive policies, three ablations (the drift policy without
+forgetting, without the rate jump, and without the per-id reset of lr.drift_reset_z) and the oracle
+run on several seeds of the stream in each scenario; peers and the other model kinds on the first
+seed of the default scenario. Curves of the first seed go to results/quality.png (default) and
+results/quality-small-catalogue.png.
 
     python -m benchmarks.quality            # full run (some 10 minutes on one core)
     python -m benchmarks.quality --quick    # fewer windows, one seed, no peers; for a smoke test
@@ -391,6 +392,7 @@ def run_scenario(name: str, quick: bool, kind: str, seeds: range) -> dict[str, A
     policies["drift (adwin)"] = {"policy": "drift", "detector": "adwin"}
     policies["drift, no forgetting"] = {"policy": "drift", "drift_forget": 1.0}
     policies["drift, no rate jump"] = {"policy": "drift", "max": defaults.initial}
+    policies["drift, no id reset"] = {"policy": "drift", "drift_reset_z": 0.0}
     shape = (30, 15, 22, 4) if quick else (70, 30, 50, 5)
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}
     verdicts: dict[int, dict[str, Any]] = {}

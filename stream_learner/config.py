@@ -241,6 +241,12 @@ class LRSettings(_Section):
     drift_decay: float = Field(
         0.5, gt=0, lt=1, description="After a drift, the rate returns from lr.max by this factor per window."
     )
+    drift_reset_z: float = Field(
+        3.0,
+        ge=0,
+        description="On drift, also reset the user and item rows whose own loss rose by more than this many "
+        "standard deviations (per-id drift test, see lr.py); 0 turns it off.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> LRSettings:

@@ -9,7 +9,9 @@
    a row the next one is accepted and the average starts over: the stream has changed for good);
 4. train on it (all of it, or the older part when ``train.holdout_fraction`` holds the newest events
    out, which are then scored after training as time-ordered validation); the trainer rolls the
-   window back if a loss or gradient is not finite.
+   window back if a loss or gradient is not finite. The first window trained after a detected
+   drift first forgets the optimiser state of the rows it trains (lr.drift_forget) and resets the
+   user and item rows whose own loss in it rose significantly (lr.drift_reset_z, `_drifted_rows`).
 
 It knows windows and settings; the torch work is the trainer's, the ids the feature mapper's, the
 rate the controller's. An empty window changes nothing.
@@ -27,7 +29,7 @@ import torch
 
 from stream_learner.config import Settings
 from stream_learner.events import EventBatch
-from stream_learner.features import DynamicField, FeatureMapper, Placement, TableStats
+from stream_learner.features import OOV_ROW, DynamicField, FeatureMapper, Placement, TableStats
 from stream_learner.lr import LRUpdate, make_controller
 from stream_learner.models import ModelSpec, build_model
 from stream_learner.models.optim import restore_rows, scale_second_moments
@@ -37,6 +39,14 @@ from stream_learner.windowing import Window
 #: Accepted windows before the loss-spike guard has an average to compare with.
 GUARD_WARMUP = 3
 GUARD_DECAY = 0.9
+#: Per-id drift test: a row is reset only when its mean log loss over the window's events exceeds what
+#: the model itself expects by more than this (nats per event), as well as by lr.drift_reset_z.
+DRIFT_RESET_MIN_RISE = 0.1
+#: ... and only a row with at least this many of the window's events is tested (a single surprising
+#: event can make a z-score of 4: the normal approximation needs some events).
+DRIFT_RESET_MIN_EVENTS = 10
+#: Probabilities are clipped to [P_CLIP, 1 - P_CLIP] in the per-id drift test.
+P_CLIP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class WindowResult:
     skipped: str | None = None  # why the window was not applied: non_finite, loss_spike
     holdout: Evaluation | None = None  # the trained model on the held-out newest events
     tables: dict[str, TableStats] | None = None  # dynamic tables: in use now, changes in this window
+    drift_resets: dict[str, int] | None = None  # after a drift: rows reset per id field (`_drifted_rows`)
 
 
 class Learner:
@@ -87,7 +98,8 @@ class Learner:
         common: dict[str, Any] = dict(
             start_ms=window.start_ms, end_ms=window.end_ms, events=len(events), newest_event_ms=newest
         )
-        evaluation = self.trainer.evaluate(self.features.rows(events), events.label)
+        scored_rows = self.features.rows(events)
+        evaluation, probs = self.trainer.score(scored_rows, events.label)
         if len(events) == 0:
             return WindowResult(**common, evaluation=evaluation, lr=LRUpdate(self.controller.lr), step=None)
         update = self.controller.update(evaluation.loss)
@@ -98,9 +110,14 @@ class Learner:
         train, held = self._split(events)
         placement = self.features.place(train)
         undo = self._forget_rows(placement.rows) if self._forget else None
-        step = self.trainer.train(
-            placement.rows, train.label, update.lr, self._seed(window), fresh=placement.fresh
-        )
+        fresh, resets = placement.fresh, None
+        if self._forget and self.settings.lr.drift_reset_z > 0:
+            drifted = self._drifted_rows(scored_rows, events.label, probs)
+            resets = {self.features.fields[i].name: len(r) for i, r in drifted.items()}
+            fresh = dict(fresh)
+            for i, r in drifted.items():
+                fresh[i] = np.union1d(fresh.get(i, r), r)
+        step = self.trainer.train(placement.rows, train.label, update.lr, self._seed(window), fresh=fresh)
         holdout = None
         if undo is not None and not step.applied:  # the window was rolled back: so is the forgetting
             undo()
@@ -121,6 +138,7 @@ class Learner:
             skipped=None if step.applied else step.reason,
             holdout=holdout,
             tables=self._table_changes(placement if step.applied else None),
+            drift_resets=resets if step.applied else None,
         )
 
     def _forget_rows(self, rows: np.ndarray) -> Callable[[], None]:
@@ -140,6 +158,38 @@ class Learner:
                 restore_rows(opt, weight, index, saved)
 
         return undo
+
+    def _drifted_rows(self, rows: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict[int, np.ndarray]:
+        """Per-id drift detection: the user and item rows (field index -> rows) whose own prequential
+        loss in this window shows that their ids changed, to be reset like rows given to new ids.
+
+        Each event's excess loss over what the model expects, d = loss - H(p) = (p - y) logit(p), has
+        mean 0 and variance p (1 - p) logit(p)^2 if the model's p is right. A row is flagged when the
+        sum of d over its events is more than lr.drift_reset_z standard deviations above 0 and its
+        mean above DRIFT_RESET_MIN_RISE. A changed item also raises the loss of every user who sees
+        it (and a changed user that of every item it sees), so the fields are tested in turn, the
+        one with the most events per row first, and the events of rows flagged in one field are left
+        out when testing the next. Nothing is kept between windows (see lr.py for why)."""
+        p = np.clip(probs.astype(np.float64), P_CLIP, 1 - P_CLIP)
+        logit = np.log(p) - np.log1p(-p)
+        excess = (p - labels.astype(np.float64)) * logit
+        var = p * (1 - p) * logit**2
+        keep = np.ones(len(p))
+        fields = [(i, np.unique(rows[:, i], return_inverse=True)) for i in range(min(2, rows.shape[1]))]
+        fields.sort(key=lambda f: len(f[1][0]))  # fewest distinct rows = most events per row first
+        out = {}
+        for i, (used, inverse) in fields:
+            n = np.bincount(inverse, keep, len(used))
+            rise = np.bincount(inverse, excess * keep, len(used))
+            sd = np.sqrt(np.bincount(inverse, var * keep, len(used)))
+            hit = (rise > self.settings.lr.drift_reset_z * sd) & (rise > DRIFT_RESET_MIN_RISE * n)
+            hit &= n >= DRIFT_RESET_MIN_EVENTS
+            if isinstance(self.features.fields[i], DynamicField):
+                hit &= used != OOV_ROW  # the row shared by ids not admitted
+            if hit.any():
+                out[i] = used[hit]
+                keep[hit[inverse]] = 0
+        return out
 
     def _table_changes(self, placement: Placement | None) -> dict[str, TableStats] | None:
         """Per dynamic table: rows in use now, and what this window admitted, expired, left unplaced."""

@@ -166,8 +166,12 @@ class Trainer:
         return np.concatenate(out) if out else np.empty(0, np.float32)
 
     def evaluate(self, rows: np.ndarray, labels: np.ndarray) -> Evaluation:
+        return self.score(rows, labels)[0]
+
+    def score(self, rows: np.ndarray, labels: np.ndarray) -> tuple[Evaluation, np.ndarray]:
+        """`evaluate`, and the probability of each event (from which per-event losses follow)."""
         probs = self.predict(rows)
-        return Evaluation(log_loss(labels, probs), roc_auc(labels, probs), len(labels))
+        return Evaluation(log_loss(labels, probs), roc_auc(labels, probs), len(labels)), probs
 
     # -- training ------------------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:

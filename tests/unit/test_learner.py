@@ -231,3 +231,55 @@ def test_a_drift_window_rolled_back_undoes_its_forgetting_and_keeps_it_pending()
     for name in before:
         hit, _ = split_rows(learner, seen[0]["rows"], name)
         assert torch.equal(seen[0][name][hit], before[name][hit] * 0.3), name
+
+
+def fresh_when_training(learner: Learner) -> list[dict[int, np.ndarray]]:
+    """The rows each later window resets before training (field index -> rows)."""
+    seen: list[dict[int, np.ndarray]] = []
+    train = learner.trainer.train
+
+    def spy(*args: object, fresh: dict[int, np.ndarray] | None = None, **kwargs: object) -> StepResult:
+        seen.append(dict(fresh or {}))
+        return train(*args, fresh=fresh, **kwargs)  # type: ignore[arg-type]
+
+    learner.trainer.train = spy  # type: ignore[method-assign]
+    return seen
+
+
+def with_item_flipped(learner: Learner, window):  # the labels of the window's most frequent item inverted
+    rows = learner.features.rows(window.events)[:, 1]
+    values, counts = np.unique(rows, return_counts=True)
+    item = values[np.argmax(counts)]
+    label = np.where(rows == item, 1 - window.events.label, window.events.label)
+    return item, replace(window, events=replace(window.events, label=label.astype(window.events.label.dtype)))
+
+
+@pytest.mark.parametrize("reset_z", [3.0, 0.0])
+def test_a_drift_resets_the_rows_whose_own_loss_rose_and_no_others(reset_z: float) -> None:
+    learner = Learner(small_settings(lr={"drift_reset_z": reset_z}))
+    learner.controller = DriftOn(7)
+    ws = list(windows(8, size=2_000))
+    for w in ws[:6]:
+        learner.process(w)
+    seen = fresh_when_training(learner)
+    item, changed = with_item_flipped(learner, ws[6])
+    result = learner.process(changed)
+    assert result.lr.drift
+    if reset_z == 0:
+        assert result.drift_resets is None and seen == [{}]
+        return
+    assert set(seen[0]) == {1} and seen[0][1].tolist() == [item]  # not the users who saw it
+    assert result.drift_resets == {"item": 1}
+    learner.process(ws[7])
+    assert seen[1] == {}  # once per detected drift
+
+
+def test_without_a_detected_drift_no_row_is_reset() -> None:
+    learner = Learner(small_settings())
+    learner.controller = DriftOn(100)
+    ws = list(windows(7, size=2_000))
+    for w in ws[:6]:
+        learner.process(w)
+    seen = fresh_when_training(learner)
+    result = learner.process(with_item_flipped(learner, ws[6])[1])
+    assert seen == [{}] and result.drift_resets is None
