@@ -60,6 +60,12 @@ class Metrics:
         self.validation_auc = Gauge(f"{P}validation_auc", "Prequential AUC of the last window.", registry=r)
         self.learning_rate = Gauge(f"{P}learning_rate", "Current learning rate.", registry=r)
         self.drift_detected = Counter(f"{P}drift_detected", "Drift detections on the loss.", registry=r)
+        self.drift_rows_reset = Counter(
+            f"{P}drift_rows_reset",
+            "Id rows reset after a drift because their own loss rose.",
+            ["field"],
+            registry=r,
+        )
         self.train_step_duration = Histogram(
             f"{P}train_step_duration_seconds",
             "Time to train on one window.",

@@ -265,6 +265,8 @@ class Pipeline:
                 if not math.isnan(value):
                     gauge.set(value)
         m.record_tables(r.tables)
+        for name, rows in (r.drift_resets or {}).items():
+            m.drift_rows_reset.labels(name).inc(rows)
         self.publisher.trained(r)
         log.info(
             "window [%d, %d) events=%d val_loss=%.4f auc=%.4f lr=%.3g %s",
