@@ -9,6 +9,7 @@ see `stream_learner.delta`).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ import torch
 from stream_learner import delta
 from stream_learner.learner import Learner, WindowResult
 from stream_learner.windowing import Window
+
+log = logging.getLogger(__name__)
+
+#: How long leaving waits for a training step in progress (shutdown waited for it already).
+JOIN_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,9 @@ class Worker:
         self.drop_queued()
         self._inbox.put(None)
         if self._thread:
-            self._thread.join()
+            self._thread.join(JOIN_TIMEOUT)
+            if self._thread.is_alive():  # a hung step: the (daemon) thread ends with the process
+                log.error("the training thread did not stop within %.0f s; leaving it", JOIN_TIMEOUT)
 
     def submit(self, window: Window, snapshot: bool) -> None:
         self._inbox.put(_Job(window, snapshot))
