@@ -310,7 +310,12 @@ class MetricsSettings(_Section):
 class WarmStartSettings(_Section):
     """Where the first model comes from when no snapshot is restored (see stream_learner/warmstart.py)."""
 
-    source: Literal["none", "topic", "file"] = Field("topic", description="Where the first model comes from.")
+    source: Literal["none", "topic", "file"] = Field(
+        "topic",
+        description="topic: restore the newest committed snapshot, else start fresh; file: the same, but "
+        "start from warm_start.path when there is nothing to restore; none: never restore, start afresh "
+        "(versions continue above the newest; input resumes at the committed offsets).",
+    )
     path: Path | None = Field(None, description="source = file: a full snapshot file (checkpoint format).")
     pretrained: Path | None = Field(None, description="safetensors file with embedding tables to start from.")
 

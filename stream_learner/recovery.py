@@ -57,6 +57,10 @@ def restore(settings: Settings, learner: Learner, windower: Windower) -> Restore
         def newest() -> int:
             return snapshots.newest_version or 0
 
+        if s.warm_start.source == "none":  # start over in place: a fresh model above the old versions
+            next(snapshots.newest_first(), None)  # the newest page says the newest version
+            log.info("warm_start.source is none: model %s starts afresh after v%d", s.model.name, newest())
+            return Restored(version=newest())
         restored = None
         if s.snapshot.checkpoint_dir is not None:
             next(snapshots.newest_first(), None)  # the newest page says the newest version

@@ -111,3 +111,23 @@ def test_a_misfit_pretrained_file_stops_the_job_before_any_input(
     with pytest.raises(WarmStartError, match=r"embeddings.item has shape \(3, 4\)"):
         app.run(exit_when_idle=True)
     assert app.summary.events == 0
+
+
+def test_source_none_starts_over_in_place_above_the_old_versions(kafka_bootstrap, new_topic) -> None:
+    topic = new_topic("warm-none", partitions=1)
+    settings = _settings(kafka_bootstrap, topic)
+    produce_synthetic(settings.kafka, topic, EVENTS, rate=1000, backfill=True, config=SyntheticConfig(seed=5))
+    with AppThread(settings, exit_when_idle=True) as run:
+        run.join(180)
+    before = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
+    produce_synthetic(settings.kafka, topic, 1_000, rate=1000, backfill=True, config=SyntheticConfig(seed=6))
+    fresh = settings.model_copy(
+        update={"warm_start": settings.warm_start.model_copy(update={"source": "none"})}
+    )
+    with AppThread(fresh, exit_when_idle=True) as run:
+        run.join(180)
+    after = read_snapshots(kafka_bootstrap, settings.snapshot.topic)[len(before) :]
+    assert after and after[0].meta.version == before[-1].meta.version + 1 and after[0].meta.kind == "FULL"
+    # A fresh model trained only on the events after the committed offsets, not on the old ones.
+    assert after[-1].meta.state_dict()["learner"]["events_trained"] == 1_000
+    assert before[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS
