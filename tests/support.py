@@ -136,6 +136,23 @@ def read_snapshots(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Sn
     return [s for s in snapshots if s is not None]
 
 
+def assert_history_tiles(snapshots: list[Snapshot], topic: str, ends: dict[int, int]) -> None:
+    """One committed history: versions 1, 2, ... and per-partition offset ranges of ``topic`` that tile
+    every partition from 0 to its end, with no gap and no overlap (every event included once)."""
+    assert snapshots, "no snapshot committed"
+    assert [s.meta.version for s in snapshots] == list(range(1, len(snapshots) + 1)), (
+        "a version twice or lost"
+    )
+    nxt = dict.fromkeys(ends, 0)
+    for snap in snapshots:
+        for r in snap.meta.offsets:
+            assert r.topic == topic and r.first == nxt[r.partition], (
+                f"v{snap.meta.version} {r}: gap or overlap"
+            )
+            nxt[r.partition] = r.last + 1
+    assert nxt == ends, "the committed ranges do not cover every event"
+
+
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Fetch a Prometheus text endpoint over HTTP: {(sample name, sorted labels): value}."""
     with urllib.request.urlopen(url, timeout=10) as response:

@@ -18,12 +18,20 @@ from typing import Any
 from stream_learner.config import KafkaSettings
 from stream_learner.producer import produce_synthetic
 from stream_learner.synthetic import SyntheticConfig
-from tests.support import committed_offsets, end_offsets, read_snapshots, scrape, wait_for
+from tests.support import (
+    assert_history_tiles,
+    committed_offsets,
+    end_offsets,
+    read_snapshots,
+    scrape,
+    wait_for,
+)
 
 PARTITIONS = 3
 RATE = 1_500.0  # events per second, live
 EVENTS = 18_000  # twelve seconds of them
-STOP_WITHIN = 60.0  # seconds from the signal to the exit
+STOP_WITHIN = 60.0  # seconds from the signal to the exit before the test gives up
+STOPS_WITHIN = 20.0  # what a clean stop takes at most: finish the window, publish, commit, close
 
 
 def _free_port() -> int:
@@ -126,18 +134,11 @@ def test_signals_mid_stream_stop_cleanly_and_nothing_is_lost_or_trained_twice(
 
     text = log.read_text()
     assert "received SIGTERM" in text and "received SIGINT" in text
-    assert took_term < STOP_WITHIN and took_int < STOP_WITHIN
+    assert took_term < STOPS_WITHIN and took_int < STOPS_WITHIN
     ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
     assert sum(ends.values()) == EVENTS
     assert committed_offsets(kafka_bootstrap, f"g-{name}", topic, PARTITIONS) == ends
     snapshots = read_snapshots(kafka_bootstrap, f"{name}.snapshots")
-    assert [s.meta.version for s in snapshots] == list(range(1, len(snapshots) + 1))
-    # The offset ranges of the snapshots tile every partition exactly once, from 0 to its end...
-    next_offset = dict.fromkeys(range(PARTITIONS), 0)
-    for snap in snapshots:
-        for r in snap.meta.offsets:
-            assert r.first == next_offset[r.partition], (snap.meta.version, r)
-            next_offset[r.partition] = r.last + 1
-    assert next_offset == ends
+    assert_history_tiles(snapshots, topic, ends)  # every partition exactly once, from 0 to its end...
     # ...and the model took in every event exactly once across the three processes.
     assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS

@@ -19,6 +19,7 @@ from tests.support import (
     learner_settings,
     read_all,
     read_snapshots,
+    scrape,
     wait_for,
 )
 
@@ -169,8 +170,14 @@ def test_a_stream_that_ends_with_invalid_messages_commits_them_once(kafka_bootst
         )
         run.stop()
     with AppThread(settings) as again:  # resumes after the dead letters: nothing to send again
-        time.sleep(3)
-        again.stop()
+        lag = ("stream_learner_consumer_lag_records", (("partition", "0"), ("topic", topic)))
+        wait_for(
+            lambda: again.app.ready() and scrape(again.app.summary.metrics_url).get(lag) == 0,
+            60,
+            "the restarted learner to catch up",
+        )
+        summary = again.stop()
+    assert summary.events == 0 and summary.invalid == 0  # it resumed past the dead letters
     letters = read_all(kafka_bootstrap, settings.dead_letter.topic)
     assert len(letters) == 5
     snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)

@@ -12,6 +12,7 @@ from stream_learner.producer import produce_synthetic
 from stream_learner.synthetic import SyntheticConfig
 from tests.support import (
     AppThread,
+    assert_history_tiles,
     committed_offsets,
     end_offsets,
     learner_settings,
@@ -52,14 +53,7 @@ def test_learner_consumes_trains_snapshots_and_commits(kafka_bootstrap, new_topi
     assert summary.windows_trained >= 9  # ten seconds of event time in one-second windows
 
     snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
-    assert snapshots, "no snapshot on the snapshot topic"
-    # The ranges of successive snapshots tile each partition from 0 to its end: every event is included.
-    next_offset = {p: 0 for p in range(PARTITIONS)}
-    for snap in snapshots:
-        for r in snap.meta.offsets:
-            assert r.topic == topic and r.first == next_offset[r.partition], (snap.meta.version, r)
-            next_offset[r.partition] = r.last + 1
-    assert next_offset == ends
+    assert_history_tiles(snapshots, topic, ends)
     assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS
 
     # The payload is safetensors (no pickle); the newest full snapshot with the deltas after it

@@ -27,20 +27,16 @@ from stream_learner.snapshot import PartitionRange, SnapshotMeta
 from stream_learner.snapshot_log import SnapshotLog
 from stream_learner.synthetic import SyntheticConfig
 from tests.snapshot_support import logistic_delta, logistic_state, messages, meta, produce_raw
-from tests.support import AppThread, committed_offsets, end_offsets, learner_settings, read_snapshots
+from tests.support import (
+    AppThread,
+    assert_history_tiles,
+    committed_offsets,
+    end_offsets,
+    learner_settings,
+    read_snapshots,
+)
 
 PARTITIONS = 2
-
-
-def _tiles(snapshots, topic: str, ends: dict[int, int]) -> None:
-    """Versions 1, 2, ... and offset ranges that tile every partition from 0 to its end."""
-    assert [s.meta.version for s in snapshots] == list(range(1, len(snapshots) + 1))
-    nxt = dict.fromkeys(ends, 0)
-    for snap in snapshots:
-        for r in snap.meta.offsets:
-            assert r.topic == topic and r.first == nxt[r.partition], (snap.meta.version, r)
-            nxt[r.partition] = r.last + 1
-    assert nxt == ends
 
 
 def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
@@ -70,7 +66,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
 
     ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
     snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
-    _tiles(snapshots, topic, ends)
+    assert_history_tiles(snapshots, topic, ends)
     assert {s.meta.kind for s in snapshots} == {"FULL", "DELTA"}
     assert snapshots[-1].meta.version == second.version
     assert first.late == second.late == 0
@@ -233,6 +229,6 @@ def test_at_least_once_mode_commits_after_the_snapshot_is_acknowledged(kafka_boo
         run.join(120)
     ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
     snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
-    _tiles(snapshots, topic, ends)
+    assert_history_tiles(snapshots, topic, ends)
     assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == 3000
     assert committed_offsets(kafka_bootstrap, settings.input.group_id, topic, PARTITIONS) == ends

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,16 @@ from stream_learner.codec import USER_EVENT_SCHEMA, Decoder, confluent_frame, en
 from stream_learner.errors import ConfigError
 from stream_learner.events import EVENT_LABELS, MISSING_KEY, hash_id
 from stream_learner.registry import RegistryUnavailable, SchemaRegistry
-from tests.ingest_support import FakeMessage, encoded, event, messages, registry_stub
+from tests import ingest_support
+from tests.ingest_fuzz import NOW, NOW_MS
+from tests.ingest_support import FakeMessage, encoded, messages, registry_stub
 
-NOW = time.time()
 DAY_MS = 86_400_000
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    """A valid event stamped at the decoder's frozen clock (however long the test run has taken)."""
+    return ingest_support.event(**{"timestamp": NOW_MS, **fields})
 
 
 def _clock() -> float:
@@ -214,7 +219,6 @@ def test_a_writer_schema_the_reader_cannot_read_is_a_config_error(
 
 
 # -- validation ----------------------------------------------------------------------------------
-NOW_MS = int(NOW * 1000)
 
 
 @pytest.mark.parametrize(

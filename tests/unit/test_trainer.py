@@ -79,6 +79,7 @@ def test_fresh_rows_start_over_with_no_optimiser_state() -> None:
     # Row 3 of the item field goes to a new id; no event of this window uses it.
     keep = rows[:, 1] != 3
     t.train(rows[keep][:0], labels[keep][:0], 0.1, seed=2)  # an empty window resets nothing
+    assert t.sparse_opt.state[item]["sum"][3].abs().sum() > 0
     t.train(rows[keep][:10], labels[keep][:10], 0.1, seed=2, fresh={1: np.array([3])})
     assert t.sparse_opt.state[item]["sum"][3].abs().sum() == 0
     assert first[3].abs().sum() == 0
