@@ -24,7 +24,7 @@ def snapshot_topic_config(settings: Settings) -> dict[str, str]:
 
 def ensure_topics(settings: Settings, input_partitions: int | None = None, timeout: float = 30.0) -> None:
     """Create the snapshot topic (one partition: versions are ordered) and the dead-letter topic
-    when missing; create the input topic only when ``input_partitions`` is given (demo, tests)."""
+    when missing; create the input topic only when ``input_partitions`` is given (demo, benchmarks)."""
     admin = AdminClient(settings.kafka.client_config())
     wanted = [
         NewTopic(settings.snapshot.topic, 1, config=snapshot_topic_config(settings)),

@@ -178,10 +178,6 @@ Op = Callable[[Cursor, np.ndarray], None]
 Schema = Any
 
 
-def _nothing(cur: Cursor, rows: np.ndarray) -> None:
-    return None
-
-
 def _ignore(*_: object) -> None:
     return None
 
@@ -228,7 +224,7 @@ class _Compiler:
     def _skip(self, schema: Schema, what: str, namespace: str | None) -> Op:
         kind = self.type_name(schema, namespace)
         if kind == "null":
-            return _nothing
+            return _ignore
         if kind in ("boolean", "float", "double", "fixed"):
             size = {"boolean": 1, "float": 4, "double": 8}.get(kind) or int(schema["size"])
             return lambda cur, rows: _ignore(cur._take(rows, size, what))
@@ -346,7 +342,7 @@ def _label_op(c: _Compiler, schema: Schema, ns: str | None) -> Op:
     for branch in branches:
         kind = c.type_name(branch, ns)
         if kind == "null":
-            ops.append(_nothing)
+            ops.append(_ignore)
         elif kind in ("int", "long"):
             ops.append(_label_setter(lambda cur, rows: cur.long(rows, "label").astype(np.float32)))
         elif kind == "float":

@@ -1,4 +1,5 @@
-"""Command line: ``stream-learner run | produce synthetic | demo | snapshots list|inspect | recommend``.
+"""Command line: ``stream-learner run | produce synthetic | demo | snapshots list|inspect | recommend
+| config``.
 
 Every flag shows the environment variable it can also come from; settings of the job itself come
 from the TOML file and ``STREAM_LEARNER_<SECTION>__<KEY>`` variables (see docs/configuration.md).
@@ -21,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
+from stream_learner.admin import ensure_topics
 from stream_learner.app import App, Summary
 from stream_learner.config import Settings, load_settings
 from stream_learner.config_reference import render
@@ -277,17 +279,16 @@ def _local_broker() -> str:
     raise ConfigError("--bootstrap", "no local broker script (deploy/kafka/kafka.sh) found; pass --bootstrap")
 
 
-def _fresh_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete the topics that exist and wait until they are gone (deletion completes asynchronously)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = [n for n in names if n in admin.list_topics(timeout=30).topics]
     for future in admin.delete_topics(existing, operation_timeout=30).values() if existing else []:
         future.result(30)
-    for _ in range(50):  # deletion completes asynchronously
+    for _ in range(50):
         if not set(names) & set(admin.list_topics(timeout=30).topics):
             break
-        threading.Event().wait(0.2)
-    for future in admin.create_topics([NewTopic(n, partitions) for n in names[:1]]).values():
-        future.result(30)
+        time.sleep(0.2)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -303,7 +304,8 @@ def _demo(args: argparse.Namespace) -> int:
             "metrics": {"port": args.metrics_port},
         }
     )
-    _fresh_topics(bootstrap, ["demo.events", "demo.snapshots", "demo.dead-letters"], partitions=3)
+    _delete_topics(bootstrap, ["demo.events", "demo.snapshots", "demo.dead-letters"])  # a fresh start
+    ensure_topics(settings, input_partitions=3)
     logging.getLogger("stream_learner").setLevel(logging.WARNING)
     stop = threading.Event()
     events = int(args.seconds * args.rate)
@@ -324,8 +326,6 @@ def _demo(args: argparse.Namespace) -> int:
     last = {"events": 0, "t": 0.0}
 
     def progress(s: Summary) -> None:
-        import time
-
         now = time.monotonic()
         rate = (s.events - last["events"]) / (now - last["t"]) if last["t"] else 0.0
         last.update(events=s.events, t=now)

@@ -7,7 +7,7 @@ xxh64), `hash_id` one string; both give the same key. The model maps keys to tab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import xxhash
@@ -115,7 +115,7 @@ class EventBatch:
     timestamp_ms: np.ndarray  # int64 event time
     partition: np.ndarray  # int32
     offset: np.ndarray  # int64
-    item_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))  # original item ids
+    item_ids: np.ndarray  # object: the original item ids (for serving's recently active items)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -133,8 +133,8 @@ class EventBatch:
             item_ids=np.empty(0, dtype=object),
         )
 
-    def take(self, index: np.ndarray) -> EventBatch:
-        """The events at `index` (an integer or boolean array), in that order."""
+    def take(self, index: np.ndarray | slice) -> EventBatch:
+        """The events at `index` (an integer or boolean array, in that order; or a slice: views)."""
         return EventBatch(
             user=self.user[index],
             item=self.item[index],

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -41,7 +41,8 @@ STATE_ARRAYS = ("keys", "last_seen_ms", "pending")
 
 @dataclass
 class TableStats:
-    """Counts of a dynamic table: slots in use now; ids admitted, expired and unplaced so far."""
+    """Counts of a dynamic table: slots in use now; ids admitted, expired and unplaced so far (on a
+    field), or in one window (in `WindowResult.tables`, which the metrics add to their counters)."""
 
     in_use: int = 0
     admitted: int = 0
@@ -67,7 +68,7 @@ class Plan:
 class HashedField:
     """Rows by hashing: ``key mod rows``."""
 
-    table = "hash"
+    table: Final = "hash"
 
     def __init__(self, name: str, rows: int) -> None:
         self.name, self.rows = name, rows
@@ -79,7 +80,7 @@ class HashedField:
 class DynamicField:
     """A collisionless table of ``rows`` slots (slot 0 is the shared out-of-vocabulary row)."""
 
-    table = "dynamic"
+    table: Final = "dynamic"
 
     def __init__(self, name: str, rows: int, admit_after: int = 1, expire_after_ms: int = 1 << 62) -> None:
         if rows < 2:
@@ -230,10 +231,7 @@ class FeatureMapper:
         return mapper
 
     def specs(self) -> tuple[FieldSpec, ...]:
-        return tuple(
-            FieldSpec(f.name, f.rows, "dynamic" if isinstance(f, DynamicField) else "hash")
-            for f in self.fields
-        )
+        return tuple(FieldSpec(f.name, f.rows, f.table) for f in self.fields)
 
     def _columns(self, batch: EventBatch) -> list[np.ndarray]:
         columns = [batch.user, batch.item] + [batch.context[:, i] for i in range(batch.context.shape[1])]

@@ -207,9 +207,8 @@ class Learner:
 
     def _split(self, events: EventBatch) -> tuple[EventBatch, EventBatch]:
         """The events to train on and the newest ones held out (events are in time order)."""
-        held = int(len(events) * self.settings.train.holdout_fraction)
-        cut = len(events) - held
-        return events.take(np.arange(cut)), events.take(np.arange(cut, len(events)))
+        cut = len(events) - int(len(events) * self.settings.train.holdout_fraction)
+        return events.take(slice(0, cut)), events.take(slice(cut, None))  # views, not copies
 
     def _seed(self, window: Window) -> int:
         return (self.settings.train.seed * 1_000_003 + window.start_ms) % (1 << 63)
@@ -284,9 +283,10 @@ class Learner:
         self._accepted = int(guard.get("windows", 0))
         self._spikes = int(guard.get("spikes", 0))
         self._forget = bool(state.get("forget_pending", False))
+        current = self.features.stats()
         for name, counts in state.get("tables", {}).items():
-            if name in self.features.stats():
-                stats = self.features.stats()[name]
+            stats = current.get(name)
+            if stats is not None:
                 stats.admitted, stats.expired, stats.unplaced = (
                     int(counts.get(k, 0)) for k in ("admitted", "expired", "unplaced")
                 )

@@ -228,10 +228,7 @@ class Pipeline:
 
     def _publish(self, out: Output) -> None:
         assert out.state is not None
-        end = self.publisher.window_end_ms
-        windowing = (
-            {"horizon_ms": end} if end is not None and isinstance(self.windower, EventTimeWindower) else {}
-        )
+        windowing = self.windower.state(self.publisher.window_end_ms)
         resume = {"windowing": windowing, "consumed": {str(p): o for p, o in self.source.positions.items()}}
         self.publisher.publish(out.state, self.frontier(), resume, self.source.group_metadata())
         self.summary.snapshots += 1

@@ -56,7 +56,6 @@ class SchemaRegistry:
         self._sleep = sleep
         self._schemas: dict[int, Any] = {}
         self._unknown: OrderedDict[int, tuple[float, str]] = OrderedDict()
-        self.requests = 0
 
     def schema(self, schema_id: int) -> Any:
         """The writer schema with this id, as parsed JSON."""
@@ -87,7 +86,6 @@ class SchemaRegistry:
         for attempt in range(self._attempts):
             if attempt:
                 self._sleep(0.5 * 2 ** (attempt - 1))
-            self.requests += 1
             try:
                 with urllib.request.urlopen(request, timeout=self._timeout) as response:
                     return json.loads(response.read())

@@ -64,7 +64,7 @@ class Sink:
         self._producer = Producer(conf)
         self._in_transaction = False
         self._errors: list[KafkaError] = []
-        self._jobs: queue.Queue[tuple[Callable[[], None], bool] | None] = queue.Queue()
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._room = threading.Semaphore(MAX_QUEUED_SNAPSHOTS)
         self._failure: BaseException | None = None
         self._reported = False
@@ -128,7 +128,7 @@ class Sink:
 
     def _submit(self, job: Callable[[], None]) -> None:
         self.poll()
-        self._jobs.put((job, False))
+        self._jobs.put(job)
 
     # -- the sink's thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -141,9 +141,8 @@ class Sink:
                 continue
             if item is None:
                 return
-            job, always = item
-            if self._failure is None or always:
-                self._guarded(job)
+            if self._failure is None:
+                self._guarded(item)
 
     def _guarded(self, job: Callable[[], object]) -> None:
         """Run ``job``; keep its failure for the polling loop (a fenced producer fails even in poll)."""

@@ -148,10 +148,11 @@ class Source:
     def lag(self) -> dict[int, int]:
         """Records behind the log end per partition (cached high watermarks: no broker round trip)."""
         lag: dict[int, int] = {}
+        positions = self.positions
         for p in self.partitions:
             _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
             if high >= 0:
-                lag[p] = max(0, high - self.positions.get(p, 0))
+                lag[p] = max(0, high - positions.get(p, 0))
         return lag
 
     def group_metadata(self) -> object:

@@ -1,14 +1,16 @@
 """Synthetic user-behaviour events from a hidden preference model, with drift at known times.
 
-An event's true click probability is ``sigmoid(bias + user_bias + item_bias + context_bias + scale *
-<u, v>)``: per-user and per-item propensities (learnable from a few sightings), a latent taste match
-(learnable from many), and one bias per value of each context field. Items are shown with a Zipf
-popularity skew and users are active with another. Labels are drawn from the true probability, so
-there is something real to learn and the AUC of the true probabilities is the best any model can reach.
+An event's true click probability is ``sigmoid(bias + user_bias + item_bias + context_bias
++ scale * sqrt(dim) * <u, v>)``: per-user and per-item propensities (learnable from a few sightings),
+a latent taste match (learnable from many), and one bias per value of each context field. Items are
+shown with a Zipf popularity skew and users are active with another. Labels are drawn from the true
+probability, so there is something real to learn and the AUC of the true probabilities is the best
+any model can reach.
 
-Drift: at a known event index the users' tastes (latent vectors and biases) are redrawn, for all of
-them or a fraction. An abrupt drift switches at once; a gradual one over ``span`` events, each event
-following the new taste with a probability that grows linearly (its true probability is the mixture).
+Drift: at a known event index the latent vectors and biases of the drift's target (users, items or
+context values) are redrawn, for all of them or a fraction. An abrupt drift switches at once; a
+gradual one over ``span`` events, each event following the new taste with a probability that grows
+linearly (its true probability is the mixture).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from torch import nn
 
 from stream_learner.config import TrainSettings
 from stream_learner.models.base import RecModel
-from stream_learner.models.optim import sparse_optimizer
+from stream_learner.models.optim import is_row_state, sparse_optimizer
 from stream_learner.quality import log_loss, roc_auc
 
 EVAL_CHUNK = 1 << 16
@@ -61,11 +61,6 @@ class StepResult:
     reason: str | None = None
 
 
-def _is_row_state(value: object, weight: torch.Tensor) -> bool:
-    """Optimiser state with one entry per row of the table (as opposed to a step count)."""
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == weight.shape[0]
-
-
 def _copy(value: object) -> object:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
@@ -89,7 +84,7 @@ class _Rollback:
             rows = touched[name]
             state = trainer.sparse_opt.state.get(table.weight, {})
             saved = {
-                k: v[rows].clone() if _is_row_state(v, table.weight) else _copy(v) for k, v in state.items()
+                k: v[rows].clone() if is_row_state(v, table.weight) else _copy(v) for k, v in state.items()
             }
             self._rows[name] = (table.weight.detach()[rows].clone(), saved)
         self._dense = {n: p.detach().clone() for n, p in trainer.dense_params.items()}
@@ -105,7 +100,7 @@ class _Rollback:
                 continue
             state = trainer.sparse_opt.state[table.weight]
             for k, v in saved.items():
-                if _is_row_state(state[k], table.weight):
+                if is_row_state(state[k], table.weight):
                     state[k][rows] = v
                 else:
                     state[k] = v
@@ -140,7 +135,6 @@ class Trainer:
         self.dense_opt = torch.optim.Adam(
             list(self.dense_params.values()), lr=lr * s.dense_lr_ratio, weight_decay=s.weight_decay
         )
-        self.set_lr(lr)
 
     # -- data movement -------------------------------------------------------------------------
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -199,10 +193,11 @@ class Trainer:
         x_all = self._to_device(rows)
         y_all = self._to_device(labels.astype(np.float32))
         fresh_t = {i: self._to_device(r.astype(np.int64)) for i, r in (fresh or {}).items()}
-        touched = {}
-        for name, i in self.table_field.items():
-            used = x_all[:, i] if i not in fresh_t else torch.cat((x_all[:, i], fresh_t[i]))
-            touched[name] = torch.unique(used)
+        per_field = {  # all tables of a field are touched on the same rows: one unique per field
+            i: torch.unique(x_all[:, i] if i not in fresh_t else torch.cat((x_all[:, i], fresh_t[i])))
+            for i in set(self.table_field.values())
+        }
+        touched = {name: per_field[i] for name, i in self.table_field.items()}
         rollback = _Rollback(self, touched)
         generator = torch.Generator().manual_seed(seed)
         self._reset_rows(fresh_t, generator)
@@ -223,8 +218,9 @@ class Trainer:
         if not bool(finite.item()):
             rollback.restore(self)
             return StepResult(False, mean_loss, steps, time.perf_counter() - started, "non_finite")
-        for name, rows_touched in touched.items():
-            self._touched[name].append(rows_touched.cpu())
+        on_host = {i: rows_touched.cpu() for i, rows_touched in per_field.items()}
+        for name, i in self.table_field.items():
+            self._touched[name].append(on_host[i])
         return StepResult(True, mean_loss, steps, time.perf_counter() - started)
 
     def mark_touched(self, field: int, rows: np.ndarray) -> None:
@@ -243,7 +239,6 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    @torch.no_grad()
     def _reset_rows(self, fresh: dict[int, torch.Tensor], generator: torch.Generator) -> None:
         for name, table in self.tables.items():
             rows = fresh.get(self.table_field[name])
@@ -251,7 +246,7 @@ class Trainer:
                 continue
             table.weight[rows] = self.model.initial_rows(name, len(rows), generator).to(table.weight)
             for value in self.sparse_opt.state.get(table.weight, {}).values():
-                if _is_row_state(value, table.weight):
+                if is_row_state(value, table.weight):
                     value[rows] = 0
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -175,8 +175,9 @@ class EventTimeWindower(_Base):
                 low[p] = min(low.get(p, lo), lo)
         return low
 
-    def state(self) -> dict[str, int]:
-        return {"horizon_ms": self.horizon_ms}
+    def state(self, window_end_ms: int | None) -> dict[str, int]:
+        """What `restore` needs, for a model whose newest window ends at ``window_end_ms``."""
+        return {} if window_end_ms is None else {"horizon_ms": window_end_ms}
 
     def restore(self, state: dict[str, int], replay_until: dict[int, int]) -> None:
         """Resume after a restart: windows up to the horizon are closed; offsets below
@@ -223,7 +224,8 @@ class CountWindower(_Base):
     def open_low_offsets(self) -> dict[int, int]:
         return dict(self._low)
 
-    def state(self) -> dict[str, int]:
+    def state(self, window_end_ms: int | None) -> dict[str, int]:
+        """Nothing: count windows never overlap the committed offsets."""
         return {}
 
     def restore(self, state: dict[str, int], replay_until: dict[int, int]) -> None:

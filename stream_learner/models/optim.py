@@ -44,6 +44,11 @@ SECOND_MOMENTS = ("sum", "exp_avg_sq")
 
 
 @torch.no_grad()
+def is_row_state(value: object, weight: torch.Tensor) -> bool:
+    """Optimiser state with one entry per row of the table (as opposed to a step count)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == weight.shape[0]
+
+
 def scale_second_moments(
     optimizer: torch.optim.Optimizer, weight: torch.Tensor, rows: torch.Tensor, factor: float
 ) -> dict[str, torch.Tensor]:
@@ -54,7 +59,7 @@ def scale_second_moments(
     saved = {}
     for key in SECOND_MOMENTS:
         value = state.get(key)
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == weight.shape[0]:
+        if is_row_state(value, weight):
             saved[key] = value[rows].clone()
             value[rows] = saved[key] * factor
     return saved
