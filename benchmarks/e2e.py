@@ -2,9 +2,10 @@
 
     .venv/bin/python -m benchmarks.e2e --events 200000
 
-Raw: a bare consumer reads every message of the topic (value() touched, nothing else). Learner: the
-full job (decode, validate, window, train, snapshot, commit) from its first consumed event to the
-last event trained; startup (lease, restore) is reported separately.
+Raw: a bare consumer reads every message of the topic (value() touched, nothing else), timed after its
+first batch. Learner: the full job (decode, validate, window, train, snapshot, commit) from its first
+consumed event to the last event trained (see benchmarks/timing.py: the last window closes on the
+watermark, not on idleness); startup (lease, restore) is reported separately.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
-from stream_learner.app import App, Summary
+from benchmarks.timing import learner_rate
 from stream_learner.config import Settings
 from stream_learner.producer import produce_synthetic
 
@@ -25,6 +26,7 @@ PARTITIONS = 3
 
 
 def raw_consume_rate(address: str, topic: str, events: int) -> float:
+    """Events/s of a bare consumer, timed from the end of its first batch (which is not counted)."""
     consumer = Consumer(
         {
             "bootstrap.servers": address,
@@ -34,23 +36,22 @@ def raw_consume_rate(address: str, topic: str, events: int) -> float:
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    seen, started = 0, None
+    first, seen, started = 0, 0, 0.0
     while seen < events:
-        batch = consumer.consume(10_000, 1.0)
-        if batch and started is None:
-            started = time.perf_counter()
+        batch = [m for m in consumer.consume(10_000, 1.0) if m.error() is None]
         for msg in batch:
-            if msg.error() is None:
-                msg.value()
-                seen += 1
-    elapsed = time.perf_counter() - (started or time.perf_counter())
+            msg.value()
+        seen += len(batch)
+        if batch and not started:
+            first, started = len(batch), time.perf_counter()
+    elapsed = time.perf_counter() - started
     consumer.close()
-    return seen / elapsed
+    return (seen - first) / elapsed
 
 
-def learner_rate(address: str, topic: str, events: int) -> dict[str, float]:
+def learner_settings(address: str, topic: str) -> Settings:
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings.model_validate(
+    return Settings.model_validate(
         {
             "kafka": {"bootstrap_servers": address},
             "input": {"topic": topic, "group_id": name},
@@ -61,28 +62,6 @@ def learner_rate(address: str, topic: str, events: int) -> dict[str, float]:
             "metrics": {"port": 0},
         }
     )
-    app = App(settings)
-    marks: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def progress(s: Summary) -> None:
-        now = time.perf_counter()
-        if s.events and "first" not in marks:
-            marks["first"] = now
-        learner = app.learner
-        if learner is not None and learner.events_trained >= events and "trained" not in marks:
-            marks["trained"] = now
-
-    app.run(exit_when_idle=True, on_progress=progress)
-    marks.setdefault("trained", time.perf_counter())
-    try:
-        return {
-            "events_per_second": events / (marks["trained"] - marks["first"]),
-            "startup_seconds": marks["first"] - started,
-            "settings": {"window_seconds": 1.0, "snapshot_every_windows": 10, "model": settings.model.kind},
-        }
-    finally:
-        delete_topics(address, [settings.snapshot.topic, settings.dead_letter.topic])
 
 
 def main() -> None:
@@ -93,18 +72,13 @@ def main() -> None:
     args = parser.parse_args()
     address = bootstrap()
     topic = new_topic(address, "e2e", PARTITIONS)
+    settings = learner_settings(address, topic)
     try:
-        produce_synthetic(
-            Settings.model_validate({"kafka": {"bootstrap_servers": address}}).kafka,
-            topic,
-            args.events,
-            rate=10_000,
-            backfill=True,
-        )
+        produce_synthetic(settings.kafka, topic, args.events, rate=10_000, backfill=True)
         raw = raw_consume_rate(address, topic, args.events)
-        learner = learner_rate(address, topic, args.events)
+        learner = learner_rate(settings, args.events, PARTITIONS)
     finally:
-        delete_topics(address, [topic])
+        delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
     result = {
         "events": args.events,
         "partitions": PARTITIONS,
@@ -112,7 +86,7 @@ def main() -> None:
         "learner_events_per_second": round(learner["events_per_second"]),
         "learner_startup_seconds": round(learner["startup_seconds"], 2),
         "learner_vs_raw": round(learner["events_per_second"] / raw, 4),
-        "settings": learner["settings"],
+        "settings": {"window_seconds": 1.0, "snapshot_every_windows": 10, "model": settings.model.kind},
     }
     record("e2e", result)
     print(result)

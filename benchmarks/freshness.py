@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.freshness --seconds 60
 
 1. Maximum rate: the learner (in this process) trains a backfilled topic with the settings below; its
-   rate is events / (last event trained - first event consumed).
+   rate is events / (last event trained - first event consumed), see benchmarks/timing.py.
 2. Live, at half that rate: events are produced in 10 ms chunks stamped with the wall clock; the learner
    runs as its own ``stream-learner run`` process; a `ModelSubscriber` in this process follows the
    snapshot topic. An event is in the first model served whose window range ends after its event time
@@ -32,7 +32,7 @@ from confluent_kafka import Producer
 
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
-from stream_learner.app import App, Summary
+from benchmarks.timing import learner_rate
 from stream_learner.codec import encode_event
 from stream_learner.config import Settings
 from stream_learner.producer import produce_synthetic
@@ -59,26 +59,15 @@ def _sections(address: str, topic: str, name: str) -> dict[str, dict[str, object
 
 
 def max_rate(address: str, events: int) -> float:
-    """Events/s the learner trains with these settings, from a backfilled topic."""
+    """Events/s the learner trains with these settings, from a backfilled topic (`timing.learner_rate`)."""
     topic = new_topic(address, "fresh-max", PARTITIONS)
     name = f"bench-fresh-{uuid.uuid4().hex[:8]}"
     settings = Settings.model_validate(_sections(address, topic, name))
-    produce_synthetic(settings.kafka, topic, events, rate=events / (8 * WINDOW_SECONDS), backfill=True)
-    app = App(settings)
-    marks: dict[str, float] = {}
-
-    def progress(s: Summary) -> None:
-        now = time.perf_counter()
-        if s.events:
-            marks.setdefault("first", now)
-        if app.learner is not None and app.learner.events_trained >= events:
-            marks.setdefault("trained", now)
-
     try:
-        app.run(exit_when_idle=True, on_progress=progress)
+        produce_synthetic(settings.kafka, topic, events, rate=events / (8 * WINDOW_SECONDS), backfill=True)
+        return learner_rate(settings, events, PARTITIONS)["events_per_second"]
     finally:
         delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
-    return events / (marks.get("trained", time.perf_counter()) - marks["first"])
 
 
 def _toml(sections: dict[str, dict[str, object]]) -> str:

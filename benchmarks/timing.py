@@ -1,0 +1,80 @@
+"""The learner's own rate, timed from inside: first event consumed to the last of N events trained.
+
+`learner_rate` runs an `App` in this process over a backfilled topic. The clock starts when the
+source returns its first messages and stops when the learner's cumulative ``events_trained`` reaches
+N (timed in the training thread, not by the once-a-second progress callback). A trailing event per
+partition, past the last window's end, lets that window close on the watermark, so the figure does
+not include the idle timeout that would otherwise close it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from confluent_kafka import Producer
+
+from stream_learner.app import App
+from stream_learner.codec import encode_event
+from stream_learner.config import Settings
+from stream_learner.learner import Learner
+from stream_learner.source import Source
+
+
+def produce_trailer(settings: Settings, partitions: int) -> None:
+    """One event per partition later than every event produced so far by more than a window plus the
+    allowed lateness (backfilled events end now)."""
+    w = settings.window
+    at_ms = int((time.time() + w.size_seconds + w.allowed_lateness_seconds + 1.0) * 1000)
+    producer = Producer(settings.kafka.client_config())
+    event = {
+        "user_id": "trailer",
+        "item_id": "trailer",
+        "event_type": "view",
+        "timestamp": at_ms,
+        "label": None,
+        "context": {},
+    }
+    for p in range(partitions):
+        producer.produce(settings.input.topic, value=encode_event(event), partition=p)
+    assert producer.flush(30) == 0
+
+
+@contextmanager
+def _instrumented(events: int, marks: dict[str, float]) -> Iterator[None]:
+    consume, process = Source.consume, Learner.process
+
+    def timed_consume(self: Source, timeout: float) -> Any:
+        out = consume(self, timeout)
+        if out[0]:
+            marks.setdefault("first", time.perf_counter())
+        return out
+
+    def timed_process(self: Learner, window: Any) -> Any:
+        result = process(self, window)
+        if self.events_trained >= events:
+            marks.setdefault("trained", time.perf_counter())
+        return result
+
+    Source.consume, Learner.process = timed_consume, timed_process  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Source.consume, Learner.process = consume, process  # type: ignore[method-assign]
+
+
+def learner_rate(settings: Settings, events: int, partitions: int) -> dict[str, float]:
+    """Events/s of the whole job on ``settings.input.topic``, which holds ``events`` backfilled
+    events (a trailer is added here), and the start-up time before the first event."""
+    produce_trailer(settings, partitions)
+    marks: dict[str, float] = {}
+    started = time.perf_counter()
+    with _instrumented(events, marks):
+        App(settings).run(exit_when_idle=True)
+    assert "trained" in marks, f"the learner never trained {events} events"
+    return {
+        "events_per_second": events / (marks["trained"] - marks["first"]),
+        "startup_seconds": marks["first"] - started,
+    }
