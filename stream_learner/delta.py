@@ -13,7 +13,7 @@ gives exactly the state they were cut from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NoReturn
 
 import torch
@@ -154,6 +154,16 @@ def _check_rows(name: str, target: torch.Tensor, idx: torch.Tensor, value: torch
 
 def _bad(detail: str) -> NoReturn:
     raise SnapshotError("bad_delta", detail)
+
+
+def chain(full: Snapshot, later: Iterable[Snapshot]) -> list[Snapshot]:
+    """``full`` and the deltas of ``later`` (in log order) that continue it without a gap."""
+    out = [full]
+    for snap in later:
+        if snap.meta.base_version != out[-1].meta.version:
+            break
+        out.append(snap)
+    return out
 
 
 def replay(snapshots: Sequence[Snapshot]) -> dict[str, torch.Tensor]:

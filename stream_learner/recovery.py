@@ -202,11 +202,5 @@ class Checkpoints:
             except SnapshotError as err:
                 log.warning("refused checkpoint %s: %s", path, err)
         for i in reversed(range(len(snaps))):
-            if snaps[i].meta.kind != "FULL":
-                continue
-            chain = [snaps[i]]
-            for later in snaps[i + 1 :]:
-                if later.meta.base_version != chain[-1].meta.version:
-                    break
-                chain.append(later)
-            yield chain
+            if snaps[i].meta.kind == "FULL":
+                yield delta.chain(snaps[i], snaps[i + 1 :])

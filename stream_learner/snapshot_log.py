@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from stream_learner import delta
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import SnapshotError
 from stream_learner.snapshot import Assembler, Snapshot, decode_chunk
@@ -203,12 +204,7 @@ class SnapshotLog:
                 continue
             snap = entry.snapshot
             if snap.meta.kind == "FULL":
-                chain = [snap]
-                for later in newer:
-                    if later.meta.base_version != chain[-1].meta.version:
-                        break
-                    chain.append(later)
-                yield chain
+                yield delta.chain(snap, newer)
             newer.insert(0, snap)
 
     def follow(self, start: int, stop: threading.Event) -> Iterator[Entry]:
