@@ -185,6 +185,11 @@ class ModelSettings(_Section):
 
 
 class TrainSettings(_Section):
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch CPU threads; 0: all cores but one, which is left to polling and decoding.",
+    )
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -109,11 +110,18 @@ class _Rollback:
         trainer.dense_opt.load_state_dict(self._dense_opt)
 
 
+def cpu_threads(configured: int) -> int:
+    """torch's intra-op threads (process-wide): as configured, or all cores but one, so that training
+    does not contend with the polling loop and librdkafka for every core."""
+    return configured or max(1, (os.cpu_count() or 2) - 1)
+
+
 class Trainer:
     """Evaluates and trains a `RecModel` window by window."""
 
     def __init__(self, model: RecModel, settings: TrainSettings, lr: float) -> None:
         self.settings = settings
+        torch.set_num_threads(cpu_threads(settings.threads))
         self.device = resolve_device(settings.device)
         self.model = model.to(self.device)
         self.tables = model.tables()

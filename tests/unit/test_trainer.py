@@ -147,3 +147,18 @@ def test_device_names_resolve() -> None:
     else:
         with pytest.raises(RuntimeError, match="GPUs exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_training_leaves_a_core_to_the_polling_loop_unless_told_otherwise() -> None:
+    import os
+
+    from stream_learner.trainer import cpu_threads
+
+    assert cpu_threads(0) == max(1, (os.cpu_count() or 2) - 1)
+    assert cpu_threads(3) == 3
+    before = torch.get_num_threads()
+    try:
+        trainer()  # default settings: threads = 0
+        assert torch.get_num_threads() == cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
