@@ -20,7 +20,7 @@ from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
 from benchmarks.timing import learner_rate
 from stream_learner.config import Settings
-from stream_learner.producer import produce_synthetic
+from stream_learner.tools.produce import produce_synthetic
 
 PARTITIONS = 3
 

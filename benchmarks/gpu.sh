@@ -18,8 +18,8 @@ PYCHECK
 import sys
 import numpy as np
 from stream_learner.config import TrainSettings
-from stream_learner.models import FieldSpec, ModelSpec, build_model
-from stream_learner.trainer import Trainer
+from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
+from stream_learner.learning.trainer import Trainer
 spec = ModelSpec("dnn", (FieldSpec("user", 1000), FieldSpec("item", 100)), 8, (16,))
 t = Trainer(build_model(spec), TrainSettings(device=sys.argv[1], precision="bf16"), 0.2)
 assert t.device.type == "cuda" and t.autocast

@@ -1,7 +1,7 @@
 """Quality benchmark: prequential AUC window by window on a synthetic stream with abrupt and gradual
 drift, for constant and adaptive learning rates, against the ceiling and against River and Vowpal Wabbit.
 
-The stream (`stream_learner.synthetic`) changes its hidden preferences at known windows: an abrupt
+The stream (`stream_learner.tools.synthetic`) changes its hidden preferences at known windows: an abrupt
 drift (the appeal and latent vectors of half of the items are redrawn at once) and a gradual one
 (the tastes of half of the users change over several windows). Every learner sees the same events in
 the same windows in the same order; each window is scored before it is trained on (`Learner.process`,
@@ -71,10 +71,10 @@ import torch
 
 from benchmarks.results import RESULTS, record
 from stream_learner.config import LRSettings, Settings
-from stream_learner.learner import Learner
-from stream_learner.quality import roc_auc
-from stream_learner.synthetic import Drift, SyntheticBatch, SyntheticConfig, SyntheticStream
-from stream_learner.windowing import Window
+from stream_learner.learning.learner import Learner
+from stream_learner.learning.quality import roc_auc
+from stream_learner.tools.synthetic import Drift, SyntheticBatch, SyntheticConfig, SyntheticStream
+from stream_learner.ingest.windowing import Window
 
 CONTEXT = ("device", "section")
 WINDOW_EVENTS = 10_000

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from stream_learner.codec import encode_event
+from stream_learner.ingest.codec import encode_event
 
 
 @dataclass

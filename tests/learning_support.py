@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from stream_learner.config import Settings
-from stream_learner.events import EventBatch
-from stream_learner.synthetic import SyntheticConfig, SyntheticStream
-from stream_learner.windowing import Window
+from stream_learner.ingest.events import EventBatch
+from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
+from stream_learner.ingest.windowing import Window
 
 CONTEXT = ("device", "section")
 

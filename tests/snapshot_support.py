@@ -8,8 +8,8 @@ import time
 import torch
 from confluent_kafka import KafkaError, Producer
 
-from stream_learner.models import FieldSpec, ModelSpec, build_model
-from stream_learner.snapshot import SnapshotMeta, encode, encode_payload
+from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
+from stream_learner.snapshots.format import SnapshotMeta, encode, encode_payload
 
 SNAPSHOT_TOPIC_CONFIG = {"max.message.bytes": str(2 << 20)}
 

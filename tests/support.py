@@ -12,9 +12,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_learner.app import App, Summary
+from stream_learner.runtime.app import App, Summary
 from stream_learner.config import Settings
-from stream_learner.snapshot import Assembler, Snapshot, decode_chunk
+from stream_learner.snapshots.format import Assembler, Snapshot, decode_chunk
 
 
 def learner_settings(bootstrap: str, input_topic: str, **sections: dict[str, Any]) -> Settings:

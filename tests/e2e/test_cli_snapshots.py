@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stream_learner.producer import produce_synthetic
-from stream_learner.synthetic import SyntheticConfig
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig
 from tests.snapshot_support import produce_raw
 from tests.support import AppThread, learner_settings, read_snapshots
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from confluent_kafka.admin import AdminClient
 
-from stream_learner import delta
+from stream_learner.snapshots import delta
 from stream_learner.config import KafkaSettings
-from stream_learner.producer import produce_synthetic
-from stream_learner.synthetic import SyntheticConfig
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import assert_history_tiles, end_offsets, read_snapshots
 
 EVENTS = 50_000
@@ -96,7 +96,7 @@ class Learner:
         for line in self.proc.stderr:
             with self._changed:
                 self.lines.append(line)
-                if "stream_learner.app: active:" in line:
+                if "stream_learner.runtime.app: active:" in line:
                     self.active.set()
                 if ") committed:" in line:
                     self.committed += 1

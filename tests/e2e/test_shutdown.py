@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from stream_learner.config import KafkaSettings
-from stream_learner.producer import produce_synthetic
-from stream_learner.synthetic import SyntheticConfig
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import (
     assert_history_tiles,
     committed_offsets,

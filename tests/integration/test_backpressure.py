@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from stream_learner.codec import encode_event
-from stream_learner.learner import Learner
+from stream_learner.ingest.codec import encode_event
+from stream_learner.learning.learner import Learner
 from tests.ingest_support import event, produce
 from tests.support import AppThread, committed_offsets, end_offsets, learner_settings, read_snapshots
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from stream_learner.codec import encode_event
+from stream_learner.ingest.codec import encode_event
 from tests.ingest_fuzz import NOW_MS, malformed, reference
 from tests.ingest_support import event, produce
 from tests.support import (

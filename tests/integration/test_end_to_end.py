@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stream_learner import delta
-from stream_learner.codec import encode_event
-from stream_learner.models import ModelSpec, build_model
-from stream_learner.producer import produce_synthetic
-from stream_learner.synthetic import SyntheticConfig
+from stream_learner.snapshots import delta
+from stream_learner.ingest.codec import encode_event
+from stream_learner.learning.models import ModelSpec, build_model
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import (
     AppThread,
     assert_history_tiles,
@@ -112,7 +112,7 @@ def test_undecodable_messages_are_counted_and_do_not_stop_the_job(kafka_bootstra
 def test_the_snapshot_topic_is_created_with_the_configs_it_needs(kafka_bootstrap, new_topic):
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from stream_learner.admin import ensure_topics
+    from stream_learner.kafka.admin import ensure_topics
 
     settings = learner_settings(kafka_bootstrap, new_topic("events"))
     ensure_topics(settings)

@@ -14,18 +14,18 @@ import pytest
 import torch
 from confluent_kafka import Consumer, KafkaError
 
-from stream_learner import delta
-from stream_learner.admin import ensure_topics
+from stream_learner.snapshots import delta
+from stream_learner.kafka.admin import ensure_topics
 from stream_learner.config import Settings
 from stream_learner.errors import OwnershipLost
-from stream_learner.learner import Learner
-from stream_learner.pipeline import make_windower
-from stream_learner.producer import produce_synthetic
-from stream_learner.recovery import restore
-from stream_learner.sink import Sink
-from stream_learner.snapshot import PartitionRange, SnapshotMeta
-from stream_learner.snapshot_log import SnapshotLog
-from stream_learner.synthetic import SyntheticConfig
+from stream_learner.learning.learner import Learner
+from stream_learner.runtime.pipeline import make_windower
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.snapshots.recovery import restore
+from stream_learner.kafka.sink import Sink
+from stream_learner.snapshots.format import PartitionRange, SnapshotMeta
+from stream_learner.snapshots.log import SnapshotLog
+from stream_learner.tools.synthetic import SyntheticConfig
 from tests.snapshot_support import logistic_delta, logistic_state, messages, meta, produce_raw
 from tests.support import (
     AppThread,
@@ -49,7 +49,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
         snapshot={"every_windows": 1, "full_every": 3, "checkpoint_dir": str(tmp_path)},
         train={"device": "cpu", "deterministic": True},
     )
-    caplog.set_level(logging.INFO, logger="stream_learner.recovery")
+    caplog.set_level(logging.INFO, logger="stream_learner.snapshots.recovery")
     produce_synthetic(settings.kafka, topic, 4000, rate=1000, backfill=True, config=SyntheticConfig(seed=1))
     first_ended = time.time()
     with AppThread(settings, exit_when_idle=True) as run:

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 
-from stream_learner.codec import encode_event
+from stream_learner.ingest.codec import encode_event
 from tests.ingest_support import event, produce
 from tests.support import (
     AppThread,
@@ -43,7 +43,7 @@ def _events(first: int, n: int, t0: int) -> list:
 def test_a_second_instance_stands_by_and_takes_over_from_the_committed_snapshot(
     kafka_bootstrap, new_topic, caplog
 ):
-    caplog.set_level(logging.INFO, logger="stream_learner.source")
+    caplog.set_level(logging.INFO, logger="stream_learner.kafka.source")
     topic = new_topic("events", partitions=PARTITIONS)
     settings = learner_settings(kafka_bootstrap, topic, model={"kind": "logistic"})
     group = settings.input.group_id

@@ -11,9 +11,9 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings
-from stream_learner.producer import produce_synthetic
-from stream_learner.subscriber import ModelSubscriber
-from stream_learner.synthetic import SyntheticConfig
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.tools.synthetic import SyntheticConfig
 from tests.snapshot_support import (
     SNAPSHOT_TOPIC_CONFIG,
     logistic_delta,

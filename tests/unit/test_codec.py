@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_learner.codec import USER_EVENT_SCHEMA, Decoder, confluent_frame, encode_event, load_schema
+from stream_learner.ingest.codec import USER_EVENT_SCHEMA, Decoder, confluent_frame, encode_event, load_schema
 from stream_learner.errors import ConfigError
-from stream_learner.events import EVENT_LABELS, MISSING_KEY, hash_id
-from stream_learner.registry import RegistryUnavailable, SchemaRegistry
+from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, hash_id
+from stream_learner.ingest.registry import RegistryUnavailable, SchemaRegistry
 from tests import ingest_support
 from tests.ingest_fuzz import NOW, NOW_MS
 from tests.ingest_support import FakeMessage, encoded, messages, registry_stub

@@ -29,7 +29,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream_learner import config
-from stream_learner.admin import snapshot_topic_config
+from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.config import MetricsSettings, Settings, load_settings
 from stream_learner.metrics import Metrics, SubscriberMetrics
 
@@ -223,7 +223,7 @@ def probe_port(container: dict[str, Any], probe: str) -> int:
 
 def shutdown_timeout() -> float:
     """How long the learner may take on SIGTERM to finish, publish and commit."""
-    from stream_learner.pipeline import Pipeline
+    from stream_learner.runtime.pipeline import Pipeline
 
     return float(inspect.signature(Pipeline.finish).parameters["timeout"].default)
 
@@ -348,7 +348,7 @@ def test_alerts_of_model_gauges_read_the_active_instance_only() -> None:
 # -- environment variables and settings ------------------------------------------------------------
 def _plain_env_names() -> set[str]:
     """STREAM_LEARNER_* variables that are not settings: CLI flags, the local broker's script."""
-    sources = [*sorted((REPO / "stream_learner").glob("*.py")), DEPLOY / "kafka" / "kafka.sh"]
+    sources = [*sorted((REPO / "stream_learner").rglob("*.py")), DEPLOY / "kafka" / "kafka.sh"]
     return {name for path in sources for name in ENV_RE.findall(path.read_text())}
 
 

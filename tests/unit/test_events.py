@@ -7,7 +7,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_learner.events import EventBatch, hash_id, hash_slices
+from stream_learner.ingest.events import EventBatch, hash_id, hash_slices
 
 
 def _pack(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_learner.config import ModelSettings
-from stream_learner.events import MISSING_KEY, hash_id
-from stream_learner.features import FREE, OOV_ROW, DynamicField, FeatureMapper, HashedField
-from stream_learner.models import FieldSpec, ModelSpec
-from stream_learner.synthetic import SyntheticConfig, SyntheticStream
+from stream_learner.ingest.events import MISSING_KEY, hash_id
+from stream_learner.learning.features import FREE, OOV_ROW, DynamicField, FeatureMapper, HashedField
+from stream_learner.learning.models import FieldSpec, ModelSpec
+from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 
 DAY_MS = 86_400_000
 

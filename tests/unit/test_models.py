@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from stream_learner.learner import Learner
-from stream_learner.models import MODELS, FieldSpec, ModelSpec, build_model
+from stream_learner.learning.learner import Learner
+from stream_learner.learning.models import MODELS, FieldSpec, ModelSpec, build_model
 from tests.learning_support import assert_same_tensors, empty_window, small_settings, windows
 
 CASES = [(kind, table) for kind in sorted(MODELS) for table in ("hash", "dynamic")]

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_learner.quality import log_loss, roc_auc
+from stream_learner.learning.quality import log_loss, roc_auc
 
 
 def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from stream_learner.codec import encode_event, load_schema
+from stream_learner.ingest.codec import encode_event, load_schema
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from stream_learner.errors import SnapshotError
-from stream_learner.snapshot import (
+from stream_learner.snapshots.format import (
     FORMAT_VERSION,
     SNAPSHOT_SCHEMA,
     Assembler,

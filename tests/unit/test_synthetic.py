@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_learner.codec import Decoder, encode_event
-from stream_learner.quality import roc_auc
-from stream_learner.synthetic import Drift, SyntheticConfig, SyntheticStream
+from stream_learner.ingest.codec import Decoder, encode_event
+from stream_learner.learning.quality import roc_auc
+from stream_learner.tools.synthetic import Drift, SyntheticConfig, SyntheticStream
 
 
 class Msg:

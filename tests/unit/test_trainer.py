@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from stream_learner.config import TrainSettings
-from stream_learner.models import FieldSpec, ModelSpec, build_model
-from stream_learner.trainer import Trainer, resolve_device
+from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
+from stream_learner.learning.trainer import Trainer, resolve_device
 from tests.learning_support import assert_same_tensors
 
 SPEC = ModelSpec("dnn", (FieldSpec("user", 50), FieldSpec("item", 20), FieldSpec("ctx.d", 3)), 4, (8,), 0.0)
@@ -152,7 +152,7 @@ def test_device_names_resolve() -> None:
 def test_training_leaves_a_core_to_the_polling_loop_unless_told_otherwise() -> None:
     import os
 
-    from stream_learner.trainer import cpu_threads
+    from stream_learner.learning.trainer import cpu_threads
 
     assert cpu_threads(0) == max(1, (os.cpu_count() or 2) - 1)
     assert cpu_threads(3) == 3

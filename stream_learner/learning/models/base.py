@@ -1,0 +1,114 @@
+"""The contract every model follows, and the spec that describes one.
+
+A model maps a LongTensor of table rows, one column per field, to one logit per event. Its id fields
+live in embedding tables (`tables()`), which are the sparse part of the model: optimised with sparse
+updates, shipped as touched rows in delta snapshots, re-initialised row by row when a dynamic table
+gives a row to a new id, and initialisable from pretrained weights. Everything else is dense.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+TableKind = Literal["hash", "dynamic"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str  # "user", "item" or "ctx.<name>"
+    rows: int
+    table: TableKind = "hash"  # how ids map to rows (see `stream_learner.learning.features`)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model's shape; travels as JSON in snapshots."""
+
+    kind: str
+    fields: tuple[FieldSpec, ...]
+    embedding_dim: int = 16
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> ModelSpec:
+        data = json.loads(text)
+        return ModelSpec(
+            kind=data["kind"],
+            fields=tuple(FieldSpec(**f) for f in data["fields"]),
+            embedding_dim=int(data["embedding_dim"]),
+            hidden=tuple(int(h) for h in data["hidden"]),
+            dropout=float(data["dropout"]),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def table_name(field_name: str) -> str:
+    """Module-safe name of a field's table (dots are not allowed in module names)."""
+    return field_name.replace(".", "_")
+
+
+class RecModel(nn.Module):
+    """Base class: one embedding table per field (``embeddings.<field>``) plus a model-specific head.
+
+    Subclasses with more per-field tables register them in `_extra_tables` (name prefix -> tables)."""
+
+    def __init__(self, spec: ModelSpec, dim: int, sparse: bool, init_std: float) -> None:
+        super().__init__()
+        self.spec = spec
+        self.init_std = init_std
+        self.embeddings = nn.ModuleDict(
+            {table_name(f.name): nn.Embedding(f.rows, dim, sparse=sparse) for f in spec.fields}
+        )
+        self._extra_tables: dict[str, nn.ModuleDict] = {}
+
+    def _add_tables(self, prefix: str, dim: int, sparse: bool) -> nn.ModuleDict:
+        """Another table per field, registered as ``<prefix>.<field>``; initialised to zeros. The
+        caller assigns it to the attribute path ``prefix`` names."""
+        tables = nn.ModuleDict(
+            {table_name(f.name): nn.Embedding(f.rows, dim, sparse=sparse) for f in self.spec.fields}
+        )
+        self._extra_tables[prefix] = tables
+        return tables
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise every table (dense layers initialise themselves when built)."""
+        for name, table in self.tables().items():
+            table.weight.copy_(self.initial_rows(name, table.weight.shape[0]))
+
+    def initial_rows(self, name: str, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fresh initial values for ``count`` rows of table ``name`` (on the CPU): small random
+        factors for ``embeddings.*`` (zeros when the model's ``init_std`` is 0), zeros elsewhere."""
+        dim = self.tables()[name].embedding_dim
+        if name.startswith("embeddings.") and self.init_std > 0:
+            return torch.randn((count, dim), generator=generator) * self.init_std
+        return torch.zeros((count, dim))
+
+    def tables(self) -> dict[str, nn.Embedding]:
+        """Every per-field table, keyed by parameter-name prefix (``embeddings.<field>``, ...)."""
+        out = {f"embeddings.{n}": t for n, t in self.embeddings.items()}
+        for prefix, tables in self._extra_tables.items():
+            out.update({f"{prefix}.{n}": t for n, t in tables.items()})
+        return out  # type: ignore[return-value]
+
+    def table_fields(self) -> dict[str, int]:
+        """Index of the field (the column of the rows) each table belongs to."""
+        index = {table_name(f.name): i for i, f in enumerate(self.spec.fields)}
+        return {name: index[name.rsplit(".", 1)[-1]] for name in self.tables()}
+
+    def embed(self, rows: torch.Tensor) -> torch.Tensor:
+        """(n, fields) rows -> (n, fields, dim) vectors."""
+        return torch.stack([table(rows[:, i]) for i, table in enumerate(self.embeddings.values())], dim=1)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

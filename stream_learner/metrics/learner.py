@@ -1,0 +1,223 @@
+"""Prometheus metrics of the learner, and the HTTP endpoint that serves them.
+
+Every metric is created on the registry passed in (tests use a fresh `CollectorRegistry` each).
+Names follow Prometheus conventions: prefix ``stream_learner_``, base units, counters end in _total.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+P = "stream_learner_"
+
+
+class Metrics:
+    """All the learner's metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.registry = registry
+        self.events_consumed = Counter(
+            f"{P}events_consumed", "Input messages consumed.", ["topic"], registry=r
+        )
+        self.events_invalid = Counter(
+            f"{P}events_invalid", "Input messages rejected, by reason.", ["reason"], registry=r
+        )
+        self.events_late = Counter(f"{P}events_late", "Events for windows already closed.", registry=r)
+        self.events_replayed = Counter(
+            f"{P}events_replayed",
+            "Events re-read after a restart and skipped as already handled.",
+            registry=r,
+        )
+        self.dead_letters = Counter(f"{P}dead_letters", "Messages sent to the dead-letter topic.", registry=r)
+        self.windows_trained = Counter(f"{P}windows_trained", "Windows trained on.", registry=r)
+        self.windows_skipped = Counter(
+            f"{P}windows_skipped", "Windows not applied to the model, by reason.", ["reason"], registry=r
+        )
+        self.window_events = Histogram(
+            f"{P}window_events",
+            "Events per closed window.",
+            buckets=(10, 100, 1e3, 1e4, 3e4, 1e5, 3e5, 1e6, float("inf")),
+            registry=r,
+        )
+        self.train_loss = Gauge(f"{P}train_loss", "Mean training loss of the last window.", registry=r)
+        self.validation_loss = Gauge(
+            f"{P}validation_loss", "Prequential log loss of the last window (before training).", registry=r
+        )
+        self.validation_auc = Gauge(f"{P}validation_auc", "Prequential AUC of the last window.", registry=r)
+        self.learning_rate = Gauge(f"{P}learning_rate", "Current learning rate.", registry=r)
+        self.drift_detected = Counter(f"{P}drift_detected", "Drift detections on the loss.", registry=r)
+        self.drift_rows_reset = Counter(
+            f"{P}drift_rows_reset",
+            "Id rows reset after a drift because their own loss rose.",
+            ["field"],
+            registry=r,
+        )
+        self.train_step_duration = Histogram(
+            f"{P}train_step_duration_seconds",
+            "Time to train on one window.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf")),
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            f"{P}consumer_lag_records", "Records behind the log end.", ["topic", "partition"], registry=r
+        )
+        self.watermark = Gauge(f"{P}watermark_timestamp_seconds", "Job event-time watermark.", registry=r)
+        self.event_time_lag = Gauge(
+            f"{P}event_time_lag_seconds", "Wall clock minus the newest event time seen.", registry=r
+        )
+        self.snapshot_published = Counter(
+            f"{P}snapshot_published", "Snapshots committed to the output topic.", ["kind"], registry=r
+        )
+        self.snapshot_size = Gauge(
+            f"{P}snapshot_size_bytes", "Payload size of the last snapshot.", registry=r
+        )
+        self.model_freshness = Gauge(
+            f"{P}model_freshness_seconds",
+            "Newest trained event time to the commit of the snapshot that includes it.",
+            registry=r,
+        )
+        self.model_version = Gauge(f"{P}model_version", "Version of the last committed snapshot.", registry=r)
+        self.rebalances = Counter(f"{P}rebalances", "Ownership changes seen.", registry=r)
+        self.paused_partitions = Gauge(f"{P}paused_partitions", "Input partitions paused.", registry=r)
+        self.active = Gauge(f"{P}active", "1 when this instance owns the model, 0 on standby.", registry=r)
+        self.model_info = Info(
+            f"{P}model", "The model this instance learns: name, kind, package version.", registry=r
+        )
+        self.holdout_loss = Gauge(
+            f"{P}holdout_loss",
+            "Log loss of the held-out newest events of the last window, after training.",
+            registry=r,
+        )
+        self.holdout_auc = Gauge(
+            f"{P}holdout_auc", "AUC of the held-out newest events of the last window.", registry=r
+        )
+        self.snapshot_last_commit = Gauge(
+            f"{P}snapshot_last_commit_timestamp_seconds",
+            "Wall-clock time of the last snapshot commit.",
+            registry=r,
+        )
+        self.feature_rows_in_use = Gauge(
+            f"{P}feature_rows_in_use", "Rows of a dynamic table held by ids.", ["field"], registry=r
+        )
+        self.feature_ids_admitted = Counter(
+            f"{P}feature_ids_admitted", "Ids given their own row in a dynamic table.", ["field"], registry=r
+        )
+        self.feature_rows_expired = Counter(
+            f"{P}feature_rows_expired", "Dynamic-table rows freed after going unseen.", ["field"], registry=r
+        )
+        self.feature_ids_unplaced = Counter(
+            f"{P}feature_ids_unplaced",
+            "New ids that found their dynamic table full (they share the default row).",
+            ["field"],
+            registry=r,
+        )
+
+    def record_tables(self, tables: Mapping[str, Any] | None) -> None:
+        """Export a window's dynamic-table counts (`WindowResult.tables`: field -> in_use, admitted,
+        expired, unplaced)."""
+        for name, t in (tables or {}).items():
+            self.feature_rows_in_use.labels(name).set(t.in_use)
+            self.feature_ids_admitted.labels(name).inc(t.admitted)
+            self.feature_rows_expired.labels(name).inc(t.expired)
+            self.feature_ids_unplaced.labels(name).inc(t.unplaced)
+
+
+class SubscriberMetrics:
+    """The serving side's metrics (`stream_learner.serving.subscriber.ModelSubscriber`), on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.registry = registry
+        self.applied = Counter(
+            f"{P}subscriber_snapshots_applied",
+            "Snapshots the subscriber applied, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.refused = Counter(
+            f"{P}subscriber_snapshots_refused",
+            "Snapshots or messages the subscriber refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_version = Gauge(f"{P}subscriber_model_version", "Version of the model served.", registry=r)
+        self.model_freshness = Gauge(
+            f"{P}subscriber_model_freshness_seconds",
+            "Newest event time in the model served to the moment it began to be served.",
+            registry=r,
+        )
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz (the loop is turning: active or standing by) and /readyz (owning
+    the model and consuming) over HTTP."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        handler = _handler(registry, ready, healthy)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/metrics"
+
+    def __enter__(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(
+    registry: CollectorRegistry, ready: Callable[[], bool], healthy: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = healthy()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
+            elif path == "/readyz":
+                ok = ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    return Handler

@@ -1,0 +1,130 @@
+"""The training worker: a thread that runs `Learner.process` beside the polling loop.
+
+Windows go in through a queue, results come out through another, in order. torch releases the GIL
+while it computes, so polling keeps the consumer alive during long steps. When a result is marked
+for a snapshot, the worker copies the model state right after that window, before the next one:
+every ``full_every``-th copy whole, the others as deltas (the rows touched since the previous copy,
+see `stream_learner.snapshots.delta`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from stream_learner.snapshots import delta
+from stream_learner.learning.learner import Learner, WindowResult
+from stream_learner.ingest.windowing import Window
+
+log = logging.getLogger(__name__)
+
+#: How long leaving waits for a training step in progress (shutdown waited for it already).
+JOIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class StateCopy:
+    """The model state after a window: tensors for the payload (all of them for a full snapshot, the
+    delta from the previous copy otherwise), learner state for resume."""
+
+    tensors: dict[str, torch.Tensor]
+    learner_state: dict[str, Any]
+    kind: str = "FULL"  # or "DELTA"
+
+
+@dataclass(frozen=True)
+class Output:
+    window: Window | None  # None for a snapshot requested outside a window
+    result: WindowResult | None
+    state: StateCopy | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    window: Window | None
+    snapshot: bool
+
+
+@dataclass
+class Worker:
+    learner: Learner
+    full_every: int = 1
+    #: Deltas since the last full copy; None when the next copy must be full. ``layout`` is the shape
+    #: of every tensor of the state the next delta applies to.
+    since_full: int | None = None
+    layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _inbox: queue.Queue[_Job | None] = field(default_factory=queue.Queue)
+    _outbox: queue.Queue[Output] = field(default_factory=queue.Queue)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Worker:
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.drop_queued()
+        self._inbox.put(None)
+        if self._thread:
+            self._thread.join(JOIN_TIMEOUT)
+            if self._thread.is_alive():  # a hung step: the (daemon) thread ends with the process
+                log.error("the training thread did not stop within %.0f s; leaving it", JOIN_TIMEOUT)
+
+    def submit(self, window: Window, snapshot: bool) -> None:
+        self._inbox.put(_Job(window, snapshot))
+
+    def request_snapshot(self) -> None:
+        """Copy the state once the windows already submitted are done."""
+        self._inbox.put(_Job(None, True))
+
+    @property
+    def queued(self) -> int:
+        return self._inbox.qsize()
+
+    def drop_queued(self) -> int:
+        """Forget windows not yet started (their offsets stay uncommitted); return how many."""
+        dropped = 0
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return dropped
+            dropped += job is not None and job.window is not None
+
+    def outputs(self, timeout: float | None = None) -> list[Output]:
+        """Outputs ready now; with a timeout, wait that long for the first one."""
+        out: list[Output] = []
+        try:
+            if timeout is not None:
+                out.append(self._outbox.get(timeout=timeout))
+            while True:
+                out.append(self._outbox.get_nowait())
+        except queue.Empty:
+            return out
+
+    def _run(self) -> None:
+        while (job := self._inbox.get()) is not None:
+            try:
+                result = self.learner.process(job.window) if job.window is not None else None
+                state = self.copy_state() if job.snapshot else None
+                self._outbox.put(Output(job.window, result, state))
+            except BaseException as exc:  # surfaced to the polling loop, which stops the job
+                self._outbox.put(Output(job.window, None, error=exc))
+                return
+
+    def copy_state(self) -> StateCopy:
+        """The state now (on the training thread): whole, or as the delta from the previous copy."""
+        touched = self.learner.trainer.take_touched()
+        full = self.since_full is None or self.since_full + 1 >= self.full_every
+        tensors = self.learner.tensors(copy=full)  # a delta copies only what it takes
+        copied = tensors if full else delta.extract(tensors, touched, self.learner.spec.fields, self.layout)
+        shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+        self.layout = shapes if full else {**self.layout, **shapes}
+        self.since_full = 0 if full else (self.since_full or 0) + 1
+        return StateCopy(copied, self.learner.state(), "FULL" if full else "DELTA")

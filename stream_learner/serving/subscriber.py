@@ -1,0 +1,338 @@
+"""Serving the newest model of a snapshot topic.
+
+`ModelSubscriber` loads the newest good model (see `stream_learner.snapshots.log.SnapshotLog`) and then
+follows the topic in a background thread: chunks are reassembled and verified, deltas are applied in
+order (a delta that does not continue the model served is refused, and the subscriber waits for the
+next full snapshot), and the model changes atomically for readers. A bad snapshot is refused with its
+reason (logged, and counted in ``stream_learner_subscriber_snapshots_refused_total{reason}``); the last
+good model stays in service. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from confluent_kafka import KafkaException
+from prometheus_client import CollectorRegistry
+
+from stream_learner.snapshots import delta
+from stream_learner.config import KafkaSettings
+from stream_learner.errors import SnapshotError
+from stream_learner.learning.features import FeatureMapper
+from stream_learner.metrics import SubscriberMetrics
+from stream_learner.learning.models import ModelSpec, RecModel, build_model
+from stream_learner.snapshots.format import Snapshot, SnapshotMeta
+from stream_learner.snapshots.log import Entry, SnapshotLog
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 2.0
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds new readers back."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._writer = True
+            self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class _Served:
+    meta: SnapshotMeta
+    spec: ModelSpec
+    model: RecModel
+    params: dict[str, torch.Tensor]  # "model.<name>" -> the model's own tensors (deltas write into them)
+    features: dict[str, torch.Tensor]  # "features.<field>.<name>"
+    mapper: FeatureMapper
+    recent_items: tuple[str, ...]
+
+
+def _is_param(name: str) -> bool:
+    return name.startswith("model.")
+
+
+def _is_feature(name: str) -> bool:
+    return name.startswith("features.")
+
+
+def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
+    try:
+        items = meta.state_dict().get("learner", {}).get("recent_items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return ()
+    return tuple(str(i) for i in items) if isinstance(items, list) else ()
+
+
+def _spec(meta: SnapshotMeta) -> ModelSpec:
+    try:
+        return ModelSpec.from_json(meta.spec)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError("spec", f"v{meta.version} has an unreadable model spec: {exc}") from None
+
+
+def _mapper(spec: ModelSpec, features: Mapping[str, torch.Tensor]) -> FeatureMapper:
+    try:
+        return FeatureMapper.from_spec(spec, features)
+    except ValueError as exc:
+        raise SnapshotError("spec", f"feature state does not fit the model spec: {exc}") from None
+
+
+def _load_full(snap: Snapshot) -> _Served:
+    """A servable model from a full snapshot. The spec is checked against the tensors on the meta
+    device first, so a forged spec cannot make the subscriber allocate more than the payload holds."""
+    spec = _spec(snap.meta)
+    tensors = snap.tensors()
+    params = {k[len("model.") :]: v for k, v in tensors.items() if _is_param(k)}
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(spec, sparse=False).state_dict().items()}
+        if shapes != {k: tuple(v.shape) for k, v in params.items()}:
+            raise ValueError("the tensors are not those of the model spec")
+        model = build_model(spec, sparse=False)
+        model.load_state_dict(params, strict=True)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise SnapshotError("spec", f"v{snap.meta.version} does not fit its model spec: {exc}") from None
+    model.eval().requires_grad_(False)
+    features = {k: v for k, v in tensors.items() if _is_feature(k)}
+    served_params = {f"model.{k}": v for k, v in model.state_dict().items()}
+    mapper = _mapper(spec, features)
+    return _Served(snap.meta, spec, model, served_params, features, mapper, _recent_items(snap.meta))
+
+
+class ModelSubscriber:
+    """Serves the newest good model of ``model_name`` from its snapshot topic.
+
+    ``start()`` follows the topic in a background thread; ``refresh()`` loads the newest model once,
+    synchronously (for one-off use such as the CLI). ``score`` and ``recommend`` may be called from any
+    number of threads; each sees one model version from start to end."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        model_name: str,
+        registry: CollectorRegistry | None = None,
+        on_update: Callable[[SnapshotMeta], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kafka, self.topic, self.model_name = kafka, topic, model_name
+        self.metrics = SubscriberMetrics(registry or CollectorRegistry())
+        self._on_update = on_update
+        self._clock = clock
+        self._served: _Served | None = None
+        self._lock = _ReadWriteLock()
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> ModelSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, wait: float | None = None) -> ModelSubscriber:
+        """Follow the topic in a background thread; with ``wait``, wait that long for a first model."""
+        self._thread = threading.Thread(target=self._run, name="model-subscriber", daemon=True)
+        self._thread.start()
+        if wait is not None:
+            self.wait_for_version(1, wait)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def refresh(self) -> int | None:
+        """Load the newest good model now, if it is newer than the one served; return its version."""
+        with SnapshotLog(self.kafka, self.topic, self.model_name, self._refused) as snapshots:
+            self._load_newest(snapshots)
+        return self.version
+
+    # -- serving -------------------------------------------------------------------------------
+    @property
+    def version(self) -> int | None:
+        served = self._served
+        return served.meta.version if served else None
+
+    @property
+    def meta(self) -> SnapshotMeta | None:
+        served = self._served
+        return served.meta if served else None
+
+    def wait_for_version(self, version: int, timeout: float) -> bool:
+        """Wait until a model of at least ``version`` is served."""
+        with self._changed:
+            return self._changed.wait_for(lambda: (self.version or 0) >= version, timeout)
+
+    def recent_items(self) -> tuple[str, ...]:
+        """The recently active item ids carried by the model served (newest first)."""
+        served = self._served
+        return served.recent_items if served else ()
+
+    def score(
+        self, user_id: str, item_ids: Sequence[str], context: Mapping[str, str] | None = None
+    ) -> np.ndarray:
+        """Click probability of each item for the user (float32), from one model version."""
+        with self._lock.read():
+            served = self._served
+            if served is None:
+                raise LookupError(f"no model of {self.model_name} has been loaded from {self.topic} yet")
+            n = len(item_ids)
+            ctx = {name: [value] * n for name, value in (context or {}).items()}
+            rows = served.mapper.rows_for_ids([user_id] * n, list(item_ids), ctx)
+            with torch.no_grad():
+                logits = served.model(torch.from_numpy(rows))
+            return torch.sigmoid(logits.float()).numpy()
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        candidates: Sequence[str] | None = None,
+        context: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best items for the user with their scores, best first. Candidates default to
+        the recently active items the snapshot carries."""
+        pool = list(dict.fromkeys(candidates if candidates is not None else self.recent_items()))
+        if not pool:
+            return []
+        scores = self.score(user_id, pool, context)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [(pool[i], float(scores[i])) for i in best]
+
+    # -- the background thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with SnapshotLog(self.kafka, self.topic, self.model_name, self._refused) as snapshots:
+                    start = self._load_newest(snapshots)
+                    for entry in snapshots.follow(start, self._stop):
+                        self._take(entry)
+            except (KafkaException, TimeoutError, SnapshotError) as exc:
+                log.warning("reading %s failed (%s); retrying in %.0f s", self.topic, exc, RETRY_SECONDS)
+                self._stop.wait(RETRY_SECONDS)
+            except Exception:  # the model served stays; following must not die with it
+                log.exception("following %s failed; retrying in %.0f s", self.topic, RETRY_SECONDS)
+                self._stop.wait(RETRY_SECONDS)
+
+    def _load_newest(self, snapshots: SnapshotLog) -> int:
+        """Serve the newest model that loads, unless the one served is as new; return the offset to
+        follow from."""
+        for chain in snapshots.chains():
+            if self.version is not None and chain[-1].meta.version <= self.version:
+                break
+            try:
+                served = _load_full(chain[0])
+            except SnapshotError as err:
+                self._refused(Entry(None, error=err))
+                continue
+            for snap in chain[1:]:
+                try:
+                    served, write = _with_delta(served, snap)
+                except SnapshotError as err:
+                    self._refused(Entry(None, error=err))
+                    break
+                write()  # not served yet: no reader to hold back
+            self._swap(served)
+            break
+        return snapshots.follow_from or 0
+
+    def _take(self, entry: Entry) -> None:
+        if entry.snapshot is None:
+            self._refused(entry)
+            return
+        snap, served = entry.snapshot, self._served
+        if served is not None and snap.meta.version <= served.meta.version:
+            return  # already served (a re-read)
+        try:
+            if snap.meta.kind == "FULL":
+                self._swap(_load_full(snap))
+            elif served is None or snap.meta.base_version != served.meta.version:
+                raise SnapshotError(
+                    "gap",
+                    f"delta v{snap.meta.version} continues v{snap.meta.base_version}, but the model "
+                    f"served is v{self.version}; waiting for the next full snapshot",
+                )
+            else:
+                self._swap(*_with_delta(served, snap))
+        except SnapshotError as err:
+            self._refused(Entry(entry.offset, error=err))
+
+    def _swap(self, served: _Served, write: Callable[[], None] | None = None) -> None:
+        """Serve ``served``; ``write`` (a delta's in-place change of the weights) happens in the same
+        critical section, so no reader sees a mix of versions."""
+        with self._lock.write():
+            if write is not None:
+                write()
+            self._served = served
+        m = served.meta
+        self.metrics.applied.labels(m.kind.lower()).inc()
+        self.metrics.model_version.set(m.version)
+        self.metrics.model_freshness.set(max(0.0, self._clock() - m.newest_event_ms / 1000))
+        log.info("serving model %s v%d (%s)", self.model_name, m.version, m.kind.lower())
+        with self._changed:
+            self._changed.notify_all()
+        if self._on_update is not None:
+            self._on_update(m)
+
+    def _refused(self, entry: Entry) -> None:
+        err = entry.error
+        assert err is not None
+        self.metrics.refused.labels(err.reason).inc()
+        where = f" (offset {entry.offset})" if entry.offset is not None else ""
+        log.warning("refused a snapshot of %s on %s%s: %s", self.model_name, self.topic, where, err)
+
+
+def _with_delta(served: _Served, snap: Snapshot) -> tuple[_Served, Callable[[], None]]:
+    """The model after delta ``snap``, and the in-place write of its weights that goes with it (which
+    checks everything before it changes anything)."""
+    if _spec(snap.meta) != served.spec:
+        raise SnapshotError("spec", f"delta v{snap.meta.version} has another model spec")
+    tensors = snap.tensors()
+    features, mapper = served.features, served.mapper
+    if any(key.startswith("features.") or "/features." in key for key in tensors):
+        features = {k: v.clone() for k, v in served.features.items()}
+        delta.apply(features, tensors, keep=_is_feature)
+        mapper = _mapper(served.spec, features)
+    after = replace(
+        served, meta=snap.meta, features=features, mapper=mapper, recent_items=_recent_items(snap.meta)
+    )
+    return after, lambda: delta.apply(served.params, tensors, keep=_is_param)

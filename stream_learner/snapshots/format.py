@@ -1,0 +1,340 @@
+"""Model snapshots: named tensors as a safetensors payload inside `ModelSnapshot` Avro envelopes.
+
+`encode_payload` lays tensors out as a safetensors file without copying their data; `encode` cuts
+that payload into envelopes no larger than the message limit, each carrying the sha256 and size of
+the whole payload. `Assembler` joins chunks back and verifies them; `decode_payload` parses the
+payload with safetensors. Nothing here unpickles: the snapshot topic is an input that anyone with
+write access could fill. The format is described in docs/snapshot-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastavro
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
+from stream_learner.ingest.codec import load_schema
+from stream_learner.errors import SnapshotError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SNAPSHOT_SCHEMA = fastavro.parse_schema(load_schema("model_snapshot"))
+#: Bytes kept free in each message beyond the envelope itself (Kafka record and batch overhead, key).
+MESSAGE_OVERHEAD = 4 << 10
+#: Largest safetensors header accepted when describing a payload.
+MAX_HEADER = 64 << 20
+
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """Input offsets [first, last] a snapshot adds; first = last + 1 when it adds none."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """Everything in the envelope except the chunking and the payload."""
+
+    model_name: str
+    version: int
+    kind: str  # "FULL" or "DELTA"
+    spec: str  # model spec as JSON
+    created_ms: int
+    window_start_ms: int
+    window_end_ms: int
+    newest_event_ms: int
+    offsets: tuple[PartitionRange, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    state: str = "{}"
+    base_version: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return json.loads(self.state)
+
+    def resume_offsets(self) -> dict[tuple[str, int], int]:
+        """Where a restart resumes: the next offset after each range."""
+        return {(r.topic, r.partition): r.last + 1 for r in self.offsets}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete, verified snapshot: its metadata and the joined safetensors payload."""
+
+    meta: SnapshotMeta
+    payload: bytes
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return decode_payload(self.payload)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A safetensors file as a header and the raw bytes of each tensor (views, not copies)."""
+
+    parts: tuple[memoryview, ...]
+    size: int
+    sha256: str
+    _keep: tuple[torch.Tensor, ...] = ()  # the tensors the views point into
+
+    def slices(self, chunk_size: int) -> Iterator[bytes]:
+        """The payload cut into pieces of ``chunk_size`` bytes (the last may be shorter)."""
+        pending: list[memoryview] = []
+        held = 0
+        for part in self.parts:
+            while len(part):
+                take = part[: chunk_size - held]
+                pending.append(take)
+                held += len(take)
+                part = part[len(take) :]
+                if held == chunk_size:
+                    yield b"".join(pending)
+                    pending, held = [], 0
+        if pending or self.size == 0:
+            yield b"".join(pending)
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode_payload(tensors: dict[str, torch.Tensor]) -> Payload:
+    """Lay ``tensors`` (CPU) out as a safetensors file, hashing it on the way; no data is copied
+    unless a tensor is not contiguous."""
+    header: dict[str, Any] = {}
+    views: list[memoryview] = []
+    keep: list[torch.Tensor] = []
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous()
+        if tensor.device.type != "cpu":
+            raise ValueError(f"tensor {name} is on {tensor.device}; snapshots take CPU tensors")
+        dtype = _DTYPES.get(tensor.dtype)
+        if dtype is None:
+            raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which snapshots do not carry")
+        raw = tensor.reshape(-1).view(torch.uint8)
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        offset += len(raw)
+        views.append(raw.numpy().data)
+        keep.append(tensor)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    parts = (memoryview(struct.pack("<Q", len(text)) + text), *views)
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return Payload(parts, sum(len(p) for p in parts), digest.hexdigest(), tuple(keep))
+
+
+def decode_payload(payload: bytes) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors payload; anything else (a pickle, say) is refused."""
+    try:
+        return st_load(payload)
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise SnapshotError("not_safetensors", f"payload is not a safetensors file: {exc}") from None
+
+
+def describe_payload(payload: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of each tensor, read from the safetensors header alone."""
+    try:
+        (length,) = struct.unpack_from("<Q", payload)
+        if length > min(MAX_HEADER, len(payload) - 8):
+            raise ValueError(f"header length {length} does not fit the payload")
+        header = json.loads(payload[8 : 8 + length])
+        return {
+            name: (info["dtype"], tuple(info["shape"]))
+            for name, info in header.items()
+            if name != "__metadata__"
+        }
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SnapshotError("not_safetensors", f"payload is not a safetensors file: {exc}") from None
+
+
+def encode(meta: SnapshotMeta, payload: Payload, max_message_bytes: int) -> Iterator[bytes]:
+    """Avro envelopes of the snapshot, one per chunk, each at most ``max_message_bytes`` long."""
+    base = _envelope(meta)
+    base.update(payload_sha256=payload.sha256, payload_size=payload.size)
+    room = max_message_bytes - MESSAGE_OVERHEAD - _encoded_size({**base, "chunk_index": 0, "chunk_count": 0})
+    chunk_size = room - 32  # the varints of index, count and length grow by at most this much
+    if chunk_size < 1 << 10:
+        raise ValueError(
+            f"snapshot.max_message_bytes={max_message_bytes} leaves no room for payload "
+            "next to the envelope (its learner state, spec and offsets)"
+        )
+    count = max(1, -(-payload.size // chunk_size))
+    for index, data in enumerate(payload.slices(chunk_size)):
+        buf = io.BytesIO()
+        record = {**base, "chunk_index": index, "chunk_count": count, "payload": data}
+        fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, record)
+        yield buf.getvalue()
+
+
+def _encoded_size(record: dict[str, Any]) -> int:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, {**record, "payload": b""})
+    return buf.tell()
+
+
+def _envelope(meta: SnapshotMeta) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": meta.model_name,
+        "version": meta.version,
+        "kind": meta.kind,
+        "base_version": meta.base_version,
+        "created_ms": meta.created_ms,
+        "window_start_ms": meta.window_start_ms,
+        "window_end_ms": meta.window_end_ms,
+        "newest_event_ms": meta.newest_event_ms,
+        "offsets": [vars(r) for r in meta.offsets],
+        "metrics": dict(meta.metrics),
+        "spec": meta.spec,
+        "state": meta.state,
+    }
+
+
+@dataclass(frozen=True)
+class Chunk:
+    meta: SnapshotMeta
+    index: int
+    count: int
+    sha256: str
+    size: int
+    data: bytes
+
+
+def decode_chunk(value: bytes | None) -> Chunk:
+    """Parse one envelope; refuse what is not a `ModelSnapshot` of a known format."""
+    if not value:
+        raise SnapshotError("decode", "empty message")
+    buf = io.BytesIO(value)
+    try:
+        rec = fastavro.schemaless_reader(buf, SNAPSHOT_SCHEMA, None)
+    except Exception as exc:  # fastavro raises many types on bad bytes
+        raise SnapshotError("decode", f"not a ModelSnapshot envelope: {type(exc).__name__}: {exc}") from None
+    assert isinstance(rec, dict)
+    if rec["format_version"] != FORMAT_VERSION:
+        raise SnapshotError(
+            "format_version",
+            f"unknown format version {rec['format_version']} (this reader knows {FORMAT_VERSION})",
+        )
+    if buf.tell() != len(value):
+        raise SnapshotError("decode", f"{len(value) - buf.tell()} trailing bytes after the envelope")
+    if not 0 <= rec["chunk_index"] < rec["chunk_count"]:
+        raise SnapshotError("missing_chunk", f"chunk {rec['chunk_index']} of {rec['chunk_count']}")
+    if (rec["kind"] == "DELTA") != (rec["base_version"] is not None):
+        raise SnapshotError("decode", f"a {rec['kind']} snapshot with base_version {rec['base_version']}")
+    meta = SnapshotMeta(
+        model_name=rec["model_name"],
+        version=rec["version"],
+        kind=rec["kind"],
+        spec=rec["spec"],
+        created_ms=rec["created_ms"],
+        window_start_ms=rec["window_start_ms"],
+        window_end_ms=rec["window_end_ms"],
+        newest_event_ms=rec["newest_event_ms"],
+        offsets=tuple(PartitionRange(**r) for r in rec["offsets"]),
+        metrics=dict(rec["metrics"]),
+        state=rec["state"],
+        base_version=rec["base_version"],
+    )
+    return Chunk(
+        meta,
+        rec["chunk_index"],
+        rec["chunk_count"],
+        rec["payload_sha256"],
+        rec["payload_size"],
+        rec["payload"],
+    )
+
+
+class Assembler:
+    """Joins chunks into snapshots. Chunks of one snapshot arrive in order on one partition. A chunk
+    out of sequence is refused (once per snapshot: the rest of it is dropped); a snapshot left
+    incomplete when the next one begins is reported to ``on_abandoned`` (both as `SnapshotError`
+    "missing_chunk")."""
+
+    def __init__(self, on_abandoned: Callable[[SnapshotError], None] | None = None) -> None:
+        self._parts: list[Chunk] = []
+        self._refused: tuple[int, str] | None = None  # (version, sha256) of a snapshot refused mid-way
+        self._on_abandoned = on_abandoned or (lambda err: log.warning("%s", err))
+
+    @property
+    def pending(self) -> bool:
+        """A snapshot has begun and is not complete yet."""
+        return bool(self._parts)
+
+    def add(self, chunk: Chunk) -> Snapshot | None:
+        """Add a chunk; return the snapshot it completes, if any. Raises `SnapshotError`."""
+        parts, self._parts = self._parts, []
+        if chunk.index > 0 and (chunk.meta.version, chunk.sha256) == self._refused:
+            return None  # the rest of a snapshot already refused
+        self._refused = None
+        if chunk.index == 0:
+            if parts:
+                left = parts[0]
+                self._on_abandoned(
+                    SnapshotError(
+                        "missing_chunk",
+                        f"version {left.meta.version} ended after {len(parts)} of its {left.count} chunks "
+                        f"(version {chunk.meta.version} began)",
+                    )
+                )
+            parts = [chunk]
+        else:
+            head = parts[0] if parts else None
+            if (
+                head is None
+                or (head.meta.version, head.count, head.sha256)
+                != (chunk.meta.version, chunk.count, chunk.sha256)
+                or len(parts) != chunk.index
+            ):
+                self._refused = (chunk.meta.version, chunk.sha256)
+                raise SnapshotError(
+                    "missing_chunk",
+                    f"chunk {chunk.index} of version {chunk.meta.version} "
+                    "arrived without the chunks before it",
+                )
+            parts.append(chunk)
+        if len(parts) < chunk.count:
+            self._parts = parts
+            return None
+        payload = b"".join(p.data for p in parts)
+        if len(payload) != chunk.size:
+            raise SnapshotError(
+                "truncated",
+                f"version {chunk.meta.version}: payload has {len(payload)} bytes, envelope says {chunk.size}",
+            )
+        if hashlib.sha256(payload).hexdigest() != chunk.sha256:
+            raise SnapshotError("checksum", f"sha256 mismatch for version {chunk.meta.version}")
+        return Snapshot(parts[0].meta, payload)

@@ -1,0 +1,151 @@
+"""From a copy of the model state to a committed snapshot: version, kind, offset ranges, metadata.
+
+The publisher keeps what the snapshot history needs between snapshots: the last version handed out,
+the next offset per partition already handed out (where the next snapshot's ranges begin), and the
+window range and newest event time trained since the last snapshot. Versions and ranges are assigned
+on the polling thread, in order; encoding and the commit happen on the sink's thread, and metrics
+(and the local checkpoint, when configured) follow the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_learner.config import Settings
+from stream_learner.learning.learner import WindowResult
+from stream_learner.metrics import Metrics
+from stream_learner.kafka.sink import Sink
+from stream_learner.snapshots.format import PartitionRange, Payload, SnapshotMeta, encode, encode_payload
+from stream_learner.runtime.worker import StateCopy
+
+log = logging.getLogger(__name__)
+
+#: Called after a commit with the snapshot's metadata and its messages (for a local checkpoint).
+Checkpoint = Callable[[SnapshotMeta, Iterable[bytes]], None]
+
+
+@dataclass
+class Publisher:
+    settings: Settings
+    sink: Sink
+    metrics: Metrics
+    spec_json: str
+    clock: Callable[[], float]
+    version: int = 0
+    committed_next: dict[int, int] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    last_result: WindowResult | None = None
+    window_start_ms: int | None = None  # first window trained since the last snapshot
+    window_end_ms: int | None = None  # end of the last window in the model (restored or trained)
+    newest_event_ms: int = 0
+    unpublished_since: float = 0.0  # wall time the oldest window not yet in a snapshot was trained
+
+    @property
+    def up_to_date(self) -> bool:
+        """The last trained window is in a snapshot already handed out."""
+        return self.window_start_ms is None
+
+    def trained(self, result: WindowResult) -> None:
+        """Note a window the model has taken in."""
+        self.last_result = result
+        self.window_end_ms = result.end_ms
+        if self.window_start_ms is None:
+            self.window_start_ms = result.start_ms
+            self.unpublished_since = self.clock()
+        self.newest_event_ms = max(self.newest_event_ms, result.newest_event_ms)
+
+    def publish(
+        self,
+        state: StateCopy,
+        frontier: dict[int, int],
+        resume_state: dict[str, Any],
+        group_metadata: object,
+    ) -> None:
+        """Hand ``state`` to the sink as the next version, to be committed with ``frontier`` (next
+        offset per partition). With no window trained since the last snapshot, the new version only
+        moves the offsets on (past dead letters, late events and replays)."""
+        meta = self._meta(state.kind, frontier, {"learner": state.learner_state, **resume_state})
+        self.version = meta.version
+        self.committed_next = dict(frontier)
+        self.window_start_ms = None
+        encoded: dict[str, Any] = {}
+        max_bytes = self.settings.snapshot.max_message_bytes
+
+        def chunks() -> Iterator[bytes]:
+            encoded["started"] = time.perf_counter()
+            encoded["payload"] = payload = encode_payload(state.tensors)
+            encoded["chunks"] = 0
+            for message in encode(meta, payload, max_bytes):
+                encoded["chunks"] += 1
+                yield message
+
+        self.sink.publish(
+            chunks,
+            self.settings.model.name.encode(),
+            frontier,
+            group_metadata,
+            committed=lambda: self._committed(meta, encoded),
+        )
+
+    def _committed(self, meta: SnapshotMeta, encoded: dict[str, Any]) -> None:
+        """On the sink's thread, right after the commit."""
+        payload: Payload = encoded["payload"]
+        m = self.metrics
+        m.snapshot_published.labels(meta.kind.lower()).inc()
+        m.snapshot_size.set(payload.size)
+        m.model_version.set(meta.version)
+        m.model_freshness.set(max(0.0, self.clock() - meta.newest_event_ms / 1000))
+        m.snapshot_last_commit.set(self.clock())
+        if meta.kind == "FULL" and 3 * payload.size > self.settings.snapshot.retention_bytes:
+            log.warning(
+                "a full snapshot is %d bytes: snapshot.retention_bytes (%d) keeps fewer than three of them",
+                payload.size,
+                self.settings.snapshot.retention_bytes,
+            )
+        log.info(
+            "snapshot v%d (%s) committed: %d bytes in %d chunks, %.3f s",
+            meta.version,
+            meta.kind.lower(),
+            payload.size,
+            encoded["chunks"],
+            time.perf_counter() - encoded["started"],
+        )
+        if self.checkpoint is not None:
+            self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes))
+
+    def _meta(self, kind: str, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
+        topic = self.settings.input.topic
+        r = None if self.up_to_date else self.last_result
+        end = self.window_end_ms if self.window_end_ms is not None else 0
+        metrics = (
+            {}
+            if r is None
+            else {
+                "validation_loss": r.evaluation.loss,
+                "validation_auc": r.evaluation.auc,
+                "events": float(r.events),
+            }
+        )
+        ranges = tuple(
+            PartitionRange(topic, p, self.committed_next.get(p, nxt), nxt - 1)
+            for p, nxt in sorted(frontier.items())
+        )
+        return SnapshotMeta(
+            model_name=self.settings.model.name,
+            version=self.version + 1,
+            kind=kind,
+            base_version=self.version if kind == "DELTA" else None,
+            spec=self.spec_json,
+            created_ms=int(self.clock() * 1000),
+            window_start_ms=self.window_start_ms if self.window_start_ms is not None else end,
+            window_end_ms=end,
+            newest_event_ms=self.newest_event_ms,
+            offsets=ranges,
+            metrics=metrics,
+            state=json.dumps(state),
+        )
