@@ -94,7 +94,7 @@ def live(address: str, rate: float, seconds: float) -> dict[str, object]:
             [
                 sys.executable,
                 "-m",
-                "stream_learner.cli",
+                "stream_learner",
                 "--log-level",
                 "WARNING",
                 "run",

@@ -19,7 +19,7 @@ def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "stream_learner.cli",
+            "stream_learner",
             "--log-level",
             "WARNING",
             *args,

@@ -80,7 +80,7 @@ class Learner:
     """One ``stream-learner run`` process, its log lines read as they come."""
 
     def __init__(self, config: Path, exit_when_idle: bool = False) -> None:
-        cmd = [sys.executable, "-m", "stream_learner.cli", "run", "--config", str(config)]
+        cmd = [sys.executable, "-m", "stream_learner", "run", "--config", str(config)]
         if exit_when_idle:
             cmd.append("--exit-when-idle")
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

@@ -74,7 +74,7 @@ port = {port}
 
 def _cli() -> list[str]:
     script = Path(sys.executable).parent / "stream-learner"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "stream_learner.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stream_learner"]
 
 
 def _start(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
