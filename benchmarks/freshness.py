@@ -33,11 +33,11 @@ from confluent_kafka import Producer
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
 from benchmarks.timing import learner_rate
-from stream_learner.ingest.codec import encode_event
 from stream_learner.config import Settings
-from stream_learner.tools.produce import produce_synthetic
-from stream_learner.snapshots.format import SnapshotMeta
+from stream_learner.ingest.codec import encode_event
 from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.snapshots.format import SnapshotMeta
+from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticStream
 
 PARTITIONS = 3

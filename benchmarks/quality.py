@@ -71,10 +71,10 @@ import torch
 
 from benchmarks.results import RESULTS, record
 from stream_learner.config import LRSettings, Settings
+from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.quality import roc_auc
 from stream_learner.tools.synthetic import Drift, SyntheticBatch, SyntheticConfig, SyntheticStream
-from stream_learner.ingest.windowing import Window
 
 CONTEXT = ("device", "section")
 WINDOW_EVENTS = 10_000

@@ -22,15 +22,15 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.kafka_env import bootstrap, delete_topics
 from benchmarks.results import record
-from stream_learner.kafka.admin import ensure_topics
 from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch, hash_id
+from stream_learner.ingest.windowing import Window
+from stream_learner.kafka.admin import ensure_topics
+from stream_learner.kafka.sink import Sink
 from stream_learner.learning.learner import Learner
 from stream_learner.metrics import Metrics
-from stream_learner.snapshots.publisher import Publisher
-from stream_learner.kafka.sink import Sink
-from stream_learner.ingest.windowing import Window
 from stream_learner.runtime.worker import StateCopy, Worker
+from stream_learner.snapshots.publisher import Publisher
 
 WINDOW_EVENTS = 20_000
 WINDOW_MS = 60_000

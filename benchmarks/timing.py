@@ -16,11 +16,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from stream_learner.runtime.app import App
-from stream_learner.ingest.codec import encode_event
 from stream_learner.config import Settings
-from stream_learner.learning.learner import Learner
+from stream_learner.ingest.codec import encode_event
 from stream_learner.kafka.source import Source
+from stream_learner.learning.learner import Learner
+from stream_learner.runtime.app import App
 
 
 def produce_trailer(settings: Settings, partitions: int) -> None:

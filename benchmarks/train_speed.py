@@ -22,8 +22,8 @@ from benchmarks.results import record
 from stream_learner.config import ModelSettings, TrainSettings
 from stream_learner.learning.features import FeatureMapper
 from stream_learner.learning.models import MODELS, ModelSpec, build_model
-from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 from stream_learner.learning.trainer import Trainer
+from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 
 CONTEXT = ["device", "section"]
 BATCHES = (1024, 4096, 16384)

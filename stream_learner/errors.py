@@ -1,18 +1,21 @@
-"""Exceptions raised by stream-learner.
+"""Exceptions raised by stream-learner; every one of them is a `StreamLearnerError`.
 
     StreamLearnerError
-    ├── ConfigError        a setting is missing or invalid; the message names it
-    ├── DecodeError        one input message could not be decoded or failed validation
-    ├── SnapshotError      a snapshot was refused (checksum, chunks, format, not safetensors)
-    ├── WarmStartError     a warm-start source does not fit the configured model
-    └── OwnershipLost      another instance took over this model (fenced or lease revoked)
+    ├── ConfigError             a setting is missing or invalid; names the setting (CLI exit code 2)
+    │   └── WarmStartError      a warm-start source, or a restored snapshot, does not fit the model
+    ├── SchemaError             an input schema cannot be used
+    │   ├── UnknownSchema       the Schema Registry has no schema with that id (the message is dead-lettered)
+    │   └── IncompatibleSchema  a writer schema cannot be read as a UserEvent (the message is dead-lettered)
+    ├── RegistryUnavailable     the Schema Registry did not answer or refused us (the job stops)
+    ├── BrokerError             Kafka could not be reached, or answered with an error
+    ├── SnapshotError           a snapshot was refused (checksum, chunks, format, ...); has a reason
+    └── OwnershipLost           another instance took over this model (fenced, or the lease was revoked)
 
-A `DecodeError` carries the Kafka message it failed on, which is what a dead letter needs.
+A message that is not a valid event is not an exception: the codec returns it as a `Rejected` with a
+reason and the original message, which is what its dead letter needs.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class StreamLearnerError(Exception):
@@ -28,14 +31,28 @@ class ConfigError(StreamLearnerError):
         super().__init__(f"invalid setting {setting}: {problem}")
 
 
-class DecodeError(StreamLearnerError):
-    """An input message is not a valid event. `reason` is a short metric label."""
+class WarmStartError(ConfigError):
+    """A warm-start source (``warm_start.*``) or a restored snapshot does not fit the configured model."""
 
-    def __init__(self, reason: str, detail: str, message: Any = None) -> None:
-        self.reason = reason
-        self.detail = detail
-        self.message = message
-        super().__init__(f"{reason}: {detail}")
+
+class SchemaError(StreamLearnerError):
+    """An Avro schema the input is written with cannot be used."""
+
+
+class UnknownSchema(SchemaError):
+    """The registry has no Avro schema with this id."""
+
+
+class IncompatibleSchema(SchemaError, ValueError):
+    """The writer schema cannot be read as a `UserEvent` (by the columnar reader)."""
+
+
+class RegistryUnavailable(StreamLearnerError):
+    """The registry did not answer (network error, timeout, 5xx) or refused us (401/403)."""
+
+
+class BrokerError(StreamLearnerError):
+    """A Kafka client failed: the broker is unreachable, a topic is missing, or a request failed."""
 
 
 class SnapshotError(StreamLearnerError):
@@ -45,10 +62,6 @@ class SnapshotError(StreamLearnerError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"snapshot refused ({reason}): {detail}")
-
-
-class WarmStartError(StreamLearnerError):
-    """A warm-start source does not match the model (names or shapes)."""
 
 
 class OwnershipLost(StreamLearnerError):

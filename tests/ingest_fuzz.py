@@ -15,7 +15,8 @@ from typing import Any
 import fastavro
 import numpy as np
 
-from stream_learner.ingest.codec import USER_EVENT_SCHEMA, encode_event, load_schema
+from stream_learner.avro_schemas import load_schema
+from stream_learner.ingest.codec import USER_EVENT_SCHEMA, encode_event
 from stream_learner.ingest.events import EVENT_LABELS
 
 NOW = time.time()

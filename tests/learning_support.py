@@ -9,8 +9,8 @@ import torch
 
 from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch
-from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 from stream_learner.ingest.windowing import Window
+from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 
 CONTEXT = ("device", "section")
 

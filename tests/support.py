@@ -12,8 +12,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_learner.runtime.app import App, Summary
 from stream_learner.config import Settings
+from stream_learner.runtime.app import App, Summary
 from stream_learner.snapshots.format import Assembler, Snapshot, decode_chunk
 
 

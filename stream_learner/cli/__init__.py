@@ -24,15 +24,15 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from stream_learner.cli.reference import render
+from stream_learner.config import Settings, load_settings
+from stream_learner.errors import ConfigError, OwnershipLost, SnapshotError
 from stream_learner.kafka.admin import ensure_topics
 from stream_learner.runtime.app import App, Summary
-from stream_learner.config import Settings, load_settings
-from stream_learner.cli.reference import render
-from stream_learner.errors import ConfigError, OwnershipLost, SnapshotError
-from stream_learner.tools.produce import produce_synthetic
+from stream_learner.serving.subscriber import ModelSubscriber
 from stream_learner.snapshots.format import Snapshot, describe_payload
 from stream_learner.snapshots.log import Entry, SnapshotLog
-from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 
 log = logging.getLogger("stream_learner")

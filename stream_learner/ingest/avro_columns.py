@@ -9,7 +9,7 @@ marked with a detail and its position stops moving; the other records go on.
 `compile_plan` resolves a writer schema against the reader schema once (Avro schema resolution):
 writer fields the reader lacks are skipped, reader fields the writer lacks take their defaults
 (``label`` null, ``context`` empty), ``int`` is promoted to ``long``/``float``, ``bytes`` read as
-``string``. A writer schema that cannot be read as a `UserEvent` raises `Incompatible`; so does one
+``string``. A writer schema that cannot be read as a `UserEvent` raises `IncompatibleSchema`; so does one
 whose shape this reader does not cover (recursive types; a union where the reader has a plain type).
 
 Every op may also be applied to rows already marked bad: positions never pass a record's end (a read
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from stream_learner.errors import IncompatibleSchema
+
 #: Bytes after the last record, so that fixed-width reads near the end stay inside the buffer.
 PADDING = 16
 #: Entries of one map or array beyond which a record is refused (bounds the work per record).
@@ -33,10 +35,6 @@ MAX_ENTRIES = 1 << 12
 _TEN = np.arange(10)
 _SHIFTS = (7 * _TEN).astype(np.uint64)
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-
-
-class Incompatible(ValueError):
-    """The writer schema cannot be read as a `UserEvent` (by this reader)."""
 
 
 @dataclass
@@ -196,7 +194,7 @@ class _Compiler:
             full = schema if "." in schema or namespace is None else f"{namespace}.{schema}"
             found = self.names.get(full, self.names.get(schema))
             if found is None:
-                raise Incompatible(f"unknown named type {schema!r}")
+                raise IncompatibleSchema(f"unknown named type {schema!r}")
             return found
         if isinstance(schema, dict) and schema.get("type") in ("record", "enum", "fixed"):
             name = schema["name"]
@@ -215,7 +213,7 @@ class _Compiler:
         """An op that reads past a value of ``schema``."""
         self._depth += 1
         if self._depth > 32:
-            raise Incompatible("schema nests too deep (recursive type?)")
+            raise IncompatibleSchema("schema nests too deep (recursive type?)")
         try:
             return self._skip(self._named(schema, namespace), what, namespace)
         finally:
@@ -254,7 +252,7 @@ class _Compiler:
                     op(cur, cur.live(rows))
 
             return skip_record
-        raise Incompatible(f"type {kind!r} of {what}")
+        raise IncompatibleSchema(f"type {kind!r} of {what}")
 
     @staticmethod
     def union(branches: Sequence[Op], what: str) -> Op:
@@ -271,25 +269,27 @@ class _Compiler:
 
 def compile_plan(writer: Schema, context_fields: Sequence[str]) -> Op:
     """Resolve a writer schema (parsed JSON) against `UserEvent`; return an op that reads records
-    into ``cursor.out`` (rows that fail are marked there). Raises `Incompatible`."""
+    into ``cursor.out`` (rows that fail are marked there). Raises `IncompatibleSchema`."""
     try:
         return _compile(writer, context_fields)
-    except Incompatible:
+    except IncompatibleSchema:
         raise
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise Incompatible(f"not a valid Avro record schema: {exc!r}") from None
+        raise IncompatibleSchema(f"not a valid Avro record schema: {exc!r}") from None
 
 
 def _compile(writer: Schema, context_fields: Sequence[str]) -> Op:
     c = _Compiler()
     writer = c._named(writer, None)
     if c.type_name(writer) != "record":
-        raise Incompatible(f"the writer schema is a {c.type_name(writer)}, not a record")
+        raise IncompatibleSchema(f"the writer schema is a {c.type_name(writer)}, not a record")
     ns = writer.get("namespace")
     names = {f["name"] for f in writer["fields"]}
     for required in ("user_id", "item_id", "event_type", "timestamp"):
         if required not in names:
-            raise Incompatible(f"the writer schema has no field {required!r} and the reader has no default")
+            raise IncompatibleSchema(
+                f"the writer schema has no field {required!r} and the reader has no default"
+            )
     keys = [np.frombuffer(f.encode(), np.uint8) for f in context_fields]
     ops: list[Op] = []
     for f in writer["fields"]:
@@ -297,17 +297,17 @@ def _compile(writer: Schema, context_fields: Sequence[str]) -> Op:
         kind = c.type_name(schema, ns)
         if name in ("user_id", "item_id", "event_type"):
             if kind not in ("string", "bytes"):
-                raise Incompatible(f"{name} is written as {kind}")
+                raise IncompatibleSchema(f"{name} is written as {kind}")
             ops.append(_string_op(name))
         elif name == "timestamp":
             if kind not in ("int", "long"):
-                raise Incompatible(f"timestamp is written as {kind}, which cannot be read as a long")
+                raise IncompatibleSchema(f"timestamp is written as {kind}, which cannot be read as a long")
             ops.append(_timestamp_op)
         elif name == "label":
             ops.append(_label_op(c, schema, ns))
         elif name == "context":
             if kind != "map" or c.type_name(schema["values"], ns) not in ("string", "bytes"):
-                raise Incompatible(f"context is written as {kind}, not a map of strings")
+                raise IncompatibleSchema(f"context is written as {kind}, not a map of strings")
             ops.append(_context_op(keys))
         else:
             ops.append(c.skip(schema, name, ns))
@@ -348,7 +348,7 @@ def _label_op(c: _Compiler, schema: Schema, ns: str | None) -> Op:
         elif kind == "float":
             ops.append(_label_setter(lambda cur, rows: cur.float32(rows, "label")))
         else:
-            raise Incompatible(f"label branch {kind} cannot be read as a float")
+            raise IncompatibleSchema(f"label branch {kind} cannot be read as a float")
     return c.union(ops, "label") if isinstance(schema, list) else ops[0]
 
 

@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from operator import methodcaller
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -31,10 +30,11 @@ from typing import Any, Literal, Protocol
 import fastavro
 import numpy as np
 
-from stream_learner.ingest.avro_columns import PADDING, Cursor, Incompatible, Op, RawEvents, compile_plan
-from stream_learner.errors import ConfigError
+from stream_learner.avro_schemas import load_schema
+from stream_learner.errors import ConfigError, IncompatibleSchema, UnknownSchema
+from stream_learner.ingest.avro_columns import PADDING, Cursor, Op, RawEvents, compile_plan
 from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, EventBatch, hash_slices
-from stream_learner.ingest.registry import SchemaRegistry, UnknownSchema
+from stream_learner.ingest.registry import SchemaRegistry
 
 CONFLUENT_HEADER = 5
 
@@ -62,12 +62,6 @@ class DecodeResult:
     batch: EventBatch
     rejected: list[Rejected]
     messages: list[Any]  # the message of each event in ``batch``, in the same order
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """A bundled Avro schema (``user_event`` or ``model_snapshot``) as parsed JSON."""
-    text = resources.files("stream_learner").joinpath("schemas", f"{name}.avsc").read_text()
-    return json.loads(text)
 
 
 USER_EVENT_SCHEMA = fastavro.parse_schema(load_schema("user_event"))
@@ -108,13 +102,13 @@ class Decoder:
         self._max_id_bytes = max_id_bytes
         self._clock = clock
         self._registry = registry
-        self._plans: dict[int, Op | Incompatible] = {}
+        self._plans: dict[int, Op | IncompatibleSchema] = {}
         self._plan: Op | None = None
         if wire_format == "avro":
             try:
                 writer = json.loads(writer_schema.read_text()) if writer_schema else load_schema("user_event")
                 self._plan = compile_plan(writer, self._context_fields)
-            except (OSError, ValueError) as exc:  # unreadable, not JSON, or Incompatible
+            except (OSError, ValueError) as exc:  # unreadable, not JSON, or IncompatibleSchema
                 raise ConfigError("input.writer_schema", f"{writer_schema}: {exc}") from None
 
     def decode(self, messages: Sequence[RawMessage]) -> DecodeResult:
@@ -164,12 +158,12 @@ class Decoder:
             plan = self._plan_for(int(schema_id))
             if isinstance(plan, UnknownSchema):
                 raw.reject(group, "unknown_schema", str(plan))
-            elif isinstance(plan, Incompatible):
+            elif isinstance(plan, IncompatibleSchema):
                 raw.reject(group, "incompatible_schema", f"schema id {schema_id}: {plan}")
             else:
                 plan(cursor, group)
 
-    def _plan_for(self, schema_id: int) -> Op | Incompatible | UnknownSchema:
+    def _plan_for(self, schema_id: int) -> Op | IncompatibleSchema | UnknownSchema:
         plan = self._plans.get(schema_id)
         if plan is not None:
             return plan
@@ -180,7 +174,7 @@ class Decoder:
             return exc  # the registry remembers unknown ids for a while; do not cache them forever
         try:
             plan = compile_plan(writer, self._context_fields)
-        except Incompatible as exc:
+        except IncompatibleSchema as exc:
             plan = exc
         self._plans[schema_id] = plan
         return plan

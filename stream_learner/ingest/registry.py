@@ -19,17 +19,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from stream_learner.errors import StreamLearnerError
+from stream_learner.errors import RegistryUnavailable, UnknownSchema
 
 ACCEPT = "application/vnd.schemaregistry.v1+json, application/json"
-
-
-class UnknownSchema(StreamLearnerError):
-    """The registry has no Avro schema with this id."""
-
-
-class RegistryUnavailable(StreamLearnerError):
-    """The registry did not answer (network error, timeout, 5xx) or refused us (401/403)."""
 
 
 class SchemaRegistry:

@@ -29,12 +29,12 @@ import torch
 
 from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch
+from stream_learner.ingest.windowing import Window
 from stream_learner.learning.features import OOV_ROW, DynamicField, FeatureMapper, Placement, TableStats
-from stream_learner.learning.rates import LRUpdate, make_controller
 from stream_learner.learning.models import ModelSpec, build_model
 from stream_learner.learning.models.optim import restore_rows, scale_second_moments
+from stream_learner.learning.rates import LRUpdate, make_controller
 from stream_learner.learning.trainer import Evaluation, StepResult, Trainer
-from stream_learner.ingest.windowing import Window
 
 #: Accepted windows before the loss-spike guard has an average to compare with.
 GUARD_WARMUP = 3

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from stream_learner.config import TrainSettings
+from stream_learner.errors import ConfigError
 from stream_learner.learning.models.base import RecModel
 from stream_learner.learning.models.optim import is_row_state, sparse_optimizer
 from stream_learner.learning.quality import log_loss, roc_auc
@@ -30,15 +31,16 @@ torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, said o
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when a GPU is present, else the CPU; ``cuda[:N]`` fails clearly without one."""
+    """``auto`` is CUDA when a GPU is present, else the CPU; ``cuda[:N]`` without such a GPU is a
+    `ConfigError` naming train.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device is {name!r} but no CUDA device is available")
+            raise ConfigError("train.device", f"{name!r}, but no CUDA device is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"train.device is {name!r} but only {torch.cuda.device_count()} GPUs exist")
+            raise ConfigError("train.device", f"{name!r}, but only {torch.cuda.device_count()} GPUs exist")
     return device
 
 

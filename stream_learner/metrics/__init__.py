@@ -1,5 +1,13 @@
-"""Prometheus metrics: the only part of the package that imports prometheus_client."""
+"""Prometheus metrics: the only part of the package that imports prometheus_client.
 
-from stream_learner.metrics.learner import Metrics, MetricsServer, SubscriberMetrics
+Every metric is created on the registry passed in (tests use a fresh `CollectorRegistry` each).
+Names follow Prometheus conventions: prefix ``stream_learner_``, base units, counters end in _total.
+"""
 
-__all__ = ["Metrics", "MetricsServer", "SubscriberMetrics"]
+from prometheus_client import CollectorRegistry
+
+from stream_learner.metrics.learner import Metrics
+from stream_learner.metrics.server import MetricsServer
+from stream_learner.metrics.serving import SubscriberMetrics
+
+__all__ = ["CollectorRegistry", "Metrics", "MetricsServer", "SubscriberMetrics"]

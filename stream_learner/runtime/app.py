@@ -16,18 +16,18 @@ from contextlib import ExitStack
 from prometheus_client import CollectorRegistry
 
 from stream_learner import __version__
-from stream_learner.snapshots import warmstart
-from stream_learner.kafka.admin import ensure_topics
 from stream_learner.config import Settings
 from stream_learner.errors import OwnershipLost
+from stream_learner.kafka.admin import ensure_topics
+from stream_learner.kafka.sink import Sink
+from stream_learner.kafka.source import Lease, Source
 from stream_learner.learning.learner import Learner
 from stream_learner.metrics import Metrics, MetricsServer
 from stream_learner.runtime.pipeline import Pipeline, Summary, make_decoder, make_windower
+from stream_learner.runtime.worker import Worker
+from stream_learner.snapshots import warmstart
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.recovery import Checkpoints, restore
-from stream_learner.kafka.sink import Sink
-from stream_learner.kafka.source import Lease, Source
-from stream_learner.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from stream_learner.ingest.codec import Decoder, DecodeResult
 from stream_learner.config import Settings
-from stream_learner.learning.learner import WindowResult
-from stream_learner.metrics import Metrics
-from stream_learner.snapshots.publisher import Publisher
+from stream_learner.ingest.codec import Decoder, DecodeResult
 from stream_learner.ingest.registry import SchemaRegistry
+from stream_learner.ingest.windowing import CountWindower, EventTimeWindower, Window, Windower
 from stream_learner.kafka.sink import Sink
 from stream_learner.kafka.source import Source
-from stream_learner.ingest.windowing import CountWindower, EventTimeWindower, Window, Windower
+from stream_learner.learning.learner import WindowResult
+from stream_learner.metrics import Metrics
 from stream_learner.runtime.worker import Output, Worker
+from stream_learner.snapshots.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from stream_learner.snapshots import delta
-from stream_learner.learning.learner import Learner, WindowResult
 from stream_learner.ingest.windowing import Window
+from stream_learner.learning.learner import Learner, WindowResult
+from stream_learner.snapshots import delta
 
 log = logging.getLogger(__name__)
 

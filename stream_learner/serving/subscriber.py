@@ -23,12 +23,12 @@ import torch
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
-from stream_learner.snapshots import delta
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import SnapshotError
 from stream_learner.learning.features import FeatureMapper
-from stream_learner.metrics import SubscriberMetrics
 from stream_learner.learning.models import ModelSpec, RecModel, build_model
+from stream_learner.metrics import SubscriberMetrics
+from stream_learner.snapshots import delta
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta
 from stream_learner.snapshots.log import Entry, SnapshotLog
 

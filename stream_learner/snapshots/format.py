@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
-from stream_learner.ingest.codec import load_schema
+from stream_learner.avro_schemas import load_schema
 from stream_learner.errors import SnapshotError
 
 log = logging.getLogger(__name__)

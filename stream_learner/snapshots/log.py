@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from stream_learner.snapshots import delta
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import SnapshotError
+from stream_learner.snapshots import delta
 from stream_learner.snapshots.format import Assembler, Snapshot, decode_chunk
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream_learner.config import Settings
+from stream_learner.kafka.sink import Sink
 from stream_learner.learning.learner import WindowResult
 from stream_learner.metrics import Metrics
-from stream_learner.kafka.sink import Sink
-from stream_learner.snapshots.format import PartitionRange, Payload, SnapshotMeta, encode, encode_payload
 from stream_learner.runtime.worker import StateCopy
+from stream_learner.snapshots.format import PartitionRange, Payload, SnapshotMeta, encode, encode_payload
 
 log = logging.getLogger(__name__)
 

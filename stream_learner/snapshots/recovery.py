@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream_learner.snapshots import delta
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError, WarmStartError
+from stream_learner.ingest.windowing import Windower
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.models import ModelSpec
+from stream_learner.snapshots import delta
 from stream_learner.snapshots.format import Assembler, Snapshot, SnapshotMeta, decode_chunk
 from stream_learner.snapshots.log import SnapshotLog
-from stream_learner.ingest.windowing import Windower
 
 if TYPE_CHECKING:
     import torch
@@ -136,7 +136,8 @@ def apply_state(
     spec = ModelSpec.from_json(meta.spec)
     if spec != learner.spec:
         raise WarmStartError(
-            f"snapshot v{meta.version} has model spec {spec}, but the configuration builds {learner.spec}"
+            "model",
+            f"snapshot v{meta.version} has model spec {spec}, but the configuration builds {learner.spec}",
         )
     state = meta.state_dict()
     learner.restore(tensors, state.get("learner", {}))

@@ -57,22 +57,22 @@ def from_snapshot_file(learner: Learner, path: Path) -> None:
     try:
         snapshot = Checkpoints.read(Path(path))
     except (OSError, SnapshotError) as exc:
-        raise WarmStartError(f"warm_start.path {path}: not a readable snapshot file: {exc}") from None
+        raise WarmStartError("warm_start.path", f"{path}: not a readable snapshot file: {exc}") from None
     meta = snapshot.meta
     if meta.kind != "FULL":
         raise WarmStartError(
-            f"warm_start.path {path}: snapshot v{meta.version} is a {meta.kind}, not a full one"
+            "warm_start.path", f"{path}: snapshot v{meta.version} is a {meta.kind}, not a full one"
         )
     spec = ModelSpec.from_json(meta.spec)
     if spec != learner.spec:
         raise WarmStartError(
-            f"warm_start.path {path}: the snapshot's model spec {spec} "
-            f"differs from the configured {learner.spec}"
+            "warm_start.path",
+            f"{path}: the snapshot's model spec {spec} differs from the configured {learner.spec}",
         )
     try:
         learner.restore(snapshot.tensors(), meta.state_dict().get("learner", {}))
     except (ValueError, SnapshotError) as exc:
-        raise WarmStartError(f"warm_start.path {path}: {exc}") from None
+        raise WarmStartError("warm_start.path", f"{path}: {exc}") from None
 
 
 def load_pretrained(learner: Learner, path: Path) -> list[str]:
@@ -81,7 +81,7 @@ def load_pretrained(learner: Learner, path: Path) -> list[str]:
         given = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise WarmStartError(
-            f"warm_start.pretrained {path}: not a readable safetensors file: {exc}"
+            "warm_start.pretrained", f"{path}: not a readable safetensors file: {exc}"
         ) from None
     tables = learner.model.tables()
     fields = {f.name: f for f in learner.features.fields if isinstance(f, DynamicField)}
@@ -89,8 +89,8 @@ def load_pretrained(learner: Learner, path: Path) -> list[str]:
     unknown = sorted(set(given) - set(tables) - set(feature_names))
     if unknown:
         raise WarmStartError(
-            f"warm_start.pretrained {path}: {unknown} name no table of the model; "
-            f"its tables are {sorted(tables)}"
+            "warm_start.pretrained",
+            f"{path}: {unknown} name no table of the model; its tables are {sorted(tables)}",
         )
     problems = [
         f"{name} has shape {tuple(t.shape)}, the model's has {tuple(tables[name].weight.shape)}"
@@ -111,12 +111,12 @@ def load_pretrained(learner: Learner, path: Path) -> list[str]:
         elif held:
             mapped.append(name)
     if problems:
-        raise WarmStartError(f"warm_start.pretrained {path}: " + "; ".join(problems))
+        raise WarmStartError("warm_start.pretrained", f"{path}: " + "; ".join(problems))
     for name in mapped:
         try:
             fields[name].load({k: given[f"features.{name}.{k}"].numpy() for k in STATE_ARRAYS})
         except ValueError as exc:
-            raise WarmStartError(f"warm_start.pretrained {path}: {exc}") from None
+            raise WarmStartError("warm_start.pretrained", f"{path}: {exc}") from None
     with torch.no_grad():
         for name, tensor in given.items():
             if name in tables:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from confluent_kafka import Producer
 
-from stream_learner.ingest.codec import encode_event
 from stream_learner.config import KafkaSettings
+from stream_learner.ingest.codec import encode_event
 from stream_learner.learning.quality import roc_auc
 from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from confluent_kafka.admin import AdminClient
 
-from stream_learner.snapshots import delta
 from stream_learner.config import KafkaSettings
+from stream_learner.snapshots import delta
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import assert_history_tiles, end_offsets, read_snapshots

@@ -14,8 +14,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings
-from stream_learner.snapshots.format import SNAPSHOT_SCHEMA, decode_chunk
 from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.snapshots.format import SNAPSHOT_SCHEMA, decode_chunk
 from tests.snapshot_support import (
     SNAPSHOT_TOPIC_CONFIG,
     logistic_spec,

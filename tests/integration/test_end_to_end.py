@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stream_learner.snapshots import delta
 from stream_learner.ingest.codec import encode_event
 from stream_learner.learning.models import ModelSpec, build_model
+from stream_learner.snapshots import delta
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import (

@@ -14,17 +14,17 @@ import pytest
 import torch
 from confluent_kafka import Consumer, KafkaError
 
-from stream_learner.snapshots import delta
-from stream_learner.kafka.admin import ensure_topics
 from stream_learner.config import Settings
 from stream_learner.errors import OwnershipLost
+from stream_learner.kafka.admin import ensure_topics
+from stream_learner.kafka.sink import Sink
 from stream_learner.learning.learner import Learner
 from stream_learner.runtime.pipeline import make_windower
-from stream_learner.tools.produce import produce_synthetic
-from stream_learner.snapshots.recovery import restore
-from stream_learner.kafka.sink import Sink
+from stream_learner.snapshots import delta
 from stream_learner.snapshots.format import PartitionRange, SnapshotMeta
 from stream_learner.snapshots.log import SnapshotLog
+from stream_learner.snapshots.recovery import restore
+from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.snapshot_support import logistic_delta, logistic_state, messages, meta, produce_raw
 from tests.support import (

@@ -11,8 +11,8 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings
-from stream_learner.tools.produce import produce_synthetic
 from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.snapshot_support import (
     SNAPSHOT_TOPIC_CONFIG,

@@ -11,15 +11,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stream_learner.runtime.app import App
 from stream_learner.config import Settings
 from stream_learner.errors import WarmStartError
-from stream_learner.learning.learner import Learner
-from stream_learner.tools.produce import produce_synthetic
-from stream_learner.snapshots.recovery import Checkpoints
-from stream_learner.snapshots.format import SnapshotMeta, encode, encode_payload
-from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 from stream_learner.ingest.windowing import Window
+from stream_learner.learning.learner import Learner
+from stream_learner.runtime.app import App
+from stream_learner.snapshots.format import SnapshotMeta, encode, encode_payload
+from stream_learner.snapshots.recovery import Checkpoints
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 from tests.support import AppThread, learner_settings, read_snapshots
 
 EVENTS = 3_000

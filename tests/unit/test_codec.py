@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_learner.ingest.codec import USER_EVENT_SCHEMA, Decoder, confluent_frame, encode_event, load_schema
-from stream_learner.errors import ConfigError
+from stream_learner.avro_schemas import load_schema
+from stream_learner.errors import ConfigError, RegistryUnavailable
+from stream_learner.ingest.codec import USER_EVENT_SCHEMA, Decoder, confluent_frame, encode_event
 from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, hash_id
-from stream_learner.ingest.registry import RegistryUnavailable, SchemaRegistry
+from stream_learner.ingest.registry import SchemaRegistry
 from tests import ingest_support
 from tests.ingest_fuzz import NOW, NOW_MS
 from tests.ingest_support import FakeMessage, encoded, messages, registry_stub

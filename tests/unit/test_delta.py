@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from stream_learner.snapshots import delta
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
 from stream_learner.ingest.events import EventBatch, hash_id
+from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.models.base import FieldSpec
-from stream_learner.snapshots.format import Snapshot, SnapshotMeta, encode_payload
-from stream_learner.ingest.windowing import Window
 from stream_learner.runtime.worker import StateCopy, Worker
+from stream_learner.snapshots import delta
+from stream_learner.snapshots.format import Snapshot, SnapshotMeta, encode_payload
 
 WINDOW_MS = 60_000
 

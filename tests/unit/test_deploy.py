@@ -29,8 +29,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream_learner import config
-from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.config import MetricsSettings, Settings, load_settings
+from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.metrics import Metrics, SubscriberMetrics
 
 REPO = Path(__file__).resolve().parents[2]

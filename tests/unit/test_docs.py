@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from stream_learner.cli import main
-from stream_learner.config import Settings
 from stream_learner.cli.reference import render
+from stream_learner.config import Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

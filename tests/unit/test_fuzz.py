@@ -14,7 +14,8 @@ from collections import Counter
 
 import numpy as np
 
-from stream_learner.ingest.codec import Decoder, confluent_frame, encode_event, load_schema
+from stream_learner.avro_schemas import load_schema
+from stream_learner.ingest.codec import Decoder, confluent_frame, encode_event
 from stream_learner.ingest.registry import SchemaRegistry
 from tests.ingest_fuzz import MAX_ID, NOW, REASONS, malformed, reference, valid_record
 from tests.ingest_support import messages, registry_stub

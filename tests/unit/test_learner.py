@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from stream_learner.errors import WarmStartError
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.rates import LRUpdate
-from stream_learner.metrics import Metrics
 from stream_learner.learning.trainer import StepResult
+from stream_learner.metrics import Metrics
 from stream_learner.snapshots.warmstart import load_pretrained
 from tests.learning_support import assert_same_tensors, small_settings, windows
 

@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry
 from stream_learner.config import Settings
 from stream_learner.learning.learner import WindowResult
 from stream_learner.learning.rates import LRUpdate
+from stream_learner.learning.trainer import Evaluation
 from stream_learner.metrics import Metrics
+from stream_learner.runtime.worker import StateCopy
+from stream_learner.snapshots.format import Assembler, SnapshotMeta, decode_chunk
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.recovery import Checkpoints
-from stream_learner.snapshots.format import Assembler, SnapshotMeta, decode_chunk
-from stream_learner.learning.trainer import Evaluation
-from stream_learner.runtime.worker import StateCopy
 
 SETTINGS = Settings.model_validate({"input": {"topic": "in"}, "model": {"name": "pub-test"}})
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from stream_learner.ingest.codec import encode_event, load_schema
+from stream_learner.avro_schemas import load_schema
+from stream_learner.ingest.codec import encode_event
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stream_learner.config import TrainSettings
+from stream_learner.errors import ConfigError
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
 from stream_learner.learning.trainer import Trainer, resolve_device
 from tests.learning_support import assert_same_tensors
@@ -142,10 +143,10 @@ def test_device_names_resolve() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(ConfigError, match="train.device.*no CUDA device"):
             resolve_device("cuda:1")
     else:
-        with pytest.raises(RuntimeError, match="GPUs exist"):
+        with pytest.raises(ConfigError, match="train.device.*GPUs exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 

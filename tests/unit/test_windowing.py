@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch
+from stream_learner.ingest.windowing import CountWindower, EventTimeWindower, Window
 from stream_learner.metrics import Metrics
 from stream_learner.runtime.pipeline import Pipeline, Summary
-from stream_learner.ingest.windowing import CountWindower, EventTimeWindower, Window
 
 S = 1000  # ms
 
