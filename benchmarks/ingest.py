@@ -26,9 +26,9 @@ from confluent_kafka import Consumer, TopicPartition
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
 from stream_learner.config import Settings
-from stream_learner.ingest.codec import encode_event
+from stream_learner.ingest.codec import encode_event, make_decoder
+from stream_learner.ingest.windowing import make_windower
 from stream_learner.kafka.source import Source
-from stream_learner.runtime.pipeline import make_decoder, make_windower
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 

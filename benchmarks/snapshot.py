@@ -18,7 +18,6 @@ import uuid
 
 import numpy as np
 from confluent_kafka import Consumer
-from prometheus_client import CollectorRegistry
 
 from benchmarks.kafka_env import bootstrap, delete_topics
 from benchmarks.results import record
@@ -28,9 +27,8 @@ from stream_learner.ingest.windowing import Window
 from stream_learner.kafka.admin import ensure_topics
 from stream_learner.kafka.sink import Sink
 from stream_learner.learning.learner import Learner
-from stream_learner.metrics import Metrics
-from stream_learner.runtime.worker import StateCopy, Worker
 from stream_learner.snapshots.publisher import Publisher
+from stream_learner.snapshots.state import StateCopier, StateCopy
 
 WINDOW_EVENTS = 20_000
 WINDOW_MS = 60_000
@@ -74,13 +72,14 @@ def measure(address: str, log2_rows: int) -> dict[str, object]:
     sink.start()
     committed = threading.Event()
     learner = Learner(settings)
-    worker = Worker(learner, full_every=10)
+    copier = StateCopier(learner, full_every=10)
+    sizes: list[int] = []
     publisher = Publisher(
-        settings,
-        sink,
-        Metrics(CollectorRegistry()),
-        learner.spec.to_json(),
-        time.time,
+        settings=settings,
+        sink=sink,
+        spec_json=learner.spec.to_json(),
+        clock=time.time,
+        on_committed=lambda meta, size: sizes.append(size),
         checkpoint=lambda meta, messages: committed.set(),  # called right after the commit
     )
     rng = np.random.default_rng(0)
@@ -90,7 +89,7 @@ def measure(address: str, log2_rows: int) -> dict[str, object]:
             result = learner.process(_window(index, rng))
             publisher.trained(result)
             started = time.perf_counter()
-            copy: StateCopy = worker.copy_state()  # what the training thread does after a window
+            copy: StateCopy = copier.copy()  # what the training thread does after a window
             copied = time.perf_counter()
             assert copy.kind == kind.upper()
             committed.clear()
@@ -98,7 +97,7 @@ def measure(address: str, log2_rows: int) -> dict[str, object]:
             while not committed.wait(0.1):
                 sink.poll()  # raises what went wrong on the sink's thread
             done = time.perf_counter()
-            size = int(publisher.metrics.snapshot_size._value.get())
+            size = sizes[-1]
             touched = copy.tensors.get("delta.rows/user")
             out[kind] = {
                 "bytes": size,

@@ -8,38 +8,25 @@ from the TOML file and ``STREAM_LEARNER_<SECTION>__<KEY>`` variables (see docs/c
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
-
+from stream_learner.cli.common import EXIT_CONFIG, EXIT_OWNERSHIP, install_signal_handlers
+from stream_learner.cli.demo import demo
 from stream_learner.cli.reference import render
+from stream_learner.cli.snapshots import recommend, snapshots
 from stream_learner.config import Settings, load_settings
-from stream_learner.errors import ConfigError, OwnershipLost, SnapshotError
-from stream_learner.kafka.admin import ensure_topics
-from stream_learner.runtime.app import App, Summary
-from stream_learner.serving.subscriber import ModelSubscriber
-from stream_learner.snapshots.format import Snapshot, describe_payload
-from stream_learner.snapshots.log import Entry, SnapshotLog
+from stream_learner.errors import ConfigError, OwnershipLost
+from stream_learner.runtime.app import App
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 
 log = logging.getLogger("stream_learner")
-
-EXIT_NOT_FOUND = 1
-EXIT_CONFIG = 2
-EXIT_OWNERSHIP = 3
 
 
 def _env_flag(parser: argparse.ArgumentParser, flag: str, env: str, help: str, **kw: Any) -> None:
@@ -133,13 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "produce":
             return _produce(load_settings(args.config), args)
         if args.command == "snapshots":
-            return _snapshots(load_settings(args.config), args)
+            return snapshots(load_settings(args.config), args)
         if args.command == "recommend":
-            return _recommend(load_settings(args.config), args)
+            return recommend(load_settings(args.config), args)
         if args.command == "config":
             print(render() if args.reference else _shown(load_settings(args.config)))
             return 0
-        return _demo(args)
+        return demo(args)
     except ConfigError as err:
         print(f"stream-learner: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -158,21 +145,9 @@ def _shown(settings: Settings) -> str:
     return json.dumps(data, indent=2)
 
 
-def _install_signal_handlers(app: App) -> None:
-    def handle(signum: int, _frame: object) -> None:
-        log.info(
-            "received %s: finishing the current window, publishing, committing", signal.Signals(signum).name
-        )
-        app.request_stop()
-        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
 def _run(settings: Settings, exit_when_idle: bool) -> int:
     app = App(settings)
-    _install_signal_handlers(app)
+    install_signal_handlers(app)
     summary = app.run(exit_when_idle=exit_when_idle)
     log.info("stopped: %s", summary)
     return 0
@@ -187,171 +162,6 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
         f"produced {stats.events} events to {settings.input.topic} in {stats.seconds:.1f}s "
         f"(best possible AUC {stats.best_auc:.4f})"
     )
-    return 0
-
-
-# -- snapshots and serving ------------------------------------------------------------------------
-def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
-    return SnapshotLog(settings.kafka, settings.snapshot.topic, args.model or settings.model.name)
-
-
-def _snapshots(settings: Settings, args: argparse.Namespace) -> int:
-    with _snapshot_log(settings, args) as snapshots:
-        if args.action == "list":
-            entries = list(itertools.islice(snapshots.newest_first(), args.last))
-            for entry in reversed(entries):
-                print(_entry_line(entry))
-            if not entries:
-                print(f"no snapshots of {snapshots.key.decode()} on {settings.snapshot.topic}")
-            return 0
-        for entry in snapshots.newest_first():
-            snap = entry.snapshot
-            if snap is not None and args.version in (None, snap.meta.version):
-                try:
-                    print(json.dumps(_inspect(snap), indent=2))
-                except (SnapshotError, ValueError) as err:
-                    print(f"stream-learner: v{snap.meta.version} cannot be shown: {err}", file=sys.stderr)
-                    return EXIT_NOT_FOUND
-                return 0
-    print(f"stream-learner: no verified snapshot {args.version or ''} found", file=sys.stderr)
-    return EXIT_NOT_FOUND
-
-
-def _entry_line(entry: Entry) -> str:
-    if entry.snapshot is None:
-        return f"@{entry.offset!s:<8} refused: {entry.error}"
-    m = entry.snapshot.meta
-    ranges = " ".join(f"{r.partition}:[{r.first},{r.last}]" for r in m.offsets)
-    base = f"<-v{m.base_version}" if m.base_version is not None else ""
-    created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m.created_ms / 1000))
-    return (
-        f"@{entry.offset!s:<8} v{m.version:<6} {m.kind.lower():5} {base:9} {created}Z "
-        f"{len(entry.snapshot.payload):>11} B  windows [{m.window_start_ms}, {m.window_end_ms})  "
-        f"offsets {ranges}"
-    )
-
-
-def _inspect(snap: Snapshot) -> dict[str, Any]:
-    m = snap.meta
-    state = m.state_dict()
-    learner = state.get("learner", {})
-    if isinstance(learner.get("recent_items"), list):
-        learner["recent_items"] = f"{len(learner['recent_items'])} item ids"
-    return {
-        **{k: v for k, v in vars(m).items() if k not in ("spec", "state", "offsets")},
-        "offsets": [vars(r) for r in m.offsets],
-        "spec": json.loads(m.spec),
-        "state": state,
-        "payload_bytes": len(snap.payload),
-        "payload_sha256": hashlib.sha256(snap.payload).hexdigest(),
-        "tensors": {
-            name: [dtype, list(shape)] for name, (dtype, shape) in describe_payload(snap.payload).items()
-        },
-    }
-
-
-def _recommend(settings: Settings, args: argparse.Namespace) -> int:
-    name = args.model or settings.model.name
-    with ModelSubscriber(settings.kafka, settings.snapshot.topic, name) as subscriber:
-        if subscriber.refresh() is None:
-            print(
-                f"stream-learner: no usable snapshot of {name} on {settings.snapshot.topic}", file=sys.stderr
-            )
-            return EXIT_NOT_FOUND
-        candidates = [c for c in args.candidates.split(",") if c] if args.candidates else None
-        best = subscriber.recommend(args.user, args.k, candidates)
-    print(f"model {name} v{subscriber.version}, user {args.user}:")
-    for rank, (item, score) in enumerate(best, 1):
-        print(f"{rank:>3}  {item}  {score:.6f}")
-    return 0
-
-
-# -- demo ------------------------------------------------------------------------------------------
-def _local_broker() -> str:
-    """Start (or reuse) the repository's local broker and return its address."""
-    here = Path(__file__).resolve().parent
-    for root in (Path.cwd(), *Path.cwd().parents, here.parent):
-        script = root / "deploy" / "kafka" / "kafka.sh"
-        if script.exists():
-            subprocess.run([str(script), "start"], check=True, stdout=sys.stderr)
-            out = subprocess.run([str(script), "bootstrap"], check=True, capture_output=True, text=True)
-            return out.stdout.strip()
-    raise ConfigError("--bootstrap", "no local broker script (deploy/kafka/kafka.sh) found; pass --bootstrap")
-
-
-def _delete_topics(bootstrap: str, names: list[str]) -> None:
-    """Delete the topics that exist and wait until they are gone (deletion completes asynchronously)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = [n for n in names if n in admin.list_topics(timeout=30).topics]
-    for future in admin.delete_topics(existing, operation_timeout=30).values() if existing else []:
-        future.result(30)
-    for _ in range(50):
-        if not set(names) & set(admin.list_topics(timeout=30).topics):
-            break
-        time.sleep(0.2)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    bootstrap = args.bootstrap or _local_broker()
-    settings = Settings.model_validate(
-        {
-            "kafka": {"bootstrap_servers": bootstrap},
-            "input": {"topic": "demo.events", "group_id": "demo"},
-            "window": {"size_seconds": 4.0, "allowed_lateness_seconds": 0.5, "idle_timeout_seconds": 2.0},
-            "dead_letter": {"topic": "demo.dead-letters"},
-            "snapshot": {"topic": "demo.snapshots", "every_windows": 2},
-            "model": {"name": "demo", "user_buckets": 1 << 14, "item_buckets": 1 << 12},
-            "metrics": {"port": args.metrics_port},
-        }
-    )
-    _delete_topics(bootstrap, ["demo.events", "demo.snapshots", "demo.dead-letters"])  # a fresh start
-    ensure_topics(settings, input_partitions=3)
-    logging.getLogger("stream_learner").setLevel(logging.WARNING)
-    stop = threading.Event()
-    events = int(args.seconds * args.rate)
-    produced: dict[str, Any] = {}
-    producer = threading.Thread(
-        target=lambda: produced.update(
-            stats=produce_synthetic(settings.kafka, settings.input.topic, events, args.rate, stop=stop)
-        ),
-        daemon=True,
-    )
-    app = App(settings)
-    _install_signal_handlers(app)
-    print(
-        f"demo: broker {bootstrap}; producing {events} events at {args.rate:.0f}/s; "
-        f"metrics on http://127.0.0.1:{args.metrics_port}/metrics"
-    )
-    producer.start()
-    last = {"events": 0, "t": 0.0}
-
-    def progress(s: Summary) -> None:
-        now = time.monotonic()
-        rate = (s.events - last["events"]) / (now - last["t"]) if last["t"] else 0.0
-        last.update(events=s.events, t=now)
-        print(
-            f"  {s.events:>8} events  {rate:>8.0f}/s  windows {s.windows_trained:>3}  "
-            f"val_loss {s.last_validation_loss:.4f}  auc {s.last_validation_auc:.4f}  "
-            f"snapshots {s.snapshots:>3}  lag {s.lag}",
-            flush=True,
-        )
-
-    summary = app.run(exit_when_idle=True, on_progress=progress)
-    stop.set()
-    producer.join()
-    stats = produced.get("stats")
-    print("\ndemo summary")
-    print(f"  windows trained        {summary.windows_trained}")
-    print(
-        f"  validation loss        first {summary.first_validation_loss:.4f}"
-        f" -> last {summary.last_validation_loss:.4f}"
-    )
-    print(
-        f"  validation AUC (last)  {summary.last_validation_auc:.4f}"
-        + (f"   (best possible {stats.best_auc:.4f})" if stats else "")
-    )
-    print(f"  snapshots published    {summary.snapshots} (model version {summary.version}) to demo.snapshots")
-    print(f"  metrics were served at {summary.metrics_url}")
     return 0
 
 

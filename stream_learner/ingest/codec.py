@@ -31,6 +31,7 @@ import fastavro
 import numpy as np
 
 from stream_learner.avro_schemas import load_schema
+from stream_learner.config import Settings
 from stream_learner.errors import ConfigError, IncompatibleSchema, UnknownSchema
 from stream_learner.ingest.avro_columns import PADDING, Cursor, Op, RawEvents, compile_plan
 from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, EventBatch, hash_slices
@@ -257,3 +258,24 @@ class Decoder:
 
 def _text(data: np.ndarray, start: int, length: int) -> str:
     return data[start : start + length].tobytes().decode("utf-8", "replace")
+
+
+def make_decoder(settings: Settings, clock: Callable[[], float]) -> Decoder:
+    """The decoder ``[input]`` and ``[validation]`` configure."""
+    i, v = settings.input, settings.validation
+    registry = None
+    if i.format == "confluent":
+        assert i.schema_registry_url is not None  # the settings insist
+        password = i.schema_registry_password.get_secret_value() if i.schema_registry_password else ""
+        auth = (i.schema_registry_username, password) if i.schema_registry_username else None
+        registry = SchemaRegistry(i.schema_registry_url, auth, timeout=i.schema_registry_timeout_seconds)
+    return Decoder(
+        settings.model.context_fields,
+        i.writer_schema,
+        v.max_age_seconds,
+        v.max_future_skew_seconds,
+        clock,
+        wire_format=i.format,
+        registry=registry,
+        max_id_bytes=v.max_id_bytes,
+    )

@@ -17,10 +17,11 @@ window is late, unless it is a replay of an offset that was handled before the l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
+from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch
 
 ClosedBy = Literal["watermark", "idle", "count", "flush"]
@@ -46,6 +47,24 @@ class AddResult:
     windows: list[Window]
     late: np.ndarray  # bool mask over the added batch: events for windows already closed
     replayed: int  # events skipped because they were handled before the last restart
+
+
+class Windower(Protocol):
+    """What the job needs of a windower (`EventTimeWindower`, `CountWindower`)."""
+
+    def assign(self, partitions: list[int], now: float) -> None: ...
+    def add(self, batch: EventBatch, now: float) -> AddResult: ...
+    def tick(self, now: float) -> list[Window]: ...
+    def flush(self) -> list[Window]: ...
+    def mark_at_end(self, partition: int) -> None: ...
+    def mark_paused(self) -> None: ...
+    def replayed(self, partition: int, offset: int) -> bool: ...
+    def all_idle(self, now: float) -> bool: ...
+    def watermark_ms(self, now: float) -> int | None: ...
+    def newest_event_ms(self) -> int | None: ...
+    def open_low_offsets(self) -> dict[int, int]: ...
+    def state(self, window_end_ms: int | None) -> dict[str, int]: ...
+    def restore(self, state: dict[str, int], replay_until: dict[int, int]) -> None: ...
 
 
 @dataclass
@@ -111,6 +130,11 @@ class _Base:
 
     def all_idle(self, now: float) -> bool:
         return all(self._idle(s, now) for s in self.partitions.values())
+
+    def newest_event_ms(self) -> int | None:
+        """The newest event time seen on any partition, if any."""
+        newest = max((s.max_ts for s in self.partitions.values()), default=NO_TIME)
+        return None if newest == NO_TIME else newest
 
 
 @dataclass
@@ -212,6 +236,10 @@ class CountWindower(_Base):
     def tick(self, now: float) -> list[Window]:
         return [self._close("idle")] if self._held and self.all_idle(now) else []
 
+    def watermark_ms(self, now: float) -> int | None:
+        """Count windows have no watermark."""
+        return None
+
     def flush(self) -> list[Window]:
         return [self._close("flush")] if self._held else []
 
@@ -234,4 +262,13 @@ class CountWindower(_Base):
         self.replay_until = dict(replay_until)
 
 
-Windower = EventTimeWindower | CountWindower
+def make_windower(settings: Settings) -> Windower:
+    """The windower ``[window]`` configures."""
+    w = settings.window
+    if w.kind == "count":
+        return CountWindower(idle_timeout_s=w.idle_timeout_seconds, count=w.count)
+    return EventTimeWindower(
+        idle_timeout_s=w.idle_timeout_seconds,
+        size_ms=int(w.size_seconds * 1000),
+        lateness_ms=int(w.allowed_lateness_seconds * 1000),
+    )

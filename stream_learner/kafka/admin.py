@@ -8,7 +8,7 @@ import time
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_learner.config import Settings
+from stream_learner.config import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +60,14 @@ def _partitions_once_visible(admin: AdminClient, topic: str, timeout: float) -> 
         if ready or time.monotonic() > deadline:
             return len(meta.partitions)
         time.sleep(0.1)
+
+
+def delete_topics(kafka: KafkaSettings, names: list[str], timeout: float = 30.0) -> None:
+    """Delete the topics that exist and wait until they are gone (deletion completes asynchronously)."""
+    admin = AdminClient(kafka.client_config())
+    existing = [n for n in names if n in admin.list_topics(timeout=timeout).topics]
+    for future in admin.delete_topics(existing, operation_timeout=timeout).values() if existing else []:
+        future.result(timeout)
+    deadline = time.monotonic() + timeout
+    while set(names) & set(admin.list_topics(timeout=timeout).topics) and time.monotonic() < deadline:
+        time.sleep(0.2)

@@ -2,9 +2,8 @@
 
 Windows go in through a queue, results come out through another, in order. torch releases the GIL
 while it computes, so polling keeps the consumer alive during long steps. When a result is marked
-for a snapshot, the worker copies the model state right after that window, before the next one:
-every ``full_every``-th copy whole, the others as deltas (the rows touched since the previous copy,
-see `stream_learner.snapshots.delta`).
+for a snapshot, the worker copies the model state right after that window, before the next one
+(`stream_learner.snapshots.state.StateCopier`: whole or as a delta).
 """
 
 from __future__ import annotations
@@ -13,28 +12,15 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
 
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner, WindowResult
-from stream_learner.snapshots import delta
+from stream_learner.snapshots.state import StateCopier, StateCopy
 
 log = logging.getLogger(__name__)
 
 #: How long leaving waits for a training step in progress (shutdown waited for it already).
 JOIN_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class StateCopy:
-    """The model state after a window: tensors for the payload (all of them for a full snapshot, the
-    delta from the previous copy otherwise), learner state for resume."""
-
-    tensors: dict[str, torch.Tensor]
-    learner_state: dict[str, Any]
-    kind: str = "FULL"  # or "DELTA"
 
 
 @dataclass(frozen=True)
@@ -54,11 +40,7 @@ class _Job:
 @dataclass
 class Worker:
     learner: Learner
-    full_every: int = 1
-    #: Deltas since the last full copy; None when the next copy must be full. ``layout`` is the shape
-    #: of every tensor of the state the next delta applies to.
-    since_full: int | None = None
-    layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    copier: StateCopier
     _inbox: queue.Queue[_Job | None] = field(default_factory=queue.Queue)
     _outbox: queue.Queue[Output] = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
@@ -112,19 +94,8 @@ class Worker:
         while (job := self._inbox.get()) is not None:
             try:
                 result = self.learner.process(job.window) if job.window is not None else None
-                state = self.copy_state() if job.snapshot else None
+                state = self.copier.copy() if job.snapshot else None
                 self._outbox.put(Output(job.window, result, state))
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return
-
-    def copy_state(self) -> StateCopy:
-        """The state now (on the training thread): whole, or as the delta from the previous copy."""
-        touched = self.learner.trainer.take_touched()
-        full = self.since_full is None or self.since_full + 1 >= self.full_every
-        tensors = self.learner.tensors(copy=full)  # a delta copies only what it takes
-        copied = tensors if full else delta.extract(tensors, touched, self.learner.spec.fields, self.layout)
-        shapes = {n: tuple(t.shape) for n, t in tensors.items()}
-        self.layout = shapes if full else {**self.layout, **shapes}
-        self.since_full = 0 if full else (self.since_full or 0) + 1
-        return StateCopy(copied, self.learner.state(), "FULL" if full else "DELTA")

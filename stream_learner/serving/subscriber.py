@@ -19,16 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
-from confluent_kafka import KafkaException
-from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings
-from stream_learner.errors import SnapshotError
-from stream_learner.learning.features import FeatureMapper
-from stream_learner.learning.models import ModelSpec, RecModel, build_model
-from stream_learner.metrics import SubscriberMetrics
-from stream_learner.snapshots import delta
+from stream_learner.errors import BrokerError, SnapshotError
+from stream_learner.learning.servable import ServableModel
+from stream_learner.metrics import CollectorRegistry, SubscriberMetrics
+from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta
 from stream_learner.snapshots.log import Entry, SnapshotLog
 
@@ -74,20 +70,9 @@ class _ReadWriteLock:
 @dataclass(frozen=True)
 class _Served:
     meta: SnapshotMeta
-    spec: ModelSpec
-    model: RecModel
-    params: dict[str, torch.Tensor]  # "model.<name>" -> the model's own tensors (deltas write into them)
-    features: dict[str, torch.Tensor]  # "features.<field>.<name>"
-    mapper: FeatureMapper
+    fold: chains.Fold  # the state; the model shares its tensors, deltas are folded into it in place
+    model: ServableModel
     recent_items: tuple[str, ...]
-
-
-def _is_param(name: str) -> bool:
-    return name.startswith("model.")
-
-
-def _is_feature(name: str) -> bool:
-    return name.startswith("features.")
 
 
 def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
@@ -98,40 +83,14 @@ def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
     return tuple(str(i) for i in items) if isinstance(items, list) else ()
 
 
-def _spec(meta: SnapshotMeta) -> ModelSpec:
+def _serve(chain: list[Snapshot], on_refused: chains.OnRefused | None = None) -> _Served:
+    """A servable model from a chain (`chains.load`: the learner's restore verifies the same way)."""
+    fold, spec = chains.load(chain, on_refused)
     try:
-        return ModelSpec.from_json(meta.spec)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SnapshotError("spec", f"v{meta.version} has an unreadable model spec: {exc}") from None
-
-
-def _mapper(spec: ModelSpec, features: Mapping[str, torch.Tensor]) -> FeatureMapper:
-    try:
-        return FeatureMapper.from_spec(spec, features)
+        model = ServableModel(spec, fold.tensors)
     except ValueError as exc:
-        raise SnapshotError("spec", f"feature state does not fit the model spec: {exc}") from None
-
-
-def _load_full(snap: Snapshot) -> _Served:
-    """A servable model from a full snapshot. The spec is checked against the tensors on the meta
-    device first, so a forged spec cannot make the subscriber allocate more than the payload holds."""
-    spec = _spec(snap.meta)
-    tensors = snap.tensors()
-    params = {k[len("model.") :]: v for k, v in tensors.items() if _is_param(k)}
-    try:
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_model(spec, sparse=False).state_dict().items()}
-        if shapes != {k: tuple(v.shape) for k, v in params.items()}:
-            raise ValueError("the tensors are not those of the model spec")
-        model = build_model(spec, sparse=False)
-        model.load_state_dict(params, strict=True)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise SnapshotError("spec", f"v{snap.meta.version} does not fit its model spec: {exc}") from None
-    model.eval().requires_grad_(False)
-    features = {k: v for k, v in tensors.items() if _is_feature(k)}
-    served_params = {f"model.{k}": v for k, v in model.state_dict().items()}
-    mapper = _mapper(spec, features)
-    return _Served(snap.meta, spec, model, served_params, features, mapper, _recent_items(snap.meta))
+        raise SnapshotError("spec", f"v{fold.meta.version} does not fit its model spec: {exc}") from None
+    return _Served(fold.meta, fold, model, _recent_items(fold.meta))
 
 
 class ModelSubscriber:
@@ -215,12 +174,7 @@ class ModelSubscriber:
             served = self._served
             if served is None:
                 raise LookupError(f"no model of {self.model_name} has been loaded from {self.topic} yet")
-            n = len(item_ids)
-            ctx = {name: [value] * n for name, value in (context or {}).items()}
-            rows = served.mapper.rows_for_ids([user_id] * n, list(item_ids), ctx)
-            with torch.no_grad():
-                logits = served.model(torch.from_numpy(rows))
-            return torch.sigmoid(logits.float()).numpy()
+            return served.model.score(user_id, item_ids, context)
 
     def recommend(
         self,
@@ -246,7 +200,7 @@ class ModelSubscriber:
                     start = self._load_newest(snapshots)
                     for entry in snapshots.follow(start, self._stop):
                         self._take(entry)
-            except (KafkaException, TimeoutError, SnapshotError) as exc:
+            except (BrokerError, SnapshotError) as exc:
                 log.warning("reading %s failed (%s); retrying in %.0f s", self.topic, exc, RETRY_SECONDS)
                 self._stop.wait(RETRY_SECONDS)
             except Exception:  # the model served stays; following must not die with it
@@ -260,17 +214,10 @@ class ModelSubscriber:
             if self.version is not None and chain[-1].meta.version <= self.version:
                 break
             try:
-                served = _load_full(chain[0])
+                served = _serve(chain, on_refused=lambda _snap, err: self._refused(Entry(None, error=err)))
             except SnapshotError as err:
                 self._refused(Entry(None, error=err))
                 continue
-            for snap in chain[1:]:
-                try:
-                    served, write = _with_delta(served, snap)
-                except SnapshotError as err:
-                    self._refused(Entry(None, error=err))
-                    break
-                write()  # not served yet: no reader to hold back
             self._swap(served)
             break
         return snapshots.follow_from or 0
@@ -284,7 +231,7 @@ class ModelSubscriber:
             return  # already served (a re-read)
         try:
             if snap.meta.kind == "FULL":
-                self._swap(_load_full(snap))
+                self._swap(_serve([snap]))
             elif served is None or snap.meta.base_version != served.meta.version:
                 raise SnapshotError(
                     "gap",
@@ -292,18 +239,27 @@ class ModelSubscriber:
                     f"served is v{self.version}; waiting for the next full snapshot",
                 )
             else:
-                self._swap(*_with_delta(served, snap))
+                self._swap_in(served, snap)
         except SnapshotError as err:
             self._refused(Entry(entry.offset, error=err))
 
-    def _swap(self, served: _Served, write: Callable[[], None] | None = None) -> None:
-        """Serve ``served``; ``write`` (a delta's in-place change of the weights) happens in the same
-        critical section, so no reader sees a mix of versions."""
+    def _swap_in(self, served: _Served, snap: Snapshot) -> None:
+        """Fold delta ``snap`` into the model served, in one critical section: no reader sees a mix
+        of versions. The fold checks the whole delta before it changes anything."""
         with self._lock.write():
-            if write is not None:
-                write()
+            served.fold.apply(snap)
+            served.model.refresh_features()
+            self._served = replace(served, meta=snap.meta, recent_items=_recent_items(snap.meta))
+        self._served_now()
+
+    def _swap(self, served: _Served) -> None:
+        with self._lock.write():
             self._served = served
-        m = served.meta
+        self._served_now()
+
+    def _served_now(self) -> None:
+        m = self.meta
+        assert m is not None
         self.metrics.applied.labels(m.kind.lower()).inc()
         self.metrics.model_version.set(m.version)
         self.metrics.model_freshness.set(max(0.0, self._clock() - m.newest_event_ms / 1000))
@@ -319,20 +275,3 @@ class ModelSubscriber:
         self.metrics.refused.labels(err.reason).inc()
         where = f" (offset {entry.offset})" if entry.offset is not None else ""
         log.warning("refused a snapshot of %s on %s%s: %s", self.model_name, self.topic, where, err)
-
-
-def _with_delta(served: _Served, snap: Snapshot) -> tuple[_Served, Callable[[], None]]:
-    """The model after delta ``snap``, and the in-place write of its weights that goes with it (which
-    checks everything before it changes anything)."""
-    if _spec(snap.meta) != served.spec:
-        raise SnapshotError("spec", f"delta v{snap.meta.version} has another model spec")
-    tensors = snap.tensors()
-    features, mapper = served.features, served.mapper
-    if any(key.startswith("features.") or "/features." in key for key in tensors):
-        features = {k: v.clone() for k, v in served.features.items()}
-        delta.apply(features, tensors, keep=_is_feature)
-        mapper = _mapper(served.spec, features)
-    after = replace(
-        served, meta=snap.meta, features=features, mapper=mapper, recent_items=_recent_items(snap.meta)
-    )
-    return after, lambda: delta.apply(served.params, tensors, keep=_is_param)

@@ -13,14 +13,13 @@ gives exactly the state they were cut from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 import torch
 
 from stream_learner.errors import SnapshotError
 from stream_learner.learning.models.base import FieldSpec, table_name
-from stream_learner.snapshots.format import Snapshot
 
 ROWS = "delta.rows/"
 SLICE = "delta.slice/"
@@ -154,32 +153,3 @@ def _check_rows(name: str, target: torch.Tensor, idx: torch.Tensor, value: torch
 
 def _bad(detail: str) -> NoReturn:
     raise SnapshotError("bad_delta", detail)
-
-
-def chain(full: Snapshot, later: Iterable[Snapshot]) -> list[Snapshot]:
-    """``full`` and the deltas of ``later`` (in log order) that continue it without a gap."""
-    out = [full]
-    for snap in later:
-        if snap.meta.base_version != out[-1].meta.version:
-            break
-        out.append(snap)
-    return out
-
-
-def replay(snapshots: Sequence[Snapshot]) -> dict[str, torch.Tensor]:
-    """The state at the last of ``snapshots`` (in log order): its newest full snapshot with the
-    deltas after it applied. Raises `SnapshotError` when there is no full one or a delta's base is
-    not the version before it ("gap")."""
-    start = max((i for i, s in enumerate(snapshots) if s.meta.kind == "FULL"), default=None)
-    if start is None:
-        raise SnapshotError("gap", "no full snapshot to apply the deltas to")
-    tensors = snapshots[start].tensors()
-    previous = snapshots[start].meta.version
-    for snap in snapshots[start + 1 :]:
-        if snap.meta.base_version != previous:
-            raise SnapshotError(
-                "gap", f"delta v{snap.meta.version} follows v{snap.meta.base_version}, not v{previous}"
-            )
-        apply(tensors, snap.tensors())
-        previous = snap.meta.version
-    return tensors

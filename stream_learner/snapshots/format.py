@@ -16,7 +16,7 @@ import logging
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import fastavro
 import torch
@@ -29,6 +29,8 @@ from stream_learner.errors import SnapshotError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: A full snapshot holds the whole state; a delta the rows changed since the version before it.
+SnapshotKind = Literal["FULL", "DELTA"]
 SNAPSHOT_SCHEMA = fastavro.parse_schema(load_schema("model_snapshot"))
 #: Bytes kept free in each message beyond the envelope itself (Kafka record and batch overhead, key).
 MESSAGE_OVERHEAD = 4 << 10
@@ -65,7 +67,7 @@ class SnapshotMeta:
 
     model_name: str
     version: int
-    kind: str  # "FULL" or "DELTA"
+    kind: SnapshotKind
     spec: str  # model spec as JSON
     created_ms: int
     window_start_ms: int

@@ -4,7 +4,7 @@
 topic. To find the newest model it pages *backwards* from the end of the log until it meets a full
 snapshot that verifies, so a restart or a new subscriber reads that snapshot and the deltas after
 it, not the topic's whole history. Bad data is reported as an `Entry` with the `SnapshotError` that
-says why; it never stops the reading.
+says why; it never stops the reading. A Kafka failure raises `BrokerError`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream_learner.config import KafkaSettings
-from stream_learner.errors import SnapshotError
-from stream_learner.snapshots import delta
+from stream_learner.errors import BrokerError, SnapshotError
+from stream_learner.snapshots.chain import continuing
 from stream_learner.snapshots.format import Assembler, Snapshot, decode_chunk
 
 log = logging.getLogger(__name__)
@@ -125,16 +125,24 @@ class SnapshotLog:
 
     def bounds(self) -> tuple[int, int]:
         """The log's first and next offset; (0, 0) when the topic does not exist."""
-        topic = self._consumer.list_topics(self.topic, timeout=self.timeout).topics.get(self.topic)
+        try:
+            topic = self._consumer.list_topics(self.topic, timeout=self.timeout).topics.get(self.topic)
+        except KafkaException as exc:
+            raise BrokerError(f"reading the metadata of {self.topic}: {exc}") from None
         if topic is None or topic.error is not None:
             if topic is not None and topic.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise KafkaException(topic.error)
+                raise BrokerError(f"reading {self.topic}: {topic.error.str()}")
             return 0, 0
         if len(topic.partitions) != 1:
             raise SnapshotError(
                 "topic", f"{self.topic} has {len(topic.partitions)} partitions; it must have 1"
             )
-        low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=self.timeout)
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, 0), timeout=self.timeout
+            )
+        except KafkaException as exc:
+            raise BrokerError(f"reading the offsets of {self.topic}: {exc}") from None
         return low, high
 
     def _messages(
@@ -149,7 +157,7 @@ class SnapshotLog:
             if msg is None:
                 if stop is not None:
                     continue
-                raise TimeoutError(f"no data from {self.topic} within {self.timeout}s")
+                raise BrokerError(f"no data from {self.topic} within {self.timeout}s")
             err, offset = msg.error(), msg.offset() or 0
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -157,7 +165,7 @@ class SnapshotLog:
                     if stop is None:
                         return
                     continue
-                raise KafkaException(err)
+                raise BrokerError(f"reading {self.topic}: {err.str()}")
             if offset < start:
                 continue
             if end is not None and offset >= end:
@@ -204,7 +212,7 @@ class SnapshotLog:
                 continue
             snap = entry.snapshot
             if snap.meta.kind == "FULL":
-                yield delta.chain(snap, newer)
+                yield continuing(snap, newer)
             newer.insert(0, snap)
 
     def follow(self, start: int, stop: threading.Event) -> Iterator[Entry]:

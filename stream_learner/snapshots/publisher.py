@@ -3,8 +3,8 @@
 The publisher keeps what the snapshot history needs between snapshots: the last version handed out,
 the next offset per partition already handed out (where the next snapshot's ranges begin), and the
 window range and newest event time trained since the last snapshot. Versions and ranges are assigned
-on the polling thread, in order; encoding and the commit happen on the sink's thread, and metrics
-(and the local checkpoint, when configured) follow the commit.
+on the polling thread, in order; encoding and the commit happen on the sink's thread, and
+``on_committed`` (metrics) and the local checkpoint, when configured, follow the commit there.
 """
 
 from __future__ import annotations
@@ -14,28 +14,49 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from stream_learner.config import Settings
-from stream_learner.kafka.sink import Sink
 from stream_learner.learning.learner import WindowResult
-from stream_learner.metrics import Metrics
-from stream_learner.runtime.worker import StateCopy
-from stream_learner.snapshots.format import PartitionRange, Payload, SnapshotMeta, encode, encode_payload
+from stream_learner.snapshots.format import (
+    PartitionRange,
+    Payload,
+    SnapshotKind,
+    SnapshotMeta,
+    encode,
+    encode_payload,
+)
+from stream_learner.snapshots.state import StateCopy
 
 log = logging.getLogger(__name__)
 
 #: Called after a commit with the snapshot's metadata and its messages (for a local checkpoint).
 Checkpoint = Callable[[SnapshotMeta, Iterable[bytes]], None]
+#: Called after a commit with the snapshot's metadata and its payload size in bytes.
+Committed = Callable[[SnapshotMeta, int], None]
 
 
-@dataclass
+class SnapshotSink(Protocol):
+    """Where snapshots go (`stream_learner.kafka.sink.Sink`): their messages, committed together
+    with the input offsets they include; ``committed`` runs after the commit."""
+
+    def publish(
+        self,
+        chunks: Callable[[], Iterable[bytes]],
+        key: bytes,
+        offsets: dict[int, int],
+        group_metadata: object,
+        committed: Callable[[], None],
+    ) -> None: ...
+
+
+@dataclass(kw_only=True)
 class Publisher:
     settings: Settings
-    sink: Sink
-    metrics: Metrics
+    sink: SnapshotSink
     spec_json: str
     clock: Callable[[], float]
+    on_committed: Committed = lambda meta, size: None
     version: int = 0
     committed_next: dict[int, int] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
@@ -95,12 +116,7 @@ class Publisher:
     def _committed(self, meta: SnapshotMeta, encoded: dict[str, Any]) -> None:
         """On the sink's thread, right after the commit."""
         payload: Payload = encoded["payload"]
-        m = self.metrics
-        m.snapshot_published.labels(meta.kind.lower()).inc()
-        m.snapshot_size.set(payload.size)
-        m.model_version.set(meta.version)
-        m.model_freshness.set(max(0.0, self.clock() - meta.newest_event_ms / 1000))
-        m.snapshot_last_commit.set(self.clock())
+        self.on_committed(meta, payload.size)
         if meta.kind == "FULL" and 3 * payload.size > self.settings.snapshot.retention_bytes:
             log.warning(
                 "a full snapshot is %d bytes: snapshot.retention_bytes (%d) keeps fewer than three of them",
@@ -118,7 +134,7 @@ class Publisher:
         if self.checkpoint is not None:
             self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes))
 
-    def _meta(self, kind: str, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
+    def _meta(self, kind: SnapshotKind, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
         topic = self.settings.input.topic
         r = None if self.up_to_date else self.last_result
         end = self.window_end_ms if self.window_end_ms is not None else 0

@@ -14,28 +14,19 @@ that version and the next snapshot is a full one. A model with no snapshot to re
 from __future__ import annotations
 
 import logging
-import os
-import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError, WarmStartError
 from stream_learner.ingest.windowing import Windower
 from stream_learner.learning.learner import Learner
-from stream_learner.learning.models import ModelSpec
-from stream_learner.snapshots import delta
-from stream_learner.snapshots.format import Assembler, Snapshot, SnapshotMeta, decode_chunk
+from stream_learner.snapshots import chain as chains
+from stream_learner.snapshots.checkpoints import Checkpoints
+from stream_learner.snapshots.format import Snapshot, SnapshotMeta
 from stream_learner.snapshots.log import SnapshotLog
 
-if TYPE_CHECKING:
-    import torch
-
 log = logging.getLogger(__name__)
-
-_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -75,7 +66,7 @@ def restore(settings: Settings, learner: Learner, windower: Windower) -> Restore
 
 
 def _restore_from(
-    chains: Iterable[list[Snapshot]],
+    candidates: Iterable[list[Snapshot]],
     where: str,
     settings: Settings,
     learner: Learner,
@@ -83,125 +74,49 @@ def _restore_from(
     newest: Callable[[], int],
     at_least: int = 0,
 ) -> Restored | None:
-    """Restore the first of ``chains`` (newest first) that loads; None when none does, or when the
-    newest ends before version ``at_least``."""
-    for chain in chains:
+    """Restore the first of the ``candidates`` chains (newest first) that loads; None when none
+    does, or when the newest ends before version ``at_least``."""
+    for chain in candidates:
         if chain[-1].meta.version < at_least:
             log.info("%s ends at v%d, before v%d", where, chain[-1].meta.version, at_least)
             return None
         try:
-            tensors, meta, used = load_chain(chain)
+            fold, spec = chains.load(chain, on_refused=_refused_delta)
         except SnapshotError as err:
             log.warning("refused snapshot v%d from %s: %s", chain[0].meta.version, where, err)
             continue
-        apply_state(meta, tensors, learner, windower)
+        if spec != learner.spec:
+            raise WarmStartError(
+                "model",
+                f"snapshot v{fold.meta.version} has model spec {spec}, "
+                f"but the configuration builds {learner.spec}",
+            )
+        meta = fold.meta
+        _apply_state(meta, fold, learner, windower)
         topic = settings.input.topic
         resume = {p: nxt for (t, p), nxt in meta.resume_offsets().items() if t == topic}
         version = max(newest(), meta.version)
         log.info(
             "restored model %s v%d (full v%d + %d deltas) from %s; resuming at %s",
-            settings.model.name, meta.version, chain[0].meta.version, used - 1, where, resume,
+            settings.model.name, meta.version, fold.base.version, fold.applied - 1, where, resume,
         )  # fmt: skip
         return Restored(
             version=version,
             resume=resume,
-            since_full=used - 1 if meta.version == version else None,
-            layout={n: tuple(t.shape) for n, t in tensors.items()},
+            since_full=fold.applied - 1 if meta.version == version else None,
+            layout={n: tuple(t.shape) for n, t in fold.tensors.items()},
             meta=meta,
         )
     return None
 
 
-def load_chain(chain: list[Snapshot]) -> tuple[dict[str, torch.Tensor], SnapshotMeta, int]:
-    """The state of a full snapshot with the deltas after it applied, up to the first that fails;
-    its metadata and how many snapshots went into it. Raises `SnapshotError` when the full one fails."""
-    tensors = chain[0].tensors()
-    used = 1
-    for snap in chain[1:]:
-        try:
-            delta.apply(tensors, snap.tensors())
-        except SnapshotError as err:
-            log.warning(
-                "refused delta v%d: %s; restoring v%d", snap.meta.version, err, chain[used - 1].meta.version
-            )
-            break
-        used += 1
-    return tensors, chain[used - 1].meta, used
+def _refused_delta(snap: Snapshot, err: SnapshotError) -> None:
+    log.warning("refused delta v%d: %s; restoring the version before it", snap.meta.version, err)
 
 
-def apply_state(
-    meta: SnapshotMeta, tensors: dict[str, torch.Tensor], learner: Learner, windower: Windower
-) -> None:
-    """Load a snapshot's state into the learner and the windowing state; the spec must match."""
-    spec = ModelSpec.from_json(meta.spec)
-    if spec != learner.spec:
-        raise WarmStartError(
-            "model",
-            f"snapshot v{meta.version} has model spec {spec}, but the configuration builds {learner.spec}",
-        )
+def _apply_state(meta: SnapshotMeta, fold: chains.Fold, learner: Learner, windower: Windower) -> None:
+    """Load a snapshot's state (of the learner's spec) into the learner and the windowing state."""
     state = meta.state_dict()
-    learner.restore(tensors, state.get("learner", {}))
+    learner.restore(fold.tensors, state.get("learner", {}))
     consumed = {int(p): int(o) for p, o in state.get("consumed", {}).items()}
     windower.restore(state.get("windowing", {}), consumed)
-
-
-class Checkpoints:
-    """A model's committed snapshots in a local folder, one file each (``v<version>.snapshot``: its
-    Avro envelopes, each preceded by its length as 4 bytes big-endian). Files are written atomically
-    after the commit; a full snapshot removes the files before it."""
-
-    def __init__(self, folder: Path, model_name: str) -> None:
-        self.dir = Path(folder) / model_name
-
-    def _files(self) -> list[tuple[int, Path]]:
-        if not self.dir.is_dir():
-            return []
-        found = [(p.stem[1:], p) for p in self.dir.glob("v*.snapshot")]
-        return sorted((int(v), p) for v, p in found if v.isdigit())
-
-    def write(self, meta: SnapshotMeta, messages: Iterable[bytes]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"v{meta.version:012d}.snapshot"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for message in messages:
-                f.write(_LENGTH.pack(len(message)))
-                f.write(message)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if meta.kind == "FULL":
-            for version, old in self._files():
-                if version < meta.version:
-                    old.unlink(missing_ok=True)
-
-    @staticmethod
-    def read(path: Path) -> Snapshot:
-        """The snapshot in one file; `SnapshotError` when it is not one complete, verified snapshot."""
-        data = path.read_bytes()
-        assembler = Assembler()
-        pos, snapshot = 0, None
-        while pos < len(data):
-            if snapshot is not None or pos + _LENGTH.size > len(data):
-                raise SnapshotError("truncated", f"{path}: stray bytes after the snapshot")
-            (length,) = _LENGTH.unpack_from(data, pos)
-            pos += _LENGTH.size
-            if pos + length > len(data):
-                raise SnapshotError("truncated", f"{path}: a message runs past the end of the file")
-            snapshot = assembler.add(decode_chunk(data[pos : pos + length]))
-            pos += length
-        if snapshot is None:
-            raise SnapshotError("truncated", f"{path}: the snapshot is incomplete")
-        return snapshot
-
-    def chains(self) -> Iterator[list[Snapshot]]:
-        """Full snapshots with the deltas that continue them, newest first."""
-        snaps: list[Snapshot] = []
-        for _, path in self._files():
-            try:
-                snaps.append(self.read(path))
-            except SnapshotError as err:
-                log.warning("refused checkpoint %s: %s", path, err)
-        for i in reversed(range(len(snaps))):
-            if snaps[i].meta.kind == "FULL":
-                yield delta.chain(snaps[i], snaps[i + 1 :])

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from confluent_kafka import Producer
 
 from stream_learner.config import KafkaSettings
 from stream_learner.ingest.codec import encode_event
+from stream_learner.kafka.producer import EventProducer
 from stream_learner.learning.quality import roc_auc
 from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 
@@ -38,9 +38,7 @@ def produce_synthetic(
     Live (default): paced in real time, timestamped with the wall clock. Backfill: as fast as
     possible, with event times spaced 1/rate apart and ending now."""
     stream = SyntheticStream(config or SyntheticConfig())
-    producer = Producer(
-        {**kafka.client_config(), "linger.ms": 20, "batch.num.messages": 10_000, "enable.idempotence": True}
-    )
+    producer = EventProducer(kafka, topic)
     step_ms = 1000.0 / rate
     started = time.time()
     base_ms = int(started * 1000 - events * step_ms) if backfill else int(started * 1000)
@@ -57,20 +55,11 @@ def produce_synthetic(
             start_ms = base_ms + int(sent * step_ms)
         batch = stream.batch(n, start_ms, step_ms)
         for record, user in zip(batch.records(), batch.user_id, strict=True):
-            _produce(producer, topic, user.encode(), encode_event(record))
+            producer.send(user.encode(), encode_event(record))
         labels.append(batch.label)
         probs.append(batch.probability)
         sent += n
-        producer.poll(0)
-    producer.flush(60)
+        producer.poll()
+    producer.close()
     best = roc_auc(np.concatenate(labels), np.concatenate(probs)) if labels else float("nan")
     return ProduceStats(sent, time.time() - started, best)
-
-
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key)
-            return
-        except BufferError:
-            producer.poll(0.05)

@@ -26,7 +26,7 @@ import torch
 from confluent_kafka.admin import AdminClient
 
 from stream_learner.config import KafkaSettings
-from stream_learner.snapshots import delta
+from stream_learner.snapshots.chain import newest_state
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import assert_history_tiles, end_offsets, read_snapshots
@@ -125,7 +125,7 @@ def _final_state(
     """The committed history's final state, after checking that it tiles every partition."""
     snapshots = read_snapshots(bootstrap, snapshot_topic)
     assert_history_tiles(snapshots, input_topic, ends)
-    return delta.replay(snapshots), snapshots[-1].meta.state_dict()["learner"]
+    return newest_state(snapshots), snapshots[-1].meta.state_dict()["learner"]
 
 
 def test_sigkill_at_random_moments_neither_loses_nor_repeats_training(kafka_bootstrap, new_topic, tmp_path):

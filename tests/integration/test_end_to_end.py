@@ -7,7 +7,7 @@ import torch
 
 from stream_learner.ingest.codec import encode_event
 from stream_learner.learning.models import ModelSpec, build_model
-from stream_learner.snapshots import delta
+from stream_learner.snapshots.chain import newest_state
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import (
@@ -59,7 +59,7 @@ def test_learner_consumes_trains_snapshots_and_commits(kafka_bootstrap, new_topi
     # The payload is safetensors (no pickle); the newest full snapshot with the deltas after it
     # loads into a fresh model that predicts the same.
     newest = snapshots[-1]
-    tensors = delta.replay(snapshots)
+    tensors = newest_state(snapshots)
     fresh = build_model(ModelSpec.from_json(newest.meta.spec))
     fresh.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     fresh.eval()

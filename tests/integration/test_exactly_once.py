@@ -16,11 +16,11 @@ from confluent_kafka import Consumer, KafkaError
 
 from stream_learner.config import Settings
 from stream_learner.errors import OwnershipLost
+from stream_learner.ingest.windowing import make_windower
 from stream_learner.kafka.admin import ensure_topics
 from stream_learner.kafka.sink import Sink
 from stream_learner.learning.learner import Learner
-from stream_learner.runtime.pipeline import make_windower
-from stream_learner.snapshots import delta
+from stream_learner.snapshots.chain import newest_state
 from stream_learner.snapshots.format import PartitionRange, SnapshotMeta
 from stream_learner.snapshots.log import SnapshotLog
 from stream_learner.snapshots.recovery import restore
@@ -75,7 +75,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
     resume = {p: nxt for (_, p), nxt in snapshots[-1].meta.resume_offsets().items()}
     assert committed_offsets(kafka_bootstrap, settings.input.group_id, topic, PARTITIONS) == resume == ends
     # the committed chain reproduces the learner's final state exactly
-    state = delta.replay(snapshots)
+    state = newest_state(snapshots)
     for name, tensor in learner.tensors().items():
         assert torch.equal(state[name], tensor), name
 

@@ -12,9 +12,11 @@ from stream_learner.ingest.events import EventBatch, hash_id
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.models.base import FieldSpec
-from stream_learner.runtime.worker import StateCopy, Worker
+from stream_learner.runtime.worker import Worker
 from stream_learner.snapshots import delta
+from stream_learner.snapshots.chain import newest_state
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta, encode_payload
+from stream_learner.snapshots.state import StateCopier, StateCopy
 
 WINDOW_MS = 60_000
 
@@ -68,7 +70,7 @@ def _snapshot(copy: StateCopy, version: int, base: int | None) -> Snapshot:
 def _assert_chain_is_exact(copies: list[tuple[StateCopy, dict]]) -> None:
     snapshots = [_snapshot(c, v, None if c.kind == "FULL" else v - 1) for v, (c, _) in enumerate(copies, 1)]
     for upto in range(1, len(snapshots) + 1):
-        restored = delta.replay(snapshots[:upto])
+        restored = newest_state(snapshots[:upto])
         truth = copies[upto - 1][1]
         assert restored.keys() == truth.keys()
         for name, tensor in truth.items():
@@ -88,7 +90,9 @@ def _assert_chain_is_exact(copies: list[tuple[StateCopy, dict]]) -> None:
 def test_full_plus_deltas_equals_the_state_exactly(model):
     learner = Learner(_settings(**model))
     rng = np.random.default_rng(1)
-    copies = _run(learner, Worker(learner, full_every=4), [_window(rng, k) for k in range(9)])
+    copies = _run(
+        learner, Worker(learner, StateCopier(learner, full_every=4)), [_window(rng, k) for k in range(9)]
+    )
     assert [c.kind for c, _ in copies] == ["FULL", "DELTA", "DELTA", "DELTA"] * 2 + ["FULL"]
     _assert_chain_is_exact(copies)
 
@@ -99,7 +103,7 @@ def test_the_optimiser_state_forgotten_after_a_drift_reaches_the_next_delta():
     learner = Learner(_settings())
     rng = np.random.default_rng(1)
     copies = []
-    with Worker(learner, full_every=10) as worker:
+    with Worker(learner, StateCopier(learner, full_every=10)) as worker:
         for k in range(4):
             if k == 2:  # between windows (the worker thread is idle): a drift was detected
                 learner._forget = True
@@ -115,7 +119,7 @@ def test_a_delta_carries_only_the_touched_rows():
     learner = Learner(_settings(user_buckets=8192))
     rng = np.random.default_rng(2)
     windows = [_window(rng, 0), _window(rng, 1, n=50, users=40)]
-    (full, _), (small, _) = _run(learner, Worker(learner, full_every=10), windows)
+    (full, _), (small, _) = _run(learner, Worker(learner, StateCopier(learner, full_every=10)), windows)
     rows = small.tensors["delta.rows/user"]
     expected = np.unique([hash_id(f"u{x}") % 8192 for x in range(40)]).size
     assert 0 < len(rows) <= expected
@@ -130,10 +134,10 @@ def test_after_a_restore_the_next_copy_continues_the_chain():
     learner = Learner(_settings())
     rng = np.random.default_rng(3)
     layout = {n: tuple(t.shape) for n, t in learner.tensors().items()}
-    worker = Worker(learner, full_every=3, since_full=2, layout=layout)
+    worker = Worker(learner, StateCopier(learner, full_every=3, since_full=2, layout=layout))
     kinds = [c.kind for c, _ in _run(learner, worker, [_window(rng, k) for k in range(4)])]
     assert kinds == ["FULL", "DELTA", "DELTA", "FULL"]
-    worker = Worker(learner, full_every=3, since_full=0, layout=layout)
+    worker = Worker(learner, StateCopier(learner, full_every=3, since_full=0, layout=layout))
     assert [c.kind for c, _ in _run(learner, worker, [_window(rng, 9)])] == ["DELTA"]
 
 
@@ -197,9 +201,9 @@ def test_replay_refuses_a_gap_and_a_chain_without_a_full_snapshot():
     payload = encode_payload({"dense": torch.ones(2)}).tobytes()
     later = Snapshot(SnapshotMeta("m", 3, "DELTA", "{}", 0, 0, 0, 0, base_version=2), payload)
     follows = Snapshot(SnapshotMeta("m", 2, "DELTA", "{}", 0, 0, 0, 0, base_version=1), payload)
-    assert torch.equal(delta.replay([full, follows])["dense"], torch.ones(2))
+    assert torch.equal(newest_state([full, follows])["dense"], torch.ones(2))
     with pytest.raises(SnapshotError) as err:
-        delta.replay([full, later])
+        newest_state([full, later])
     assert err.value.reason == "gap"
     with pytest.raises(SnapshotError):
-        delta.replay([later])
+        newest_state([later])

@@ -11,7 +11,6 @@ runs the alert rules' unit tests (deploy/prometheus/alerts_test.yml); in CI a mi
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import json
 import os
 import re
@@ -223,9 +222,9 @@ def probe_port(container: dict[str, Any], probe: str) -> int:
 
 def shutdown_timeout() -> float:
     """How long the learner may take on SIGTERM to finish, publish and commit."""
-    from stream_learner.runtime.pipeline import Pipeline
+    from stream_learner.runtime.commits import FINISH_TIMEOUT
 
-    return float(inspect.signature(Pipeline.finish).parameters["timeout"].default)
+    return FINISH_TIMEOUT
 
 
 def parse_duration(value: str | int) -> float:

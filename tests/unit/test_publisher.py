@@ -17,10 +17,11 @@ from stream_learner.learning.learner import WindowResult
 from stream_learner.learning.rates import LRUpdate
 from stream_learner.learning.trainer import Evaluation
 from stream_learner.metrics import Metrics
-from stream_learner.runtime.worker import StateCopy
+from stream_learner.runtime.report import Reporter, Summary
 from stream_learner.snapshots.format import Assembler, SnapshotMeta, decode_chunk
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.recovery import Checkpoints
+from stream_learner.snapshots.state import StateCopy
 
 SETTINGS = Settings.model_validate({"input": {"topic": "in"}, "model": {"name": "pub-test"}})
 
@@ -48,8 +49,20 @@ def _result(start: int, newest: int) -> WindowResult:
 
 
 def _publisher(sink: RecordingSink, registry: CollectorRegistry, **kw: object) -> Publisher:
-    clock = iter(range(1_000, 10_000)).__next__
-    return Publisher(SETTINGS, sink, Metrics(registry), '{"kind": "dnn"}', lambda: float(clock()), **kw)  # type: ignore[arg-type]
+    ticks = iter(range(1_000, 10_000)).__next__
+
+    def clock() -> float:
+        return float(ticks())
+
+    reporter = Reporter(metrics=Metrics(registry), summary=Summary(), source=None, windower=None, clock=clock)  # type: ignore[arg-type]
+    return Publisher(
+        settings=SETTINGS,
+        sink=sink,
+        spec_json='{"kind": "dnn"}',
+        clock=clock,
+        on_committed=reporter.snapshot_committed,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def _copy(kind: str) -> StateCopy:

@@ -143,10 +143,10 @@ def test_device_names_resolve() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="train.device.*no CUDA device"):
+        with pytest.raises(ConfigError, match=r"train\.device.*no CUDA device"):
             resolve_device("cuda:1")
     else:
-        with pytest.raises(ConfigError, match="train.device.*GPUs exist"):
+        with pytest.raises(ConfigError, match=r"train\.device.*GPUs exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 

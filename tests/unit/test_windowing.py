@@ -3,8 +3,6 @@ windows; and properties over random interleavings of partitions, disorder and id
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +12,8 @@ from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch
 from stream_learner.ingest.windowing import CountWindower, EventTimeWindower, Window
 from stream_learner.metrics import Metrics
-from stream_learner.runtime.pipeline import Pipeline, Summary
+from stream_learner.runtime.intake import Intake
+from stream_learner.runtime.report import Summary
 
 S = 1000  # ms
 
@@ -252,23 +251,26 @@ class _Source:
 
 def test_backpressure_pauses_the_input_and_paused_partitions_never_close_windows_on_the_wall_clock() -> None:
     settings_ = Settings.model_validate({"window": {"max_queued": 2, "idle_timeout_seconds": 1.0}})
-    worker = SimpleNamespace(queued=0)
     w = windower(partitions=1, idle=1.0)
     registry = CollectorRegistry()
-    pipe = Pipeline(
-        settings_, _Source(), None, worker, None, w, None, Metrics(registry), Summary(), lambda: 0.0
+    intake = Intake(
+        settings=settings_,
+        source=_Source(),
+        decoder=None,
+        windower=w,
+        dead_letters=None,
+        metrics=Metrics(registry),
+        summary=Summary(),
+        clock=lambda: 0.0,
     )  # type: ignore[arg-type]
     w.add(batch([(10 * S, 0, 0)]), now=1)
     w.mark_at_end(0)
-    worker.queued = 2
-    pipe.backpressure()
-    assert pipe.source.paused and registry.get_sample_value("stream_learner_paused_partitions") == 1
+    intake.backpressure(queued=2)
+    assert intake.source.paused and registry.get_sample_value("stream_learner_paused_partitions") == 1
     assert w.add(batch([]), now=1000).windows == []  # paused for long: the window stays open
-    worker.queued = 1
-    pipe.backpressure()
-    assert pipe.source.paused  # resumes only once the queue is down to half the bound
-    worker.queued = 0
-    pipe.backpressure()
-    assert not pipe.source.paused and registry.get_sample_value("stream_learner_paused_partitions") == 0
+    intake.backpressure(queued=1)
+    assert intake.source.paused  # resumes only once the queue is down to half the bound
+    intake.backpressure(queued=0)
+    assert not intake.source.paused and registry.get_sample_value("stream_learner_paused_partitions") == 0
     w.mark_at_end(0)  # the source reports the end again after resuming
     assert spans(w.add(batch([]), now=1001).windows) == [(0, 60 * S)]

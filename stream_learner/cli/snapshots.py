@@ -1,0 +1,94 @@
+"""``stream-learner snapshots list|inspect`` and ``stream-learner recommend``: the committed
+snapshots of a model, and what the newest one recommends."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import sys
+import time
+from typing import Any
+
+from stream_learner.cli.common import EXIT_NOT_FOUND
+from stream_learner.config import Settings
+from stream_learner.errors import SnapshotError
+from stream_learner.serving import ModelSubscriber
+from stream_learner.snapshots.format import Snapshot, describe_payload
+from stream_learner.snapshots.log import Entry, SnapshotLog
+
+
+def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
+    return SnapshotLog(settings.kafka, settings.snapshot.topic, args.model or settings.model.name)
+
+
+def snapshots(settings: Settings, args: argparse.Namespace) -> int:
+    with _snapshot_log(settings, args) as snapshots:
+        if args.action == "list":
+            entries = list(itertools.islice(snapshots.newest_first(), args.last))
+            for entry in reversed(entries):
+                print(_entry_line(entry))
+            if not entries:
+                print(f"no snapshots of {snapshots.key.decode()} on {settings.snapshot.topic}")
+            return 0
+        for entry in snapshots.newest_first():
+            snap = entry.snapshot
+            if snap is not None and args.version in (None, snap.meta.version):
+                try:
+                    print(json.dumps(_inspect(snap), indent=2))
+                except (SnapshotError, ValueError) as err:
+                    print(f"stream-learner: v{snap.meta.version} cannot be shown: {err}", file=sys.stderr)
+                    return EXIT_NOT_FOUND
+                return 0
+    print(f"stream-learner: no verified snapshot {args.version or ''} found", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+def _entry_line(entry: Entry) -> str:
+    if entry.snapshot is None:
+        return f"@{entry.offset!s:<8} refused: {entry.error}"
+    m = entry.snapshot.meta
+    ranges = " ".join(f"{r.partition}:[{r.first},{r.last}]" for r in m.offsets)
+    base = f"<-v{m.base_version}" if m.base_version is not None else ""
+    created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m.created_ms / 1000))
+    return (
+        f"@{entry.offset!s:<8} v{m.version:<6} {m.kind.lower():5} {base:9} {created}Z "
+        f"{len(entry.snapshot.payload):>11} B  windows [{m.window_start_ms}, {m.window_end_ms})  "
+        f"offsets {ranges}"
+    )
+
+
+def _inspect(snap: Snapshot) -> dict[str, Any]:
+    m = snap.meta
+    state = m.state_dict()
+    learner = state.get("learner", {})
+    if isinstance(learner.get("recent_items"), list):
+        learner["recent_items"] = f"{len(learner['recent_items'])} item ids"
+    return {
+        **{k: v for k, v in vars(m).items() if k not in ("spec", "state", "offsets")},
+        "offsets": [vars(r) for r in m.offsets],
+        "spec": json.loads(m.spec),
+        "state": state,
+        "payload_bytes": len(snap.payload),
+        "payload_sha256": hashlib.sha256(snap.payload).hexdigest(),
+        "tensors": {
+            name: [dtype, list(shape)] for name, (dtype, shape) in describe_payload(snap.payload).items()
+        },
+    }
+
+
+def recommend(settings: Settings, args: argparse.Namespace) -> int:
+    name = args.model or settings.model.name
+    with ModelSubscriber(settings.kafka, settings.snapshot.topic, name) as subscriber:
+        if subscriber.refresh() is None:
+            print(
+                f"stream-learner: no usable snapshot of {name} on {settings.snapshot.topic}", file=sys.stderr
+            )
+            return EXIT_NOT_FOUND
+        candidates = [c for c in args.candidates.split(",") if c] if args.candidates else None
+        best = subscriber.recommend(args.user, args.k, candidates)
+    print(f"model {name} v{subscriber.version}, user {args.user}:")
+    for rank, (item, score) in enumerate(best, 1):
+        print(f"{rank:>3}  {item}  {score:.6f}")
+    return 0

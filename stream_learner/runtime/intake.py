@@ -1,0 +1,143 @@
+"""The input step of the loop: consume a batch, decode it, dead-letter what is invalid, window the
+rest; and backpressure, which pauses the input while closed windows wait for training.
+
+`Intake.step` returns the windows the batch closed. A message rejected by the codec (or an event
+late for its window, with ``window.late_policy = "dead_letter"``) goes to the dead-letter topic with
+its original bytes, key and headers, plus headers that say why and where it came from; a rejected
+message that was already handled before the last restart (it is below the committed position) is
+skipped, not dead-lettered twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from stream_learner.config import Settings
+from stream_learner.ingest.codec import Decoder, DecodeResult
+from stream_learner.ingest.windowing import Window, Windower
+from stream_learner.metrics import Metrics
+from stream_learner.runtime.report import Summary
+
+log = logging.getLogger(__name__)
+
+
+class EventSource(Protocol):
+    """The input (`stream_learner.kafka.source.Source`): batches of messages, and pausing."""
+
+    topic: str
+    partitions: list[int]
+
+    def consume(self, timeout: float) -> tuple[list[Any], list[int]]: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    @property
+    def paused(self) -> bool: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where rejected messages go (`stream_learner.kafka.sink.Sink`)."""
+
+    def dead_letter(
+        self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None: ...
+
+
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, reason: str, detail: str, original: list[Any] | None = None
+) -> list[tuple[str, bytes]]:
+    """The message's own headers, then why and where from it was rejected."""
+    return [
+        *(original or []),
+        ("stream-learner.reason", reason.encode()),
+        ("stream-learner.error", detail[:1000].encode("utf-8", "replace")),
+        ("stream-learner.source.topic", topic.encode()),
+        ("stream-learner.source.partition", str(partition).encode()),
+        ("stream-learner.source.offset", str(offset).encode()),
+    ]
+
+
+class Intake:
+    """Consumes, decodes and windows one batch of input per `step`."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        source: EventSource,
+        decoder: Decoder,
+        windower: Windower,
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        summary: Summary,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.decoder = decoder
+        self.windower = windower
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.summary = summary
+        self.clock = clock
+
+    def step(self) -> list[Window]:
+        """Consume a batch, dead-letter what is invalid, window the rest; return the closed windows."""
+        now = self.clock()
+        messages, at_end = self.source.consume(self.settings.input.poll_timeout_seconds)
+        if messages:
+            self.metrics.events_consumed.labels(self.source.topic).inc(len(messages))
+            self.summary.events += len(messages)
+        decoded = self.decoder.decode(messages)
+        for rej in decoded.rejected:
+            self._rejected(rej.message, rej.reason, rej.detail)
+        added = self.windower.add(decoded.batch, now)
+        for p in at_end:  # after add: a partition's end comes after its last messages
+            self.windower.mark_at_end(p)
+        if added.late.any():
+            self._late(decoded, added.late)
+        if added.replayed:
+            self.metrics.events_replayed.inc(added.replayed)
+        for window in added.windows:
+            self.metrics.window_events.observe(len(window))
+        return added.windows
+
+    def backpressure(self, queued: int) -> None:
+        """Pause input while ``queued`` closed windows wait beyond the bound; resume when they drain
+        to half of it. The loop keeps polling meanwhile, so the consumers stay in their groups; a
+        paused partition never counts as idle."""
+        bound = self.settings.window.max_queued
+        if queued >= bound and not self.source.paused:
+            self.source.pause()
+            self.windower.mark_paused()
+            log.debug("input paused: %d windows wait for training", queued)
+        elif self.source.paused and queued < max(1, bound // 2):
+            self.source.resume()
+            log.debug("input resumed: %d windows wait for training", queued)
+        self.metrics.paused_partitions.set(len(self.source.partitions) if self.source.paused else 0)
+
+    def _late(self, decoded: DecodeResult, late: np.ndarray) -> None:
+        n = int(late.sum())
+        self.metrics.events_late.inc(n)
+        self.summary.late += n
+        if self.settings.window.late_policy == "dead_letter":
+            for i in np.flatnonzero(late):
+                self._send(decoded.messages[i], "late", "its window was already closed")
+
+    def _rejected(self, message: Any, reason: str, detail: str) -> None:
+        if self.windower.replayed(message.partition(), message.offset()):
+            self.metrics.events_replayed.inc()  # dead-lettered and committed before the restart
+            return
+        self.metrics.events_invalid.labels(reason).inc()
+        self.summary.invalid += 1
+        self._send(message, reason, detail)
+
+    def _send(self, message: Any, reason: str, detail: str) -> None:
+        headers = dead_letter_headers(
+            message.topic(), message.partition(), message.offset(), reason, detail, message.headers()
+        )
+        self.dead_letters.dead_letter(message.value(), message.key(), headers)
+        self.metrics.dead_letters.inc()

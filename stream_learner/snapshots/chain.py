@@ -1,0 +1,115 @@
+"""Snapshot chains: a full snapshot and the deltas that continue it, folded into one state.
+
+This is the one fold of the snapshot history. The learner's restart (`recovery`), the subscriber
+(`stream_learner.serving`) and every tool that rebuilds the state at some version apply snapshots
+through `Fold`; `load` adds the checks every reader that will *use* the state makes first (its model
+spec is readable, its tensors are the ones that spec builds), so that the learner and serving refuse
+exactly the same snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from stream_learner.errors import SnapshotError
+from stream_learner.learning.models import ModelSpec, state_shapes
+from stream_learner.snapshots import delta
+from stream_learner.snapshots.format import Snapshot, SnapshotMeta
+
+#: Told about a delta that could not be applied (the fold stops before it).
+OnRefused = Callable[[Snapshot, SnapshotError], None]
+
+
+def continuing(full: Snapshot, later: Iterable[Snapshot]) -> list[Snapshot]:
+    """``full`` and the deltas of ``later`` (in log order) that continue it without a gap."""
+    out = [full]
+    for snap in later:
+        if snap.meta.base_version != out[-1].meta.version:
+            break
+        out.append(snap)
+    return out
+
+
+class Fold:
+    """The state a chain has reached: the full snapshot's tensors with the deltas after it applied
+    in order. ``tensors`` may be changed in place only through `apply` (a servable model may share
+    them)."""
+
+    def __init__(self, full: Snapshot) -> None:
+        if full.meta.kind != "FULL":
+            raise SnapshotError("gap", f"v{full.meta.version} is a {full.meta.kind}, not a full snapshot")
+        self.tensors: dict[str, torch.Tensor] = full.tensors()
+        self.meta: SnapshotMeta = full.meta
+        self.base: SnapshotMeta = full.meta
+        self.applied = 1  # snapshots folded in, the full one included
+
+    def apply(self, snap: Snapshot) -> None:
+        """Fold in the next delta. Raises `SnapshotError` ("gap" when it does not continue this
+        state, "bad_delta" when it does not fit it) and then leaves the state as it was."""
+        m = snap.meta
+        if m.kind != "DELTA" or m.base_version != self.meta.version:
+            raise SnapshotError(
+                "gap", f"{m.kind.lower()} v{m.version} continues v{m.base_version}, not v{self.meta.version}"
+            )
+        if m.spec != self.meta.spec and read_spec(m) != read_spec(self.meta):
+            raise SnapshotError(
+                "spec", f"delta v{m.version} has another model spec than v{self.meta.version}"
+            )
+        delta.apply(self.tensors, snap.tensors())
+        self.meta = m
+        self.applied += 1
+
+    def apply_all(self, deltas: Iterable[Snapshot], on_refused: OnRefused | None = None) -> None:
+        """Fold in ``deltas`` in order. At the first that fails: with ``on_refused``, report it and
+        stop there; without, raise its `SnapshotError`."""
+        for snap in deltas:
+            try:
+                self.apply(snap)
+            except SnapshotError as err:
+                if on_refused is None:
+                    raise
+                on_refused(snap, err)
+                return
+
+
+def newest_state(snapshots: Sequence[Snapshot]) -> dict[str, torch.Tensor]:
+    """The state at the last of ``snapshots`` (in log order): its newest full snapshot with every
+    delta after it folded in. Raises `SnapshotError` when there is no full one or a delta does not
+    continue the one before it ("gap")."""
+    start = max((i for i, s in enumerate(snapshots) if s.meta.kind == "FULL"), default=None)
+    if start is None:
+        raise SnapshotError("gap", "no full snapshot to apply the deltas to")
+    fold = Fold(snapshots[start])
+    fold.apply_all(snapshots[start + 1 :])
+    return fold.tensors
+
+
+def read_spec(meta: SnapshotMeta) -> ModelSpec:
+    """The model spec a snapshot carries; `SnapshotError` ("spec") when it cannot be read."""
+    try:
+        return ModelSpec.from_json(meta.spec)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SnapshotError("spec", f"v{meta.version} has an unreadable model spec: {exc!r}") from None
+
+
+def load(chain: Sequence[Snapshot], on_refused: OnRefused | None = None) -> tuple[Fold, ModelSpec]:
+    """The verified state of ``chain`` (a full snapshot, then the deltas continuing it) and its spec.
+    The full snapshot must carry a readable spec and exactly the model tensors that spec builds, or
+    the chain is refused (`SnapshotError`); the deltas are folded in as `Fold.apply_all` does."""
+    full = chain[0]
+    spec = read_spec(full.meta)
+    fold = Fold(full)
+    model = {k[len("model.") :]: tuple(v.shape) for k, v in fold.tensors.items() if k.startswith("model.")}
+    try:
+        expected = state_shapes(spec)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise SnapshotError("spec", f"v{full.meta.version}: the model spec builds no model: {exc}") from None
+    if model != expected:
+        differs = sorted(set(model.items()) ^ set(expected.items()))[:4]
+        raise SnapshotError(
+            "spec", f"v{full.meta.version} does not hold the model its spec describes: {differs}"
+        )
+    fold.apply_all(chain[1:], on_refused)
+    return fold, spec
