@@ -223,14 +223,18 @@ class TrainSettings(_Section):
 
 
 class LRSettings(_Section):
-    """Learning-rate control (see stream_learner/lr.py); the rate of the sparse (table) optimiser."""
+    """Learning-rate control (see stream_learner/learning/rates.py); the rate of the sparse (table) optimiser."""
 
     policy: Literal["constant", "plateau", "drift"] = Field(
         "drift",
         description="constant; plateau: decay when the loss stops improving; drift: plateau + detector.",
     )
     initial: float = Field(0.2, gt=0, description="Starting rate of the table optimiser.")
-    min: float = Field(0.2, gt=0, description="Floor of plateau decay (lr.initial: none, see lr.py).")
+    min: float = Field(
+        0.2,
+        gt=0,
+        description="Floor of plateau decay (lr.initial: none, see docs/decisions/drift-forgetting.md).",
+    )
     max: float = Field(0.3, gt=0, description="The rate right after a detected drift.")
     factor: float = Field(0.5, gt=0, lt=1, description="Decay factor on plateau.")
     patience: int = Field(8, gt=0, description="Windows without improvement that make a plateau.")
@@ -250,7 +254,7 @@ class LRSettings(_Section):
         3.0,
         ge=0,
         description="On drift, also reset the user and item rows whose own loss rose by more than this many "
-        "standard deviations (per-id drift test, see lr.py); 0 turns it off.",
+        "standard deviations (see docs/decisions/per-id-drift-reset.md); 0 turns it off.",
     )
 
     @model_validator(mode="after")
@@ -261,6 +265,8 @@ class LRSettings(_Section):
 
 
 class GuardSettings(_Section):
+    """The loss-spike guard (see stream_learner/learning/guard.py)."""
+
     loss_spike_factor: float = Field(5.0, gt=1, description="Skip a window whose loss exceeds k x average.")
     max_consecutive_skips: int = Field(
         3, ge=0, description="After this many loss spikes in a row, accept the next window and start over."
@@ -313,7 +319,7 @@ class MetricsSettings(_Section):
 
 
 class WarmStartSettings(_Section):
-    """Where the first model comes from when no snapshot is restored (see stream_learner/warmstart.py)."""
+    """Where the first model comes from when no snapshot is restored (see stream_learner/snapshots/warmstart.py)."""
 
     source: Literal["none", "topic", "file"] = Field(
         "topic",

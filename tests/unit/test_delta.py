@@ -106,12 +106,12 @@ def test_the_optimiser_state_forgotten_after_a_drift_reaches_the_next_delta():
     with Worker(learner, StateCopier(learner, full_every=10)) as worker:
         for k in range(4):
             if k == 2:  # between windows (the worker thread is idle): a drift was detected
-                learner._forget = True
+                learner.drift.arm()
             worker.submit(_window(rng, k), snapshot=True)
             (result,) = worker.outputs(timeout=60)
             assert result.error is None and result.state is not None
             copies.append((result.state, learner.tensors()))
-    assert not learner._forget  # the forgetting was applied
+    assert not learner.drift.pending  # the forgetting was applied
     _assert_chain_is_exact(copies)
 
 

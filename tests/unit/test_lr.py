@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_learner.config import LRSettings
-from stream_learner.learning.rates import Adwin, ConstantLR, DriftLR, PageHinkley, PlateauLR, make_controller
+from stream_learner.learning.detectors import Adwin, PageHinkley
+from stream_learner.learning.rates import ConstantLR, DriftLR, PlateauLR, make_controller
 
 #: The noise of a window's mean log loss over 10 000 events (about 0.6 / sqrt(events)).
 WINDOW_NOISE = 0.006
