@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check stream_learner tests benchmarks
 	$(BIN)/ruff format --check stream_learner tests benchmarks
 	$(BIN)/mypy stream_learner
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'

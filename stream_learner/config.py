@@ -223,7 +223,7 @@ class TrainSettings(_Section):
 
 
 class LRSettings(_Section):
-    """Learning-rate control (see stream_learner/learning/rates.py); the rate of the sparse (table) optimiser."""
+    """Learning-rate control (see learning/rates.py); the rate of the sparse (table) optimiser."""
 
     policy: Literal["constant", "plateau", "drift"] = Field(
         "drift",
@@ -319,7 +319,7 @@ class MetricsSettings(_Section):
 
 
 class WarmStartSettings(_Section):
-    """Where the first model comes from when no snapshot is restored (see stream_learner/snapshots/warmstart.py)."""
+    """Where the first model comes from when no snapshot is restored (see snapshots/warmstart.py)."""
 
     source: Literal["none", "topic", "file"] = Field(
         "topic",

@@ -103,14 +103,17 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every committed message of a single-partition topic, from the beginning to the end."""
+def read_all(
+    bootstrap: str, topic: str, timeout: float = 30.0, isolation: str = "read_committed"
+) -> list[Any]:
+    """Every message of a single-partition topic (committed only, unless ``isolation`` is
+    "read_uncommitted"), from the beginning to the end."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"probe-{uuid.uuid4().hex}",
             "enable.partition.eof": True,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
             "fetch.max.bytes": 64 << 20,
             "max.partition.fetch.bytes": 64 << 20,
         }

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from stream_learner.errors import IncompatibleSchema
+from stream_learner.ingest.events import RejectReason
 
 #: Bytes after the last record, so that fixed-width reads near the end stay inside the buffer.
 PADDING = 16
@@ -74,7 +75,7 @@ class RawEvents:
             np.full(n, None, dtype=object),
         )  # fmt: skip
 
-    def reject(self, rows: np.ndarray, reason: str, detail: str | Sequence[str]) -> None:
+    def reject(self, rows: np.ndarray, reason: RejectReason, detail: str | Sequence[str]) -> None:
         """Mark ``rows`` as invalid (one detail for all, or one per row), keeping the first problem
         found for each row."""
         fresh = ~self.bad[rows]

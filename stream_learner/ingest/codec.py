@@ -34,7 +34,7 @@ from stream_learner.avro_schemas import load_schema
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError, IncompatibleSchema, UnknownSchema
 from stream_learner.ingest.avro_columns import PADDING, Cursor, Op, RawEvents, compile_plan
-from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, EventBatch, hash_slices
+from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, EventBatch, RejectReason, hash_slices
 from stream_learner.ingest.registry import SchemaRegistry
 
 CONFLUENT_HEADER = 5
@@ -54,7 +54,7 @@ class Rejected:
     """An input message that did not become an event, and why."""
 
     message: Any
-    reason: str
+    reason: RejectReason
     detail: str
 
 

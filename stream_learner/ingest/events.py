@@ -8,6 +8,7 @@ xxh64), `hash_id` one string; both give the same key. The model maps keys to tab
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import xxhash
@@ -20,6 +21,20 @@ EVENT_LABELS: dict[str, float] = {
     "add_to_cart": 1.0,
     "purchase": 1.0,
 }
+
+#: Why an input message is not an event (the ``reason`` label of events_invalid_total and the
+#: ``stream-learner.reason`` header of its dead letter); see `stream_learner.ingest.codec`.
+RejectReason = Literal[
+    "decode",
+    "unknown_schema",
+    "incompatible_schema",
+    "empty_id",
+    "id_too_long",
+    "too_old",
+    "future",
+    "unknown_event_type",
+    "bad_label",
+]
 
 #: Key given to a missing context value.
 MISSING_KEY = 0

@@ -44,10 +44,11 @@ class EventProducer:
 
     def send(self, key: bytes | None, value: bytes, timestamp_ms: int | None = None) -> None:
         """Queue one event (with its event time as the record timestamp, when given)."""
-        extra = {} if timestamp_ms is None else {"timestamp": timestamp_ms}
         while True:
-            try:
-                self._producer.produce(self.topic, value, key, on_delivery=self._delivered, **extra)
+            try:  # timestamp 0: librdkafka stamps the message with the time it was produced
+                self._producer.produce(
+                    self.topic, value, key, on_delivery=self._delivered, timestamp=timestamp_ms or 0
+                )
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain

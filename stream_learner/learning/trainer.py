@@ -21,6 +21,7 @@ from torch import nn
 
 from stream_learner.config import TrainSettings
 from stream_learner.errors import ConfigError
+from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.models.base import RecModel
 from stream_learner.learning.models.optim import is_row_state, sparse_optimizer
 from stream_learner.learning.quality import log_loss, roc_auc
@@ -61,7 +62,7 @@ class StepResult:
     loss: float
     steps: int
     seconds: float
-    reason: str | None = None
+    reason: SkipReason | None = None
 
 
 def _copy(value: object) -> object:

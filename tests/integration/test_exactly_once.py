@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 import torch
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer
 
 from stream_learner.config import Settings
 from stream_learner.errors import OwnershipLost
@@ -33,6 +33,7 @@ from tests.support import (
     committed_offsets,
     end_offsets,
     learner_settings,
+    read_all,
     read_snapshots,
 )
 
@@ -91,27 +92,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
 
 
 def _read_all(bootstrap: str, topic: str, isolation: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"probe-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "isolation.level": isolation,
-        }
-    )
-    consumer.subscribe([topic])
-    out = []
-    try:
-        while True:
-            msg = consumer.poll(30)
-            assert msg is not None
-            if msg.error():
-                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                return out
-            out.append(msg.value())
-    finally:
-        consumer.close()
+    return [m.value() for m in read_all(bootstrap, topic, isolation=isolation)]
 
 
 def test_snapshot_offsets_and_dead_letters_commit_together_and_a_new_instance_fences_the_old(

@@ -43,7 +43,7 @@ def _events(first: int, n: int, t0: int) -> list:
 def test_a_second_instance_stands_by_and_takes_over_from_the_committed_snapshot(
     kafka_bootstrap, new_topic, caplog
 ):
-    caplog.set_level(logging.INFO, logger="stream_learner.kafka.source")
+    caplog.set_level(logging.INFO, logger="stream_learner.kafka.lease")
     topic = new_topic("events", partitions=PARTITIONS)
     settings = learner_settings(kafka_bootstrap, topic, model={"kind": "logistic"})
     group = settings.input.group_id

@@ -64,7 +64,7 @@ def test_subscriber_follows_the_learner_and_serves_its_model(kafka_bootstrap, ne
         # the model served is the learner's final model, weight for weight
         ours = learner.trainer.model.state_dict()
         with subscriber._lock.read():
-            theirs = subscriber._served.model.state_dict()  # type: ignore[union-attr]
+            theirs = subscriber._served.model.model.state_dict()  # type: ignore[union-attr]
         assert ours.keys() == theirs.keys()
         for name in ours:
             assert torch.equal(ours[name].cpu(), theirs[name]), name
@@ -96,7 +96,7 @@ def test_a_gap_in_the_deltas_waits_for_the_next_full_snapshot(kafka_bootstrap, n
     def bias() -> float:
         served = subscriber._served
         assert served is not None
-        return served.model.bias.item()
+        return served.model.model.bias.item()
 
     publish(1, "FULL", 0.1)
     publish(2, "DELTA", 0.2)
