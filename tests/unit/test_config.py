@@ -99,3 +99,13 @@ def test_secrets_are_hidden_but_reach_librdkafka(tmp_path):
     assert conf["sasl.password"] == "hunter2"
     assert conf["security.protocol"] == "SASL_SSL"
     assert conf["socket.timeout.ms"] == "5000"
+
+
+def test_a_gpu_that_is_not_there_is_a_configuration_error_naming_the_setting(monkeypatch, capsys):
+    """`run` with a CUDA device the host lacks exits 2 naming train.device, before touching Kafka."""
+    from stream_learner.cli import main
+
+    monkeypatch.setenv("STREAM_LEARNER_TRAIN__DEVICE", "cuda:99")
+    monkeypatch.setenv("STREAM_LEARNER_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
+    assert main(["run"]) == 2
+    assert "train.device" in capsys.readouterr().err
