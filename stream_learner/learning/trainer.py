@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from stream_learner.config import TrainSettings
 from stream_learner.errors import ConfigError
+from stream_learner.learning.cpus import cpu_threads
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.models.base import RecModel
 from stream_learner.learning.models.optim import is_row_state, sparse_optimizer
@@ -111,12 +111,6 @@ class _Rollback:
         for n, p in trainer.dense_params.items():
             p.copy_(self._dense[n])
         trainer.dense_opt.load_state_dict(self._dense_opt)
-
-
-def cpu_threads(configured: int) -> int:
-    """torch's intra-op threads (process-wide): as configured, or all cores but one, so that training
-    does not contend with the polling loop and librdkafka for every core."""
-    return configured or max(1, (os.cpu_count() or 2) - 1)
 
 
 class Trainer:

@@ -150,12 +150,11 @@ def test_device_names_resolve() -> None:
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_training_leaves_a_core_to_the_polling_loop_unless_told_otherwise() -> None:
-    import os
+def test_training_leaves_a_core_to_the_polling_loop_unless_told_otherwise(monkeypatch) -> None:
+    from stream_learner.learning.cpus import available_cpus, cpu_threads
 
-    from stream_learner.learning.trainer import cpu_threads
-
-    assert cpu_threads(0) == max(1, (os.cpu_count() or 2) - 1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads(0) == max(1, available_cpus() - 1)
     assert cpu_threads(3) == 3
     before = torch.get_num_threads()
     try:
