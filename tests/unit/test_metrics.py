@@ -1,15 +1,23 @@
-"""The metrics endpoint over real HTTP: /metrics in Prometheus text, /healthz and /readyz."""
+"""The metrics endpoint over real HTTP: /metrics in Prometheus text or OpenMetrics, gzip, HEAD, /healthz
+and /readyz, and threads and connections that stay bounded however many clients hang."""
 
 from __future__ import annotations
 
+import gzip
+import http.client
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_learner.metrics import Metrics, MetricsServer
+from stream_learner.metrics.http import BoundedHTTPServer
 
 
 def get(url: str) -> tuple[int, str]:
@@ -59,3 +67,132 @@ def test_every_metric_follows_the_naming_conventions():
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         assert "_ms" not in family.name and "milliseconds" not in family.name  # base units
+
+
+# -- the endpoint as HTTP clients meet it: prometheus_client's handler on a bounded server ----------
+def request(base: str, path: str, method: str = "GET", headers: dict[str, str] | None = None):
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_head_is_answered_like_get_without_a_body(served):
+    metrics, _, base = served
+    metrics.events_consumed.labels("events").inc(3)
+    status, headers, body = request(base, "/metrics")
+    head_status, head_headers, head_body = request(base, "/metrics", "HEAD")
+    assert (status, head_status) == (200, 200)
+    assert head_body == b""
+    assert int(head_headers["Content-Length"]) == len(body)
+    assert head_headers["Content-Type"] == headers["Content-Type"]
+    for path, code in (("/healthz", 200), ("/readyz", 503), ("/nothing", 404)):
+        assert request(base, path, "HEAD")[0] == code, path
+    assert request(base, "/metrics", "POST")[0] == 405
+
+
+def test_gzip_and_openmetrics_are_negotiated(served):
+    metrics, _, base = served
+    metrics.events_consumed.labels("events").inc(5)
+    status, headers, body = request(base, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert b"stream_learner_events_consumed_total" in gzip.decompress(body)
+
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    status, headers, body = request(base, "/metrics", headers={"Accept": accept})
+    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+    text = body.decode()
+    assert text.endswith("# EOF\n")
+    samples = {s.name: s.value for f in openmetrics_families(text) for s in f.samples}
+    assert samples["stream_learner_events_consumed_total"] == 5
+
+
+def test_one_connection_serves_several_requests(served):
+    _, _, base = served
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    for _ in range(3):
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"ok\n")
+    conn.close()
+
+
+def test_a_malformed_request_is_refused():
+    app_calls = []
+    server = BoundedHTTPServer(lambda e, s: app_calls.append(e) or [], "127.0.0.1", 0)
+    server.start()
+    try:
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sock.sendall(b"NONSENSE\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    finally:
+        server.close()
+    assert app_calls == []
+
+
+def test_500_idle_connections_hold_no_threads_and_do_not_lock_out_a_scrape(served):
+    """Issue 9: a thread per connection, no timeout: 500 half-sent requests made 500 threads."""
+    _, _, base = served
+    host, port = base.removeprefix("http://").split(":")
+    assert request(base, "/metrics")[0] == 200  # the app's worker thread exists now
+    before = threading.active_count()
+    clients = []
+    try:
+        for i in range(500):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            if i % 2:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half-sent: no blank line
+            clients.append(sock)
+        time.sleep(0.5)
+        assert threading.active_count() <= before + 1  # at most the pool's second worker
+        started = time.monotonic()
+        status, _, body = request(base, "/metrics")
+        assert status == 200 and b"stream_learner_active" in body
+        assert time.monotonic() - started < 2.0
+        assert threading.active_count() <= before + 1
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_connections_beyond_the_limit_close_the_longest_idle_one():
+    server = BoundedHTTPServer(lambda e, s: (s("200 OK", []), [b"x"])[1], "127.0.0.1", 0, max_connections=3)
+    server.start()
+    try:
+        idle = [socket.create_connection(server.address, timeout=5) for _ in range(3)]
+        wait_until(lambda: server.open_connections == 3)
+        newcomer = socket.create_connection(server.address, timeout=5)
+        newcomer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert newcomer.recv(100).startswith(b"HTTP/1.1 200")
+        assert idle[0].recv(100) == b""  # the oldest idle connection was closed to make room
+        assert server.open_connections <= 3
+        for sock in [*idle, newcomer]:
+            sock.close()
+    finally:
+        server.close()
+
+
+def test_a_client_that_sends_nothing_is_disconnected_after_the_timeout():
+    server = BoundedHTTPServer(lambda e, s: [], "127.0.0.1", 0, timeout=0.5)
+    server.start()
+    try:
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and then nothing
+            started = time.monotonic()
+            assert sock.recv(100) == b""
+            assert time.monotonic() - started < 3.0
+        wait_until(lambda: server.open_connections == 0)
+    finally:
+        server.close()
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
