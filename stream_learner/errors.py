@@ -17,6 +17,23 @@ reason and the original message, which is what its dead letter needs.
 
 from __future__ import annotations
 
+from typing import Literal
+
+#: Why a snapshot is refused: `SnapshotError.reason`, and the ``reason`` label of
+#: stream_learner_subscriber_snapshots_refused_total (created at zero for each of these).
+SnapshotRefusal = Literal[
+    "decode",
+    "format_version",
+    "topic",
+    "missing_chunk",
+    "checksum",
+    "truncated",
+    "not_safetensors",
+    "spec",
+    "gap",
+    "bad_delta",
+]
+
 
 class StreamLearnerError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -58,8 +75,8 @@ class BrokerError(StreamLearnerError):
 class SnapshotError(StreamLearnerError):
     """A snapshot cannot be used. `reason` is a short metric label."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
+    def __init__(self, reason: SnapshotRefusal, detail: str) -> None:
+        self.reason: SnapshotRefusal = reason
         self.detail = detail
         super().__init__(f"snapshot refused ({reason}): {detail}")
 

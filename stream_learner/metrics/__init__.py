@@ -4,10 +4,10 @@ Every metric is created on the registry passed in (tests use a fresh `CollectorR
 Names follow Prometheus conventions: prefix ``stream_learner_``, base units, counters end in _total.
 """
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_learner.metrics.learner import Metrics
 from stream_learner.metrics.server import MetricsServer
 from stream_learner.metrics.serving import SubscriberMetrics
 
-__all__ = ["CollectorRegistry", "Metrics", "MetricsServer", "SubscriberMetrics"]
+__all__ = ["REGISTRY", "CollectorRegistry", "Metrics", "MetricsServer", "SubscriberMetrics"]

@@ -6,7 +6,7 @@ Names follow Prometheus conventions: prefix ``stream_learner_``, base units, cou
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -115,6 +115,33 @@ class Metrics:
             ["field"],
             registry=r,
         )
+
+    def start_at_zero(
+        self,
+        *,
+        topics: Iterable[str],
+        invalid_reasons: Iterable[str],
+        skip_reasons: Iterable[str],
+        snapshot_kinds: Iterable[str],
+        table_fields: Iterable[str] = (),
+        reset_fields: Iterable[str] = (),
+    ) -> None:
+        """Create the labelled counters for every label value they can take, at 0: a series that
+        appears only at its first increment hides that increment from ``rate()`` and ``increase()``,
+        and a panel or alert on it shows "No data" until then. ``table_fields``: the fields with
+        dynamic tables; ``reset_fields``: those whose rows a drift can reset."""
+        for counter, values in (
+            (self.events_consumed, topics),
+            (self.events_invalid, invalid_reasons),
+            (self.windows_skipped, skip_reasons),
+            (self.snapshot_published, snapshot_kinds),
+            (self.feature_ids_admitted, table_fields),
+            (self.feature_rows_expired, table_fields),
+            (self.feature_ids_unplaced, table_fields),
+            (self.drift_rows_reset, reset_fields),
+        ):
+            for value in values:
+                counter.labels(value)
 
     def record_tables(self, tables: Mapping[str, Any] | None) -> None:
         """Export a window's dynamic-table counts (`WindowResult.tables`: field -> in_use, admitted,

@@ -1,33 +1,85 @@
-"""Prometheus metrics of the serving side (`stream_learner.serving.ModelSubscriber`)."""
+"""Prometheus metrics of the serving side (`stream_learner.serving.ModelSubscriber`).
+
+A subscriber lives inside someone else's web service, whose /metrics exports prometheus_client's
+default registry; so that is where its metrics go unless a registry is given. One process may
+follow several models: every series carries ``model`` (the model followed), and all subscribers on
+one registry share one family per metric (registering a name twice would fail).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from stream_learner.metrics.learner import P
 
 
-class SubscriberMetrics:
-    """The subscriber's metrics, on the registry given."""
-
+class _Families:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.registry = registry
         self.applied = Counter(
             f"{P}subscriber_snapshots_applied",
-            "Snapshots the subscriber applied, by kind.",
-            ["kind"],
+            "Snapshots the subscriber applied, by model and kind.",
+            ["model", "kind"],
             registry=r,
         )
         self.refused = Counter(
             f"{P}subscriber_snapshots_refused",
-            "Snapshots or messages the subscriber refused, by reason.",
-            ["reason"],
+            "Snapshots or messages the subscriber refused, by model and reason.",
+            ["model", "reason"],
             registry=r,
         )
-        self.model_version = Gauge(f"{P}subscriber_model_version", "Version of the model served.", registry=r)
+        self.model_version = Gauge(
+            f"{P}subscriber_model_version", "Version of the model served.", ["model"], registry=r
+        )
         self.model_freshness = Gauge(
             f"{P}subscriber_model_freshness_seconds",
             "Newest event time in the model served to the moment it began to be served.",
+            ["model"],
             registry=r,
         )
+
+
+_families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+class _OfModel:
+    """A labelled metric with its ``model`` label filled in: ``.labels(kind)``."""
+
+    def __init__(self, metric: Any, model: str) -> None:
+        self._metric, self._model = metric, model
+
+    def labels(self, *values: str) -> Any:
+        return self._metric.labels(self._model, *values)
+
+
+class SubscriberMetrics:
+    """One subscriber's metrics (model ``model``), on ``registry`` (default: prometheus_client's
+    default registry). ``kinds`` and ``reasons``: label values created at zero, so that the first
+    refusal shows in ``increase()``."""
+
+    def __init__(
+        self,
+        model: str,
+        registry: CollectorRegistry = REGISTRY,
+        kinds: Iterable[str] = (),
+        reasons: Iterable[str] = (),
+    ) -> None:
+        with _lock:
+            families = _families.get(registry)
+            if families is None:
+                families = _families[registry] = _Families(registry)
+        self.registry = registry
+        self.applied = _OfModel(families.applied, model)
+        self.refused = _OfModel(families.refused, model)
+        self.model_version = families.model_version.labels(model)
+        self.model_freshness = families.model_freshness.labels(model)
+        for kind in kinds:
+            self.applied.labels(kind)
+        for reason in reasons:
+            self.refused.labels(reason)

@@ -29,7 +29,7 @@ from stream_learner.learning.trainer import resolve_device
 from stream_learner.metrics import CollectorRegistry, Metrics, MetricsServer
 from stream_learner.runtime.commits import Commits
 from stream_learner.runtime.intake import Intake
-from stream_learner.runtime.report import Reporter, Summary
+from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.runtime.worker import Worker
 from stream_learner.snapshots import warmstart
 from stream_learner.snapshots.checkpoints import Checkpoints
@@ -66,6 +66,7 @@ class App:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        start_metrics_at_zero(self.metrics, settings)
         self.clock = clock
         self.summary = Summary()
         self._stop = threading.Event()

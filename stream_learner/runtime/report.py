@@ -11,12 +11,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, get_args
 
+from stream_learner.config import Settings
+from stream_learner.ingest.events import RejectReason
 from stream_learner.ingest.windowing import Windower
+from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.learner import WindowResult
 from stream_learner.metrics import Metrics
-from stream_learner.snapshots.format import SnapshotMeta
+from stream_learner.snapshots.format import SnapshotKind, SnapshotMeta
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +146,16 @@ class Reporter:
             self.metrics.event_time_lag.set(max(0.0, now - newest / 1000))
         if on_progress:
             on_progress(self.summary)
+
+
+def start_metrics_at_zero(metrics: Metrics, settings: Settings) -> None:
+    """Every labelled counter of the learner at 0 for each value its label can take here."""
+    ids = ("user", "item")
+    metrics.start_at_zero(
+        topics=[settings.input.topic],
+        invalid_reasons=get_args(RejectReason),
+        skip_reasons=get_args(SkipReason),
+        snapshot_kinds=[kind.lower() for kind in get_args(SnapshotKind)],
+        table_fields=ids if settings.model.table == "dynamic" else (),
+        reset_fields=ids if settings.lr.policy == "drift" and settings.lr.drift_reset_z > 0 else (),
+    )

@@ -4,8 +4,9 @@
 follows the topic in a background thread: chunks are reassembled and verified, deltas are applied in
 order (a delta that does not continue the model served is refused, and the subscriber waits for the
 next full snapshot), and the model changes atomically for readers. A bad snapshot is refused with its
-reason (logged, and counted in ``stream_learner_subscriber_snapshots_refused_total{reason}``); the last
-good model stays in service. Nothing is ever unpickled.
+reason (logged, and counted in ``stream_learner_subscriber_snapshots_refused_total{model,reason}``); the
+last good model stays in service. Nothing is ever unpickled. The metrics go to prometheus_client's
+default registry unless ``registry`` is given, so a web service's own /metrics exports them.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import get_args
 
 import numpy as np
 
 from stream_learner.config import KafkaSettings
-from stream_learner.errors import BrokerError, SnapshotError
+from stream_learner.errors import BrokerError, SnapshotError, SnapshotRefusal
 from stream_learner.learning.servable import ServableModel
-from stream_learner.metrics import CollectorRegistry, SubscriberMetrics
+from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
 from stream_learner.snapshots import chain as chains
-from stream_learner.snapshots.format import Snapshot, SnapshotMeta
+from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
 from stream_learner.snapshots.log import Entry, SnapshotLog
 
 log = logging.getLogger(__name__)
@@ -105,12 +107,17 @@ class ModelSubscriber:
         kafka: KafkaSettings,
         topic: str,
         model_name: str,
-        registry: CollectorRegistry | None = None,
+        registry: CollectorRegistry = REGISTRY,
         on_update: Callable[[SnapshotMeta], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kafka, self.topic, self.model_name = kafka, topic, model_name
-        self.metrics = SubscriberMetrics(registry or CollectorRegistry())
+        self.metrics = SubscriberMetrics(
+            model_name,
+            registry,
+            kinds=[k.lower() for k in get_args(SnapshotKind)],
+            reasons=get_args(SnapshotRefusal),
+        )
         self._on_update = on_update
         self._clock = clock
         self._served: _Served | None = None

@@ -98,7 +98,7 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
 
         def refused(reason: str) -> float | None:
             return registry.get_sample_value(
-                "stream_learner_subscriber_snapshots_refused_total", {"reason": reason}
+                "stream_learner_subscriber_snapshots_refused_total", {"model": model, "reason": reason}
             )
 
         for values in bad.values():

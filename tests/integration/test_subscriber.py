@@ -55,11 +55,17 @@ def test_subscriber_follows_the_learner_and_serves_its_model(kafka_bootstrap, ne
         assert [v for v, _ in served] == [s.meta.version for s in snapshots]
         assert {k for _, k in served} == {"FULL", "DELTA"}
         assert (
-            registry.get_sample_value("stream_learner_subscriber_snapshots_applied_total", {"kind": "delta"})
+            registry.get_sample_value(
+                "stream_learner_subscriber_snapshots_applied_total",
+                {"model": settings.model.name, "kind": "delta"},
+            )
             > 0
         )
-        assert registry.get_sample_value("stream_learner_subscriber_model_version") == summary.version
-        assert registry.get_sample_value("stream_learner_subscriber_model_freshness_seconds") >= 0
+        of_model = {"model": settings.model.name}
+        assert (
+            registry.get_sample_value("stream_learner_subscriber_model_version", of_model) == summary.version
+        )
+        assert registry.get_sample_value("stream_learner_subscriber_model_freshness_seconds", of_model) >= 0
 
         # the model served is the learner's final model, weight for weight
         ours = learner.trainer.model.state_dict()
@@ -112,7 +118,9 @@ def test_a_gap_in_the_deltas_waits_for_the_next_full_snapshot(kafka_bootstrap, n
         publish(6, "FULL", 0.6)
         assert subscriber.wait_for_version(6, 30)
         assert (
-            registry.get_sample_value("stream_learner_subscriber_snapshots_refused_total", {"reason": "gap"})
+            registry.get_sample_value(
+                "stream_learner_subscriber_snapshots_refused_total", {"model": model, "reason": "gap"}
+            )
             == 2
         )
         assert bias() == np.float32(-1.2)

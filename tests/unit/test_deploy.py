@@ -100,11 +100,11 @@ _SUFFIXES = {
 def exported_metric_names() -> frozenset[str]:
     """Every sample name the learner and the subscriber can expose."""
     names: set[str] = set()
-    for metrics in (Metrics, SubscriberMetrics):
-        registry = CollectorRegistry()
-        metrics(registry)
-        for family in registry.collect():
-            names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+    registry = CollectorRegistry()
+    Metrics(registry)
+    SubscriberMetrics("m", registry)
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
     return frozenset(names)
 
 

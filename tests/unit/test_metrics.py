@@ -10,14 +10,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from typing import get_args
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_learner.config import KafkaSettings, Settings
+from stream_learner.errors import SnapshotRefusal
+from stream_learner.ingest.events import RejectReason
+from stream_learner.learning.guard import SkipReason
 from stream_learner.metrics import Metrics, MetricsServer
 from stream_learner.metrics.http import BoundedHTTPServer
+from stream_learner.runtime.report import start_metrics_at_zero
+from stream_learner.serving import ModelSubscriber
 
 
 def get(url: str) -> tuple[int, str]:
@@ -26,6 +34,11 @@ def get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+@pytest.fixture
+def kafka_settings() -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers="127.0.0.1:1")  # never contacted: nothing is started
 
 
 @pytest.fixture
@@ -196,3 +209,74 @@ def wait_until(condition, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+# -- labelled counters exist at zero; serving metrics on the default registry ---------------------
+def test_every_labelled_counter_starts_at_zero_for_every_value_it_can_take():
+    settings = Settings.model_validate(
+        {"input": {"topic": "events"}, "model": {"table": "dynamic"}, "lr": {"policy": "drift"}}
+    )
+    registry = CollectorRegistry()
+    start_metrics_at_zero(Metrics(registry), settings)
+    counters = {
+        f.name: [s for s in f.samples if s.name.endswith("_total")]
+        for f in registry.collect()
+        if f.type == "counter"
+    }
+    labelled = {name: samples for name, samples in counters.items() if any(s.labels for s in samples)}
+
+    def values(name: str, label: str) -> set[str]:
+        assert all(s.value == 0 for s in counters[name]), name
+        return {s.labels[label] for s in counters[name]}
+
+    assert values("stream_learner_events_invalid", "reason") == set(get_args(RejectReason))
+    assert values("stream_learner_windows_skipped", "reason") == set(get_args(SkipReason))
+    assert values("stream_learner_snapshot_published", "kind") == {"full", "delta"}
+    assert values("stream_learner_events_consumed", "topic") == {"events"}
+    for name in ("feature_ids_admitted", "feature_rows_expired", "feature_ids_unplaced", "drift_rows_reset"):
+        assert values(f"stream_learner_{name}", "field") == {"user", "item"}
+    # and no labelled counter was forgotten: each has its series before anything happened
+    metrics = Metrics(CollectorRegistry())
+    with_labels = {
+        f"stream_learner_{name}"
+        for name, m in vars(metrics).items()
+        if isinstance(m, Counter) and m._labelnames
+    }
+    assert with_labels == set(labelled)
+
+
+def test_settings_leave_out_the_counters_they_cannot_move():
+    registry = CollectorRegistry()
+    start_metrics_at_zero(Metrics(registry), Settings.model_validate({"lr": {"policy": "constant"}}))
+    assert registry.get_sample_value("stream_learner_feature_ids_admitted_total", {"field": "user"}) is None
+    assert registry.get_sample_value("stream_learner_drift_rows_reset_total", {"field": "user"}) is None
+
+
+def test_a_subscriber_exports_on_the_default_registry_beside_the_web_service(kafka_settings):
+    """A web service exports prometheus_client's default registry; a subscriber given no registry is
+    in it, each model apart, its refusal reasons at zero."""
+    first = ModelSubscriber(kafka_settings, "snapshots", f"m-{uuid.uuid4().hex[:8]}")
+    second = ModelSubscriber(kafka_settings, "snapshots", f"m-{uuid.uuid4().hex[:8]}")  # no clash
+    assert first.metrics.registry is second.metrics.registry is REGISTRY
+    first.metrics.refused.labels("checksum").inc()
+    text = generate_latest(REGISTRY).decode()  # what the service's /metrics would show
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+    def refused(model: str, reason: str) -> float:
+        return samples[
+            ("stream_learner_subscriber_snapshots_refused_total", (("model", model), ("reason", reason)))
+        ]
+
+    assert refused(first.model_name, "checksum") == 1
+    assert refused(second.model_name, "checksum") == 0
+    for reason in get_args(SnapshotRefusal):
+        assert refused(second.model_name, reason) == 0
+    applied = (
+        "stream_learner_subscriber_snapshots_applied_total",
+        (("kind", "delta"), ("model", first.model_name)),
+    )
+    assert samples[applied] == 0
