@@ -77,6 +77,7 @@ EXPECTED_ALERTS = {
     "StreamLearnerNoActiveInstance",
     "StreamLearnerMultipleActive",
     "StreamLearnerAbsent",
+    "StreamLearnerModelAbsent",
     "StreamLearnerConsumerLagGrowing",
     "StreamLearnerModelStale",
     "StreamLearnerNotTraining",
