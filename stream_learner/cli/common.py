@@ -10,6 +10,7 @@ from stream_learner.runtime.app import App
 log = logging.getLogger("stream_learner")
 
 EXIT_NOT_FOUND = 1
+EXIT_NOT_DELIVERED = 1  # produce: the broker did not acknowledge every event
 EXIT_CONFIG = 2
 EXIT_OWNERSHIP = 3
 

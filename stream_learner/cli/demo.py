@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import subprocess
 import sys
@@ -28,10 +29,34 @@ def _local_broker() -> str:
             subprocess.run([str(script), "start"], check=True, stdout=sys.stderr)
             out = subprocess.run([str(script), "bootstrap"], check=True, capture_output=True, text=True)
             return out.stdout.strip()
-    raise ConfigError("--bootstrap", "no local broker script (deploy/kafka/kafka.sh) found; pass --bootstrap")
+    raise ConfigError(
+        "--bootstrap-server", "no local broker script (deploy/kafka/kafka.sh) found; pass --bootstrap-server"
+    )
+
+
+DEMO_TOPICS = ["demo.events", "demo.snapshots", "demo.dead-letters"]
+
+
+def on_this_machine(bootstrap: str) -> bool:
+    """Whether every broker address is a loopback one (the local broker, or one started by hand)."""
+    for address in bootstrap.split(","):
+        host = address.strip().rsplit(":", 1)[0].strip("[]")
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            if host != "localhost":
+                return False
+    return True
 
 
 def demo(args: argparse.Namespace) -> int:
+    if args.bootstrap and not args.delete_topics and not on_this_machine(args.bootstrap):
+        raise ConfigError(
+            "--bootstrap-server",
+            f"the demo deletes and recreates {', '.join(DEMO_TOPICS)}, and {args.bootstrap} is not on "
+            "this machine; pass --delete-topics if that is what you want",
+        )
     bootstrap = args.bootstrap or _local_broker()
     settings = Settings.model_validate(
         {
@@ -44,7 +69,7 @@ def demo(args: argparse.Namespace) -> int:
             "metrics": {"port": args.metrics_port},
         }
     )
-    delete_topics(settings.kafka, ["demo.events", "demo.snapshots", "demo.dead-letters"])  # a fresh start
+    delete_topics(settings.kafka, DEMO_TOPICS)  # a fresh start
     ensure_topics(settings, input_partitions=3)
     logging.getLogger("stream_learner").setLevel(logging.WARNING)
     stop = threading.Event()
