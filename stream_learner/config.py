@@ -84,9 +84,28 @@ class InputSettings(_Section):
     writer_schema: Path | None = Field(
         None, description="Writer schema file for plain Avro; default: bundled."
     )
-    schema_registry_url: str | None = Field(None, description="Schema Registry for input.format confluent.")
+    schema_registry_url: str | None = Field(
+        None,
+        description="Schema Registry for input.format confluent; several comma-separated URLs of one "
+        "registry are tried in turn (a network error, timeout or 5xx moves on to the next).",
+    )
     schema_registry_username: str | None = Field(None, description="HTTP basic auth for the registry.")
     schema_registry_password: SecretStr | None = Field(None, description="HTTP basic auth password.")
+    schema_registry_bearer_token: SecretStr | None = Field(
+        None, description="Bearer token for the registry (instead of basic auth); through the environment."
+    )
+    schema_registry_ca_location: str | None = Field(
+        None, description="CA bundle (PEM) that verifies the registry's certificate; default: the system's."
+    )
+    schema_registry_certificate_location: str | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS with the registry."
+    )
+    schema_registry_key_location: str | None = Field(
+        None, description="Private key (PEM) of the client certificate, unless the certificate file holds it."
+    )
+    schema_registry_key_password: SecretStr | None = Field(
+        None, description="Password of that private key; through the environment."
+    )
     schema_registry_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of a registry request.")
     max_batch: int = Field(10_000, gt=0, description="Messages taken per consume call.")
     poll_timeout_seconds: float = Field(0.1, gt=0, description="Longest wait of one consume call.")
@@ -101,6 +120,12 @@ class InputSettings(_Section):
     def _registry_for_confluent(self) -> InputSettings:
         if self.format == "confluent" and not self.schema_registry_url:
             raise ValueError("input.schema_registry_url is required when input.format is 'confluent'")
+        if self.schema_registry_bearer_token and self.schema_registry_username:
+            raise ValueError(
+                "input.schema_registry_bearer_token and schema_registry_username exclude each other"
+            )
+        if self.schema_registry_key_location and not self.schema_registry_certificate_location:
+            raise ValueError("input.schema_registry_key_location needs schema_registry_certificate_location")
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -77,7 +78,8 @@ class RegistryStub:
 
 
 @contextmanager
-def registry_stub(schemas: dict[int, Any]) -> Iterator[RegistryStub]:
+def registry_stub(schemas: dict[int, Any], tls: ssl.SSLContext | None = None) -> Iterator[RegistryStub]:
+    """The stub on a free port of 127.0.0.1; over HTTPS with ``tls`` (a server-side context)."""
     stub = RegistryStub(dict(schemas))
 
     class Handler(BaseHTTPRequestHandler):
@@ -105,9 +107,12 @@ def registry_stub(schemas: dict[int, Any]) -> Iterator[RegistryStub]:
             return
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # refused handshakes
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    stub.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     try:
         yield stub
     finally:

@@ -35,7 +35,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import ConfigError, IncompatibleSchema, UnknownSchema
 from stream_learner.ingest.avro_columns import PADDING, Cursor, Op, RawEvents, compile_plan
 from stream_learner.ingest.events import EVENT_LABELS, MISSING_KEY, EventBatch, RejectReason, hash_slices
-from stream_learner.ingest.registry import SchemaRegistry
+from stream_learner.ingest.registry import SchemaRegistry, registry_from_settings
 
 CONFLUENT_HEADER = 5
 
@@ -263,12 +263,7 @@ def _text(data: np.ndarray, start: int, length: int) -> str:
 def make_decoder(settings: Settings, clock: Callable[[], float]) -> Decoder:
     """The decoder ``[input]`` and ``[validation]`` configure."""
     i, v = settings.input, settings.validation
-    registry = None
-    if i.format == "confluent":
-        assert i.schema_registry_url is not None  # the settings insist
-        password = i.schema_registry_password.get_secret_value() if i.schema_registry_password else ""
-        auth = (i.schema_registry_username, password) if i.schema_registry_username else None
-        registry = SchemaRegistry(i.schema_registry_url, auth, timeout=i.schema_registry_timeout_seconds)
+    registry = registry_from_settings(i) if i.format == "confluent" else None
     return Decoder(
         settings.model.context_fields,
         i.writer_schema,
