@@ -67,7 +67,7 @@ def test_a_second_instance_stands_by_and_takes_over_from_the_committed_snapshot(
         )
         assert standby.get_sample_value("stream_learner_active") == 0
         assert first.app.registry.get_sample_value("stream_learner_active") == 1
-        assert standby.get_sample_value("stream_learner_events_consumed_total", {"topic": topic}) is None
+        assert standby.get_sample_value("stream_learner_events_consumed_total", {"topic": topic}) == 0
         before_takeover = first.stop()
         handed_over = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
 
