@@ -22,7 +22,11 @@ from stream_learner.ingest.events import EVENT_LABELS
 NOW = time.time()
 NOW_MS = int(NOW * 1000)
 MAX_AGE_MS, MAX_SKEW_MS, MAX_ID = 30 * 86_400_000, 300_000, 1024
-REASONS = {"decode", "empty_id", "id_too_long", "too_old", "future", "unknown_event_type", "bad_label"}
+MAX_EVENT_TYPE, MAX_CONTEXT = 64, 1024  # the defaults of validation.max_event_type_bytes, max_context_bytes
+REASONS = {
+    "decode", "empty_id", "id_too_long", "field_too_long", "too_old", "future", "unknown_event_type",
+    "bad_label",
+}  # fmt: skip
 ALPHABET = [*"abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789-_:/", "é", "ß", "中", "😀"]
 
 
@@ -70,7 +74,10 @@ def _evil(rng: np.random.Generator) -> bytes:
 
 def _huge(rng: np.random.Generator) -> bytes:
     rec = valid_record(rng)
-    choice = int(rng.integers(0, 3))
+    choice = int(rng.integers(0, 4))
+    if choice == 3:  # a context value (used as a field or not) beyond its limit
+        rec["context"][_text(rng, 1, 8)] = "v" * int(rng.integers(MAX_CONTEXT + 1, 20_000))
+        return encode_event(rec)
     if choice == 0:
         rec[str(rng.choice(["user_id", "item_id"]))] = "x" * int(rng.integers(MAX_ID + 1, 20_000))
         return encode_event(rec)
@@ -122,6 +129,10 @@ def reference(value: bytes | None, now_ms: int = NOW_MS) -> str | None:
             return "empty_id"
         if len(record[name].encode()) > MAX_ID:
             return "id_too_long"
+    texts = [record["event_type"], *record["context"], *record["context"].values()]
+    limits = [MAX_EVENT_TYPE] + [MAX_CONTEXT] * (2 * len(record["context"]))
+    if any(len(t.encode()) > limit for t, limit in zip(texts, limits, strict=True)):
+        return "field_too_long"
     if record["timestamp"] < now_ms - MAX_AGE_MS:
         return "too_old"
     if record["timestamp"] > now_ms + MAX_SKEW_MS:

@@ -12,8 +12,9 @@ validated together (`avro_columns`, `events.hash_slices`): no Python object per 
 
 Rejection reasons (the ``reason`` label of ``stream_learner_events_invalid_total``): ``decode`` (not
 a readable record, or text that is not UTF-8), ``unknown_schema`` and ``incompatible_schema``
-(Confluent format), ``empty_id``, ``id_too_long``, ``too_old``, ``future``, ``unknown_event_type``
-(case-insensitive), ``bad_label`` (not finite or outside [0, 1]).
+(Confluent format), ``empty_id``, ``id_too_long``, ``field_too_long`` (an event type, or any context
+key or value, longer than its limit: every string of an event is bounded), ``too_old``, ``future``,
+``unknown_event_type`` (case-insensitive), ``bad_label`` (not finite or outside [0, 1]).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class Decoder:
         wire_format: Literal["avro", "confluent"] = "avro",
         registry: SchemaRegistry | None = None,
         max_id_bytes: int = 1024,
+        max_event_type_bytes: int = 64,
+        max_context_bytes: int = 1024,
     ) -> None:
         if wire_format == "confluent" and registry is None:
             raise ConfigError("input.schema_registry_url", "the Confluent wire format needs a registry")
@@ -101,6 +104,11 @@ class Decoder:
         self._max_age_ms = int(max_age_seconds * 1000)
         self._max_skew_ms = int(max_future_skew_seconds * 1000)
         self._max_id_bytes = max_id_bytes
+        self._max_text_bytes = {
+            "event_type": max_event_type_bytes,
+            "context key": max_context_bytes,
+            "context value": max_context_bytes,
+        }
         self._clock = clock
         self._registry = registry
         self._plans: dict[int, Op | IncompatibleSchema] = {}
@@ -188,6 +196,10 @@ class Decoder:
             raw.reject(np.flatnonzero(length == 0), "empty_id", f"{name} is empty")
             too_long = np.flatnonzero(length > self._max_id_bytes)
             raw.reject(too_long, "id_too_long", f"{name} is longer than {self._max_id_bytes} bytes")
+        for name, rows, _, length in raw.texts:
+            limit = self._max_text_bytes.get(name)
+            if limit is not None and (length > limit).any():
+                raw.reject(rows[length > limit], "field_too_long", f"{name} is longer than {limit} bytes")
         ts = raw.timestamp
         old = np.flatnonzero(ts < now_ms - self._max_age_ms)
         raw.reject(old, "too_old", [f"timestamp {t} is older than the maximum age" for t in ts[old]])
@@ -273,4 +285,6 @@ def make_decoder(settings: Settings, clock: Callable[[], float]) -> Decoder:
         wire_format=i.format,
         registry=registry,
         max_id_bytes=v.max_id_bytes,
+        max_event_type_bytes=v.max_event_type_bytes,
+        max_context_bytes=v.max_context_bytes,
     )

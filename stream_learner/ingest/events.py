@@ -30,6 +30,7 @@ RejectReason = Literal[
     "incompatible_schema",
     "empty_id",
     "id_too_long",
+    "field_too_long",
     "too_old",
     "future",
     "unknown_event_type",

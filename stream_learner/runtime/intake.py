@@ -3,7 +3,8 @@ rest; and backpressure, which pauses the input while closed windows wait for tra
 
 `Intake.step` returns the windows the batch closed. A message rejected by the codec (or an event
 late for its window, with ``window.late_policy = "dead_letter"``) goes to the dead-letter topic with
-its original bytes, key and headers, plus headers that say why and where it came from; a rejected
+its original bytes, key and headers, plus headers that say why and where it came from, cut to fit
+the dead-letter topic when it is too large (`stream_learner.runtime.dead_letters`); a rejected
 message that was already handled before the last restart (it is below the committed position) is
 skipped, not dead-lettered twice.
 """
@@ -20,6 +21,7 @@ from stream_learner.config import Settings
 from stream_learner.ingest.codec import Decoder, DecodeResult
 from stream_learner.ingest.windowing import Window, Windower
 from stream_learner.metrics import Metrics
+from stream_learner.runtime.dead_letters import Headers, dead_letter
 from stream_learner.runtime.report import Summary
 
 log = logging.getLogger(__name__)
@@ -39,25 +41,11 @@ class EventSource(Protocol):
 
 
 class DeadLetterSink(Protocol):
-    """Where rejected messages go (`stream_learner.kafka.sink.Sink`)."""
+    """Where rejected messages go (`stream_learner.kafka.sink.Sink`), and the largest it takes."""
 
-    def dead_letter(
-        self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None: ...
+    max_dead_letter_bytes: int
 
-
-def dead_letter_headers(
-    topic: str, partition: int, offset: int, reason: str, detail: str, original: list[Any] | None = None
-) -> list[tuple[str, bytes]]:
-    """The message's own headers, then why and where from it was rejected."""
-    return [
-        *(original or []),
-        ("stream-learner.reason", reason.encode()),
-        ("stream-learner.error", detail[:1000].encode("utf-8", "replace")),
-        ("stream-learner.source.topic", topic.encode()),
-        ("stream-learner.source.partition", str(partition).encode()),
-        ("stream-learner.source.offset", str(offset).encode()),
-    ]
+    def dead_letter(self, value: bytes | None, key: bytes | None, headers: Headers) -> None: ...
 
 
 class Intake:
@@ -136,8 +124,22 @@ class Intake:
         self._send(message, reason, detail)
 
     def _send(self, message: Any, reason: str, detail: str) -> None:
-        headers = dead_letter_headers(
-            message.topic(), message.partition(), message.offset(), reason, detail, message.headers()
+        letter = dead_letter(
+            value=message.value(),
+            key=message.key(),
+            original=message.headers(),
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            reason=reason,
+            detail=detail,
+            max_bytes=self.dead_letters.max_dead_letter_bytes,
         )
-        self.dead_letters.dead_letter(message.value(), message.key(), headers)
+        if letter.truncated:
+            self.metrics.dead_letters_truncated.inc()
+            log.warning(
+                "the dead letter of %s[%d]@%d (%s) was cut to fit the dead-letter topic",
+                message.topic(), message.partition(), message.offset(), reason,
+            )  # fmt: skip
+        self.dead_letters.dead_letter(letter.value, letter.key, letter.headers)
         self.metrics.dead_letters.inc()
