@@ -24,6 +24,8 @@ from typing import Literal
 SnapshotRefusal = Literal[
     "decode",
     "format_version",
+    "version",
+    "signature",
     "topic",
     "missing_chunk",
     "checksum",
@@ -32,6 +34,7 @@ SnapshotRefusal = Literal[
     "spec",
     "gap",
     "bad_delta",
+    "state",  # the learner's restore only: the snapshot's learner state does not restore
 ]
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
+import fastavro
 import torch
 from confluent_kafka import KafkaError, Producer
 
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
-from stream_learner.snapshots.format import SnapshotMeta, encode, encode_payload
+from stream_learner.snapshots.format import (
+    SNAPSHOT_SCHEMA,
+    WRITER_SCHEMAS,
+    SnapshotMeta,
+    encode,
+    encode_payload,
+    read_envelope,
+)
 
 SNAPSHOT_TOPIC_CONFIG = {"max.message.bytes": str(2 << 20)}
 
@@ -73,3 +82,12 @@ def produce_raw(bootstrap: str, topic: str, key: bytes, values: list[bytes]) -> 
         producer.produce(topic, value=value, key=key, on_delivery=lambda err, _m: err and errors.append(err))
     assert producer.flush(30) == 0
     assert not errors, errors
+
+
+def reencode(value: bytes, **changes: object) -> bytes:
+    """The envelope ``value`` with some fields changed (as a forger would), in the layout of its
+    (possibly changed) ``format_version``."""
+    record = {**read_envelope(value), **changes}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, WRITER_SCHEMAS.get(record["format_version"], SNAPSHOT_SCHEMA), record)
+    return buf.getvalue()

@@ -15,12 +15,15 @@ from stream_learner.cli.common import EXIT_NOT_FOUND
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
 from stream_learner.serving import ModelSubscriber
+from stream_learner.snapshots import signing
 from stream_learner.snapshots.format import Snapshot, describe_payload
 from stream_learner.snapshots.log import Entry, SnapshotLog
 
 
 def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
-    return SnapshotLog(settings.kafka, settings.snapshot.topic, args.model or settings.model.name)
+    name = args.model or settings.model.name
+    verify = signing.verifier(settings.snapshot)
+    return SnapshotLog(settings.kafka, settings.snapshot.topic, name, verify=verify)
 
 
 def snapshots(settings: Settings, args: argparse.Namespace) -> int:
@@ -80,7 +83,13 @@ def _inspect(snap: Snapshot) -> dict[str, Any]:
 
 def recommend(settings: Settings, args: argparse.Namespace) -> int:
     name = args.model or settings.model.name
-    with ModelSubscriber(settings.kafka, settings.snapshot.topic, name) as subscriber:
+    with ModelSubscriber(
+        settings.kafka,
+        settings.snapshot.topic,
+        name,
+        verify_key=signing.verify_key(settings.snapshot),
+        require_signature=settings.snapshot.require_signature,
+    ) as subscriber:
         if subscriber.refresh() is None:
             print(
                 f"stream-learner: no usable snapshot of {name} on {settings.snapshot.topic}", file=sys.stderr
@@ -91,4 +100,12 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
     print(f"model {name} v{subscriber.version}, user {args.user}:")
     for rank, (item, score) in enumerate(best, 1):
         print(f"{rank:>3}  {item}  {score:.6f}")
+    return 0
+
+
+def keygen() -> int:
+    """Print a new key pair: the private key for the learner's environment, the public for readers."""
+    private, public = signing.generate()
+    print(f"STREAM_LEARNER_SNAPSHOT__SIGNING_KEY={private}  # the learner's environment only (a Secret)")
+    print(f"STREAM_LEARNER_SNAPSHOT__VERIFY_KEY={public}  # learners and readers (subscribers, CLI)")
     return 0

@@ -7,6 +7,12 @@ next full snapshot), and the model changes atomically for readers. A bad snapsho
 reason (logged, and counted in ``stream_learner_subscriber_snapshots_refused_total{model,reason}``); the
 last good model stays in service. Nothing is ever unpickled. The metrics go to prometheus_client's
 default registry unless ``registry`` is given, so a web service's own /metrics exports them.
+
+With ``verify_key`` (the learner's Ed25519 public key) snapshots whose signature does not verify are
+refused, and with ``require_signature`` unsigned ones too (`stream_learner.snapshots.signing`): the
+learner's restore checks exactly the same. A snapshot that arrives after the model served with a
+lower version is refused ("version"), never ignored without a word: versions only grow, so either
+it or the model served was not written by this model's learner.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetric
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
 from stream_learner.snapshots.log import Entry, SnapshotLog
+from stream_learner.snapshots.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +117,14 @@ class ModelSubscriber:
         registry: CollectorRegistry = REGISTRY,
         on_update: Callable[[SnapshotMeta], None] | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        verify_key: str | None = None,
+        require_signature: bool = False,
     ) -> None:
+        """``verify_key``: the learner's public key (base64 of 32 bytes, or PEM); snapshots signed
+        otherwise are refused, and unsigned ones too with ``require_signature``."""
         self.kafka, self.topic, self.model_name = kafka, topic, model_name
+        self._verifier = Verifier.of(verify_key, require_signature)
         self.metrics = SubscriberMetrics(
             model_name,
             registry,
@@ -148,9 +161,12 @@ class ModelSubscriber:
 
     def refresh(self) -> int | None:
         """Load the newest good model now, if it is newer than the one served; return its version."""
-        with SnapshotLog(self.kafka, self.topic, self.model_name, self._refused) as snapshots:
+        with self._log() as snapshots:
             self._load_newest(snapshots)
         return self.version
+
+    def _log(self) -> SnapshotLog:
+        return SnapshotLog(self.kafka, self.topic, self.model_name, self._refused, verify=self._verifier)
 
     # -- serving -------------------------------------------------------------------------------
     @property
@@ -203,7 +219,7 @@ class ModelSubscriber:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with SnapshotLog(self.kafka, self.topic, self.model_name, self._refused) as snapshots:
+                with self._log() as snapshots:
                     start = self._load_newest(snapshots)
                     for entry in snapshots.follow(start, self._stop):
                         self._take(entry)
@@ -234,9 +250,16 @@ class ModelSubscriber:
             self._refused(entry)
             return
         snap, served = entry.snapshot, self._served
-        if served is not None and snap.meta.version <= served.meta.version:
+        if served is not None and snap.meta.version == served.meta.version:
             return  # already served (a re-read)
         try:
+            if served is not None and snap.meta.version < served.meta.version:
+                raise SnapshotError(
+                    "version",
+                    f"v{snap.meta.version} follows the model served, v{served.meta.version}: versions "
+                    "only grow, so one of them is not this model's learner's (forged, or another writer; "
+                    "sign snapshots to tell which)",
+                )
             if snap.meta.kind == "FULL":
                 self._swap(_serve([snap]))
             elif served is None or snap.meta.base_version != served.meta.version:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from stream_learner.errors import SnapshotError
 from stream_learner.snapshots.chain import continuing
-from stream_learner.snapshots.format import Assembler, Snapshot, SnapshotMeta, decode_chunk
+from stream_learner.snapshots.format import Assembler, Chunk, Snapshot, SnapshotMeta, decode_chunk
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,9 @@ _LENGTH = struct.Struct(">I")
 class Checkpoints:
     """The checkpoint files of one model, under ``<folder>/<model name>/``."""
 
-    def __init__(self, folder: Path, model_name: str) -> None:
+    def __init__(self, folder: Path, model_name: str, verify: Callable[[Chunk], None] | None = None) -> None:
         self.dir = Path(folder) / model_name
+        self.verify = verify  # the signature check every file read passes
 
     def _files(self) -> list[tuple[int, Path]]:
         if not self.dir.is_dir():
@@ -51,10 +52,10 @@ class Checkpoints:
                     old.unlink(missing_ok=True)
 
     @staticmethod
-    def read(path: Path) -> Snapshot:
+    def read(path: Path, verify: Callable[[Chunk], None] | None = None) -> Snapshot:
         """The snapshot in one file; `SnapshotError` when it is not one complete, verified snapshot."""
         data = path.read_bytes()
-        assembler = Assembler()
+        assembler = Assembler(verify=verify)
         pos, snapshot = 0, None
         while pos < len(data):
             if snapshot is not None or pos + _LENGTH.size > len(data):
@@ -69,14 +70,17 @@ class Checkpoints:
             raise SnapshotError("truncated", f"{path}: the snapshot is incomplete")
         return snapshot
 
-    def chains(self) -> Iterator[list[Snapshot]]:
-        """Full snapshots with the deltas that continue them, newest first."""
+    def chains(self, on_refused: Callable[[SnapshotError], None] | None = None) -> Iterator[list[Snapshot]]:
+        """Full snapshots with the deltas that continue them, newest first; files that do not verify
+        are logged, told to ``on_refused`` and skipped."""
         snaps: list[Snapshot] = []
         for _, path in self._files():
             try:
-                snaps.append(self.read(path))
+                snaps.append(self.read(path, self.verify))
             except SnapshotError as err:
                 log.warning("refused checkpoint %s: %s", path, err)
+                if on_refused is not None:
+                    on_refused(err)
         for i in reversed(range(len(snaps))):
             if snaps[i].meta.kind == "FULL":
                 yield continuing(snaps[i], snaps[i + 1 :])

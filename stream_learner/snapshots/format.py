@@ -2,9 +2,15 @@
 
 `encode_payload` lays tensors out as a safetensors file without copying their data; `encode` cuts
 that payload into envelopes no larger than the message limit, each carrying the sha256 and size of
-the whole payload. `Assembler` joins chunks back and verifies them; `decode_payload` parses the
-payload with safetensors. Nothing here unpickles: the snapshot topic is an input that anyone with
-write access could fill. The format is described in docs/snapshot-format.md.
+the whole payload (and, when a signer is given, a signature of `signed_message`). `Assembler` joins
+chunks back and verifies them (checksum, and the signature through the check it is given);
+`decode_payload` parses the payload with safetensors. Nothing here unpickles: the snapshot topic is
+an input that anyone with write access could fill. The format is described in
+docs/snapshot-format.md.
+
+Two envelope layouts: ``format_version`` 1 has no ``signature`` field (what every unsigned snapshot is
+written as, so that readers before signing read it), 2 has it. Both are read into the newest schema
+by Avro schema resolution.
 """
 
 from __future__ import annotations
@@ -29,9 +35,21 @@ from stream_learner.errors import SnapshotError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: The layout with the ``signature`` field, written when the snapshot is signed.
+SIGNED_FORMAT_VERSION = 2
 #: A full snapshot holds the whole state; a delta the rows changed since the version before it.
 SnapshotKind = Literal["FULL", "DELTA"]
 SNAPSHOT_SCHEMA = fastavro.parse_schema(load_schema("model_snapshot"))
+_UNSIGNED = load_schema("model_snapshot")
+_UNSIGNED["fields"] = [f for f in _UNSIGNED["fields"] if f["name"] != "signature"]
+#: The writer schema of each envelope layout.
+WRITER_SCHEMAS = {FORMAT_VERSION: fastavro.parse_schema(_UNSIGNED), SIGNED_FORMAT_VERSION: SNAPSHOT_SCHEMA}
+#: Highest version a snapshot may carry: far beyond any real history, and no overflow after it.
+MAX_VERSION = 1 << 62
+#: What a signature signs begins with this (so that it can mean nothing else).
+SIGNATURE_CONTEXT = b"stream-learner snapshot signature v1\n"
+#: Makes the signature of the signed message (`stream_learner.snapshots.signing.Signer`).
+Sign = Callable[[bytes], bytes]
 #: Bytes kept free in each message beyond the envelope itself (Kafka record and batch overhead, key).
 MESSAGE_OVERHEAD = 4 << 10
 #: Largest safetensors header accepted when describing a payload.
@@ -182,11 +200,25 @@ def describe_payload(payload: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise SnapshotError("not_safetensors", f"payload is not a safetensors file: {exc}") from None
 
 
-def encode(meta: SnapshotMeta, payload: Payload, max_message_bytes: int) -> Iterator[bytes]:
-    """Avro envelopes of the snapshot, one per chunk, each at most ``max_message_bytes`` long."""
+def encode(
+    meta: SnapshotMeta, payload: Payload, max_message_bytes: int, sign: Sign | None = None
+) -> Iterator[bytes]:
+    """Avro envelopes of the snapshot, one per chunk, each at most ``max_message_bytes`` long; signed
+    (format 2) when ``sign`` is given, else in the format 1 layout."""
     base = _envelope(meta)
     base.update(payload_sha256=payload.sha256, payload_size=payload.size)
-    room = max_message_bytes - MESSAGE_OVERHEAD - _encoded_size({**base, "chunk_index": 0, "chunk_count": 0})
+    schema = WRITER_SCHEMAS[FORMAT_VERSION]
+    if sign is not None:
+        schema = SNAPSHOT_SCHEMA
+        base.update(
+            format_version=SIGNED_FORMAT_VERSION,
+            signature=sign(signed_message(meta, payload.sha256, payload.size)),
+        )
+    room = (
+        max_message_bytes
+        - MESSAGE_OVERHEAD
+        - _encoded_size(schema, {**base, "chunk_index": 0, "chunk_count": 0})
+    )
     chunk_size = room - 32  # the varints of index, count and length grow by at most this much
     if chunk_size < 1 << 10:
         raise ValueError(
@@ -197,13 +229,34 @@ def encode(meta: SnapshotMeta, payload: Payload, max_message_bytes: int) -> Iter
     for index, data in enumerate(payload.slices(chunk_size)):
         buf = io.BytesIO()
         record = {**base, "chunk_index": index, "chunk_count": count, "payload": data}
-        fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, record)
+        fastavro.schemaless_writer(buf, schema, record)
         yield buf.getvalue()
 
 
-def _encoded_size(record: dict[str, Any]) -> int:
+def signed_message(meta: SnapshotMeta, sha256: str, size: int) -> bytes:
+    """What a snapshot's signature signs: `SIGNATURE_CONTEXT`, then the Avro encoding (format 2
+    layout) of its envelope with the metrics map in key order, ``chunk_index`` and ``chunk_count`` 0,
+    an empty payload and a null signature. So it covers every field of the metadata (model name,
+    version, kind, base version, offsets, spec, state, ...) and the payload's sha256 and size."""
+    record = {
+        **_envelope(meta),
+        "format_version": SIGNED_FORMAT_VERSION,
+        "metrics": dict(sorted(meta.metrics.items())),
+        "payload_sha256": sha256,
+        "payload_size": size,
+        "chunk_index": 0,
+        "chunk_count": 0,
+        "payload": b"",
+        "signature": None,
+    }
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, {**record, "payload": b""})
+    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, record)
+    return SIGNATURE_CONTEXT + buf.getvalue()
+
+
+def _encoded_size(schema: Any, record: dict[str, Any]) -> int:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, {**record, "payload": b""})
     return buf.tell()
 
 
@@ -233,29 +286,43 @@ class Chunk:
     sha256: str
     size: int
     data: bytes
+    signature: bytes | None = None
 
 
-def decode_chunk(value: bytes | None) -> Chunk:
-    """Parse one envelope; refuse what is not a `ModelSnapshot` of a known format."""
-    if not value:
-        raise SnapshotError("decode", "empty message")
+def read_envelope(value: bytes) -> dict[str, Any]:
+    """The envelope record of one message, read into the newest schema whatever its layout (a format
+    1 envelope has ``signature`` None); refuses what is not one of a known format."""
     buf = io.BytesIO(value)
     try:
-        rec = fastavro.schemaless_reader(buf, SNAPSHOT_SCHEMA, None)
+        layout = fastavro.schemaless_reader(buf, "int", None)
+        buf.seek(0)
+        writer = WRITER_SCHEMAS.get(layout, SNAPSHOT_SCHEMA) if isinstance(layout, int) else SNAPSHOT_SCHEMA
+        rec = fastavro.schemaless_reader(buf, writer, SNAPSHOT_SCHEMA)
     except Exception as exc:  # fastavro raises many types on bad bytes
         raise SnapshotError("decode", f"not a ModelSnapshot envelope: {type(exc).__name__}: {exc}") from None
     assert isinstance(rec, dict)
-    if rec["format_version"] != FORMAT_VERSION:
-        raise SnapshotError(
-            "format_version",
-            f"unknown format version {rec['format_version']} (this reader knows {FORMAT_VERSION})",
-        )
+    if rec["format_version"] not in WRITER_SCHEMAS:
+        known = ", ".join(map(str, WRITER_SCHEMAS))
+        problem = f"unknown format version {rec['format_version']} (this reader knows {known})"
+        raise SnapshotError("format_version", problem)
     if buf.tell() != len(value):
         raise SnapshotError("decode", f"{len(value) - buf.tell()} trailing bytes after the envelope")
+    return rec
+
+
+def decode_chunk(value: bytes | None) -> Chunk:
+    """Parse one envelope; refuse what is not a `ModelSnapshot` of a known format, or whose version
+    is out of bounds (versions count from 1 up to `MAX_VERSION`; a delta's base comes before it)."""
+    if not value:
+        raise SnapshotError("decode", "empty message")
+    rec = read_envelope(value)
     if not 0 <= rec["chunk_index"] < rec["chunk_count"]:
         raise SnapshotError("missing_chunk", f"chunk {rec['chunk_index']} of {rec['chunk_count']}")
     if (rec["kind"] == "DELTA") != (rec["base_version"] is not None):
         raise SnapshotError("decode", f"a {rec['kind']} snapshot with base_version {rec['base_version']}")
+    version, base = rec["version"], rec["base_version"]
+    if not 1 <= version <= MAX_VERSION or (base is not None and not 1 <= base < version):
+        raise SnapshotError("version", f"version {version} (base {base}) is out of bounds (1 to 2^62)")
     meta = SnapshotMeta(
         model_name=rec["model_name"],
         version=rec["version"],
@@ -277,6 +344,7 @@ def decode_chunk(value: bytes | None) -> Chunk:
         rec["payload_sha256"],
         rec["payload_size"],
         rec["payload"],
+        rec["signature"],
     )
 
 
@@ -284,9 +352,15 @@ class Assembler:
     """Joins chunks into snapshots. Chunks of one snapshot arrive in order on one partition. A chunk
     out of sequence is refused (once per snapshot: the rest of it is dropped); a snapshot left
     incomplete when the next one begins is reported to ``on_abandoned`` (both as `SnapshotError`
-    "missing_chunk")."""
+    "missing_chunk"). A complete snapshot whose payload checks out is then given to ``verify``
+    (its first chunk: the signature check), which raises `SnapshotError` to refuse it."""
 
-    def __init__(self, on_abandoned: Callable[[SnapshotError], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_abandoned: Callable[[SnapshotError], None] | None = None,
+        verify: Callable[[Chunk], None] | None = None,
+    ) -> None:
+        self._verify = verify
         self._parts: list[Chunk] = []
         self._refused: tuple[int, str] | None = None  # (version, sha256) of a snapshot refused mid-way
         self._on_abandoned = on_abandoned or (lambda err: log.warning("%s", err))
@@ -339,4 +413,6 @@ class Assembler:
             )
         if hashlib.sha256(payload).hexdigest() != chunk.sha256:
             raise SnapshotError("checksum", f"sha256 mismatch for version {chunk.meta.version}")
+        if self._verify is not None:
+            self._verify(parts[0])
         return Snapshot(parts[0].meta, payload)

@@ -5,6 +5,13 @@ topic. To find the newest model it pages *backwards* from the end of the log unt
 snapshot that verifies, so a restart or a new subscriber reads that snapshot and the deltas after
 it, not the topic's whole history. Bad data is reported as an `Entry` with the `SnapshotError` that
 says why; it never stops the reading. A Kafka failure raises `BrokerError`.
+
+Verified means: whole, checksum right, the version in bounds, the signature right when a verifier
+is given (`stream_learner.snapshots.signing`), and versions increasing in log order. The learner
+writes versions in increasing order, so a snapshot followed in the log by a lower or equal version
+is not part of the history being read backwards (a forged "v1000" among v24 and v25): it is refused
+("version"). `newest_version` counts only verified snapshots: a damaged or forged envelope cannot
+move the version counter.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import BrokerError, SnapshotError
 from stream_learner.snapshots.chain import continuing
-from stream_learner.snapshots.format import Assembler, Snapshot, decode_chunk
+from stream_learner.snapshots.format import Assembler, Chunk, Snapshot, decode_chunk
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,14 @@ class Entry:
     error: SnapshotError | None = None
 
 
+def _out_of_order(version: int, offset: int | None, below: int) -> SnapshotError:
+    return SnapshotError(
+        "version",
+        f"v{version} at offset {offset} is followed in the log by v{below}: versions only grow, so it is "
+        "not part of this model's history (forged, or another writer)",
+    )
+
+
 def _log_refused(entry: Entry) -> None:
     log.warning("refused snapshot data at offset %s: %s", entry.offset, entry.error)
 
@@ -47,13 +62,14 @@ class _Chunks:
     """Turns one model's messages, in log order, into entries. With ``tails_expected`` (reading from
     the middle of the log) everything before the first chunk 0 is ignored."""
 
-    def __init__(self, tails_expected: bool) -> None:
+    def __init__(self, tails_expected: bool, verify: Callable[[Chunk], None] | None = None) -> None:
         self.first: int | None = None  # offset of the first chunk 0 seen
         self.head: int | None = None  # offset of the snapshot being assembled
-        self.newest_version: int | None = None
         self._tails_expected = tails_expected
         self._out: list[Entry] = []
-        self._assembler = Assembler(on_abandoned=lambda err: self._out.append(Entry(self.head, error=err)))
+        self._assembler = Assembler(
+            on_abandoned=lambda err: self._out.append(Entry(self.head, error=err)), verify=verify
+        )
 
     @property
     def pending(self) -> bool:
@@ -64,7 +80,6 @@ class _Chunks:
             chunk = decode_chunk(value)
         except SnapshotError as err:
             return [] if self._tails_expected and self.first is None else [Entry(offset, error=err)]
-        self.newest_version = max(self.newest_version or 0, chunk.meta.version)
         if chunk.index == 0 and self.first is None:
             self.first = offset
         if self._tails_expected and self.first is None:
@@ -92,12 +107,14 @@ class SnapshotLog:
         model_name: str,
         on_refused: Callable[[Entry], None] = _log_refused,
         timeout: float = 30.0,
+        verify: Callable[[Chunk], None] | None = None,
     ) -> None:
         self.topic = topic
         self.key = model_name.encode()
         self.timeout = timeout
         self.on_refused = on_refused
-        self.newest_version: int | None = None  # highest version in any envelope read so far
+        self.verify = verify  # the signature check (`stream_learner.snapshots.signing.Verifier`)
+        self.newest_version: int | None = None  # highest version of a verified snapshot read so far
         self.follow_from: int | None = None  # where new snapshots will appear, once the end was read
         self._position = 0
         self._consumer = Consumer(
@@ -176,29 +193,36 @@ class SnapshotLog:
 
     def _page(self, start: int, end: int | None, at_start: bool) -> tuple[list[Entry], int | None]:
         """Snapshots that begin in [start, end), in log order, and the offset where the first begins."""
-        chunks = _Chunks(tails_expected=not at_start)
+        chunks = _Chunks(tails_expected=not at_start, verify=self.verify)
         entries = [
             e for msg in self._messages(start, end) for e in chunks.add(msg.offset() or 0, msg.value())
         ]
-        if chunks.newest_version is not None:
-            self.newest_version = max(self.newest_version or 0, chunks.newest_version)
         if end is None:
             self.follow_from = chunks.head if chunks.pending and chunks.head is not None else self._position
         return entries, chunks.first
 
     def newest_first(self) -> Iterator[Entry]:
-        """Snapshots (and refusals), newest first, read backwards a page at a time."""
+        """Snapshots (and refusals), newest first, read backwards a page at a time. A snapshot whose
+        version is not below that of every verified snapshot after it is refused ("version")."""
         low, high = self.bounds()
         self.follow_from = high
         end: int | None = None
         cut, size = high, PAGE
+        below: int | None = None  # the lowest verified version after the current position
         while cut > low:
             start = max(low, cut - size)
             entries, first = self._page(start, end, at_start=start == low)
             if first is None and start > low:
                 size *= 2  # no snapshot begins in this page: read further back, the same end
                 continue
-            yield from reversed(entries)
+            for entry in reversed(entries):
+                snap = entry.snapshot
+                if snap is not None and below is not None and snap.meta.version >= below:
+                    entry = Entry(entry.offset, error=_out_of_order(snap.meta.version, entry.offset, below))
+                elif snap is not None:
+                    below = snap.meta.version
+                    self.newest_version = max(self.newest_version or 0, below)
+                yield entry
             if first is None or start == low:
                 return
             end = cut = first
@@ -217,6 +241,6 @@ class SnapshotLog:
 
     def follow(self, start: int, stop: threading.Event) -> Iterator[Entry]:
         """Snapshots as they are committed, from offset ``start`` on, until ``stop`` is set."""
-        chunks = _Chunks(tails_expected=False)
+        chunks = _Chunks(tails_expected=False, verify=self.verify)
         for msg in self._messages(start, None, stop):
             yield from chunks.add(msg.offset() or 0, msg.value())

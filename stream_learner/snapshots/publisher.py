@@ -21,6 +21,7 @@ from stream_learner.learning.learner import WindowResult
 from stream_learner.snapshots.format import (
     PartitionRange,
     Payload,
+    Sign,
     SnapshotKind,
     SnapshotMeta,
     encode,
@@ -60,6 +61,7 @@ class Publisher:
     version: int = 0
     committed_next: dict[int, int] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
+    sign: Sign | None = None  # signs every snapshot (`stream_learner.snapshots.signing.Signer`)
     last_result: WindowResult | None = None
     window_start_ms: int | None = None  # first window trained since the last snapshot
     window_end_ms: int | None = None  # end of the last window in the model (restored or trained)
@@ -101,7 +103,7 @@ class Publisher:
             encoded["started"] = time.perf_counter()
             encoded["payload"] = payload = encode_payload(state.tensors)
             encoded["chunks"] = 0
-            for message in encode(meta, payload, max_bytes):
+            for message in encode(meta, payload, max_bytes, self.sign):
                 encoded["chunks"] += 1
                 yield message
 
@@ -132,7 +134,7 @@ class Publisher:
             time.perf_counter() - encoded["started"],
         )
         if self.checkpoint is not None:
-            self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes))
+            self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes, self.sign))
 
     def _meta(self, kind: SnapshotKind, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
         topic = self.settings.input.topic

@@ -4,18 +4,16 @@ serving the last good model, and nothing is ever unpickled."""
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import pickle
 import uuid
 
-import fastavro
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings
 from stream_learner.serving.subscriber import ModelSubscriber
-from stream_learner.snapshots.format import SNAPSHOT_SCHEMA, decode_chunk
+from stream_learner.snapshots.format import decode_chunk
 from tests.snapshot_support import (
     SNAPSHOT_TOPIC_CONFIG,
     logistic_spec,
@@ -23,6 +21,7 @@ from tests.snapshot_support import (
     messages,
     meta,
     produce_raw,
+    reencode,
 )
 from tests.support import wait_for
 
@@ -33,15 +32,6 @@ class _Exploit:
 
     def __reduce__(self):
         return (open, (self.path, "w"))  # unpickling would create the file
-
-
-def _reencode(value: bytes, **changes: object) -> bytes:
-    """The envelope ``value`` with some fields changed (as a forger would)."""
-    record = fastavro.schemaless_reader(io.BytesIO(value), SNAPSHOT_SCHEMA, None)
-    record.update(changes)  # type: ignore[union-attr]
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, record)
-    return buf.getvalue()
 
 
 def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
@@ -64,9 +54,9 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
         "checksum": chunks(2, 0.2),
         "missing_chunk": chunks(3, 0.3),
         "truncated": chunks(4, 0.4),
-        "format_version": [_reencode(one_chunk[0], version=5, format_version=99)],
+        "format_version": [reencode(one_chunk[0], version=5, format_version=99)],
         "not_safetensors": [
-            _reencode(
+            reencode(
                 one_chunk[0],
                 version=6,
                 payload=pickled,
@@ -75,14 +65,14 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
             )
         ],
         # a forged spec that would need 2^40 rows per table: refused, nothing allocated
-        "spec": [_reencode(one_chunk[0], version=7, spec=logistic_spec(rows=1 << 40).to_json())],
+        "spec": [reencode(one_chunk[0], version=7, spec=logistic_spec(rows=1 << 40).to_json())],
     }
     flipped = bytearray(decode_chunk(bad["checksum"][1]).data)
     flipped[0] ^= 1
-    bad["checksum"][1] = _reencode(bad["checksum"][1], payload=bytes(flipped))
+    bad["checksum"][1] = reencode(bad["checksum"][1], payload=bytes(flipped))
     del bad["missing_chunk"][1]
     last = decode_chunk(bad["truncated"][-1])
-    bad["truncated"][-1] = _reencode(bad["truncated"][-1], payload=last.data[:-100])
+    bad["truncated"][-1] = reencode(bad["truncated"][-1], payload=last.data[:-100])
     assert len(bad["checksum"]) > 2 and len(bad["missing_chunk"]) > 1
 
     registry = CollectorRegistry()

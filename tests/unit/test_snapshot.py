@@ -15,7 +15,7 @@ from safetensors.torch import load as st_load
 
 from stream_learner.errors import SnapshotError
 from stream_learner.snapshots.format import (
-    FORMAT_VERSION,
+    SIGNED_FORMAT_VERSION,
     SNAPSHOT_SCHEMA,
     Assembler,
     PartitionRange,
@@ -185,7 +185,7 @@ def test_truncated_chunk_is_refused():
 
 def _raw_envelope(**overrides: object) -> bytes:
     record = {
-        "format_version": FORMAT_VERSION,
+        "format_version": SIGNED_FORMAT_VERSION,  # the layout SNAPSHOT_SCHEMA writes
         "model_name": "m",
         "version": 1,
         "kind": "FULL",
@@ -203,17 +203,18 @@ def _raw_envelope(**overrides: object) -> bytes:
         "payload_sha256": hashlib.sha256(b"").hexdigest(),
         "payload_size": 0,
         "payload": b"",
+        "signature": None,
         **overrides,
     }
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, record)
+    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA, record)  # the newest layout, signature and all
     return buf.getvalue()
 
 
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (_raw_envelope(format_version=FORMAT_VERSION + 1), "format_version"),
+        (_raw_envelope(format_version=SIGNED_FORMAT_VERSION + 1), "format_version"),
         (_raw_envelope(chunk_index=3, chunk_count=2), "missing_chunk"),
         (_raw_envelope(kind="DELTA"), "decode"),  # a delta must name its base
         (_raw_envelope() + b"\x00", "decode"),
