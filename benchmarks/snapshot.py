@@ -107,7 +107,7 @@ def measure(address: str, log2_rows: int) -> dict[str, object]:
             }
             print(log2_rows, kind, out[kind], flush=True)
     finally:
-        sink.close()
+        sink.close(60)
         group.close()
         delete_topics(address, [settings.snapshot.topic, settings.dead_letter.topic, settings.input.topic])
     full, part = out["full"], out["delta"]

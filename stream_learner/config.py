@@ -12,9 +12,20 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_learner.errors import ConfigError
@@ -25,6 +36,40 @@ ENV_DELIMITER = "__"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: Words in a librdkafka property name that say its value is a secret (``kafka.extra``).
+SECRET_WORDS = (
+    "password", "passphrase", "secret", "token", "key", "credential", "oauthbearer.config", "jaas",
+)  # fmt: skip
+
+
+def names_a_secret(key: str) -> bool:
+    """Whether a librdkafka property named ``key`` carries a secret (its value is never shown)."""
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if "@" not in parts.netloc:
+        return url.strip()
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+class _Urls(str):
+    """One URL, or several comma-separated, that may carry credentials (``https://user:pw@host/``):
+    the value is the URLs as given (for the clients that use them); its repr, and the settings shown
+    by `stream-learner config`, replace the credentials with ``***``."""
+
+    def shown(self) -> str:
+        return ",".join(_without_credentials(url) for url in self.split(","))
+
+    def __repr__(self) -> str:
+        return repr(self.shown())
+
+
+#: URLs whose credentials are never shown (repr, JSON dump), whatever prints the settings.
+SecretUrl = Annotated[str, AfterValidator(_Urls), PlainSerializer(_Urls.shown, when_used="json")]
 
 
 class KafkaSettings(_Section):
@@ -46,9 +91,24 @@ class KafkaSettings(_Section):
     ssl_certificate_location: str | None = Field(None, description="ssl.certificate.location (mutual TLS).")
     ssl_key_location: str | None = Field(None, description="ssl.key.location (mutual TLS).")
     ssl_key_password: SecretStr | None = Field(None, description="ssl.key.password; through the environment.")
-    extra: dict[str, str] = Field(
-        default_factory=dict, description="Further librdkafka properties passed to every client as they are."
+    extra: dict[str, str | SecretStr] = Field(
+        default_factory=dict,
+        description="Further librdkafka properties passed to every client as they are; the values of those "
+        "whose name says they are secret (password, secret, token, key, oauthbearer.config, ...) are never "
+        "shown or logged.",
     )
+    startup_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="At start, a broker must answer and the input topic must exist within this time, or "
+        "the job exits 2 naming the address or the topic; Kafka metadata and offset requests at start wait "
+        "as long.",
+    )
+
+    @field_validator("extra", mode="after")
+    @classmethod
+    def _hide_secrets(cls, extra: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
+        return {k: SecretStr(v) if isinstance(v, str) and names_a_secret(k) else v for k, v in extra.items()}
 
     def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties for a client of this cluster (secrets revealed only here)."""
@@ -67,7 +127,8 @@ class KafkaSettings(_Section):
             "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
         }
         conf.update({k: v for k, v in optional.items() if v is not None})
-        conf.update(self.extra)
+        extra = self.extra.items()
+        conf.update({k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in extra})
         return conf
 
 
@@ -84,10 +145,11 @@ class InputSettings(_Section):
     writer_schema: Path | None = Field(
         None, description="Writer schema file for plain Avro; default: bundled."
     )
-    schema_registry_url: str | None = Field(
+    schema_registry_url: SecretUrl | None = Field(
         None,
         description="Schema Registry for input.format confluent; several comma-separated URLs of one "
-        "registry are tried in turn (a network error, timeout or 5xx moves on to the next).",
+        "registry are tried in turn (a network error, timeout or 5xx moves on to the next); credentials "
+        "in them are never shown.",
     )
     schema_registry_username: str | None = Field(None, description="HTTP basic auth for the registry.")
     schema_registry_password: SecretStr | None = Field(None, description="HTTP basic auth password.")
@@ -135,6 +197,15 @@ class ValidationSettings(_Section):
     max_age_seconds: float = Field(30 * 86400.0, gt=0, description="Older events are invalid.")
     max_future_skew_seconds: float = Field(300.0, ge=0, description="Events further ahead are invalid.")
     max_id_bytes: int = Field(1024, gt=0, description="Longer user or item ids (UTF-8 bytes) are invalid.")
+    max_event_type_bytes: int = Field(
+        64, gt=0, description="Longer event types (UTF-8 bytes) are invalid (reason field_too_long)."
+    )
+    max_context_bytes: int = Field(
+        1024,
+        gt=0,
+        description="Longer context keys or values (UTF-8 bytes), used as fields or not, are invalid "
+        "(reason field_too_long).",
+    )
 
 
 class WindowSettings(_Section):
@@ -320,6 +391,28 @@ class SnapshotSettings(_Section):
     checkpoint_dir: Path | None = Field(
         None, description="Also keep snapshots here; restored from when it holds the newest version."
     )
+    signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key that signs every snapshot (base64 of the 32-byte key, or PEM); "
+        "only in the learner's environment (see docs/operations.md, Snapshot signing).",
+    )
+    verify_key: str | None = Field(
+        None,
+        description="Ed25519 public key (base64 of 32 bytes, or PEM; several comma-separated while keys are "
+        "rotated) that snapshot signatures are checked with, besides the public half of "
+        "snapshot.signing_key. A snapshot whose signature matches none is refused.",
+    )
+    require_signature: bool = Field(
+        False,
+        description="Refuse unsigned snapshots too (learner restore, subscriber, CLI); needs "
+        "snapshot.verify_key or snapshot.signing_key.",
+    )
+
+    @model_validator(mode="after")
+    def _key_to_require(self) -> SnapshotSettings:
+        if self.require_signature and self.verify_key is None and self.signing_key is None:
+            raise ValueError("snapshot.require_signature needs snapshot.verify_key (or snapshot.signing_key)")
+        return self
 
 
 class DeliverySettings(_Section):
@@ -331,6 +424,32 @@ class DeliverySettings(_Section):
     transaction_timeout_ms: int = Field(
         600_000, gt=0, description="transaction.timeout.ms; at most the broker's transaction.max.timeout.ms."
     )
+    stall_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A snapshot commit that makes no progress for this long (the broker is away) turns "
+        "/readyz 503 and stream_learner_active 0 until a commit progresses again.",
+    )
+    commit_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A snapshot commit that makes no progress for this long ends the job with exit code 4, "
+        "so that its restart or the standby resumes from the last commit; also bounds each Kafka call of "
+        "the producer.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="On SIGTERM, or when leaving after a failure: finishing the window in training, the "
+        "final snapshot and closing take at most this long; then the process exits (4) whatever is left. "
+        "Keep the supervisor's grace period (terminationGracePeriodSeconds) above it.",
+    )
+
+    @model_validator(mode="after")
+    def _stall_before_timeout(self) -> DeliverySettings:
+        if self.stall_seconds >= self.commit_timeout_seconds:
+            raise ValueError("delivery.stall_seconds must be below delivery.commit_timeout_seconds")
+        return self
 
 
 class MetricsSettings(_Section):

@@ -2,12 +2,14 @@
 
     StreamLearnerError
     ├── ConfigError             a setting is missing or invalid; names the setting (CLI exit code 2)
-    │   └── WarmStartError      a warm-start source, or a restored snapshot, does not fit the model
+    │   ├── WarmStartError      a warm-start source, or a restored snapshot, does not fit the model
+    │   └── StartupError        at start, no broker answered or the input topic is missing (exit code 2)
     ├── SchemaError             an input schema cannot be used
     │   ├── UnknownSchema       the Schema Registry has no schema with that id (the message is dead-lettered)
     │   └── IncompatibleSchema  a writer schema cannot be read as a UserEvent (the message is dead-lettered)
     ├── RegistryUnavailable     the Schema Registry did not answer or refused us (the job stops)
-    ├── BrokerError             Kafka could not be reached, or answered with an error
+    ├── BrokerError             Kafka could not be reached, or answered with an error (exit code 4)
+    │   └── CommitStalled       a snapshot commit made no progress within delivery.commit_timeout_seconds
     ├── SnapshotError           a snapshot was refused (checksum, chunks, format, ...); has a reason
     └── OwnershipLost           another instance took over this model (fenced, or the lease was revoked)
 
@@ -55,6 +57,15 @@ class WarmStartError(ConfigError):
     """A warm-start source (``warm_start.*``) or a restored snapshot does not fit the configured model."""
 
 
+class StartupError(ConfigError):
+    """What the settings point at is not there at start: no broker answered at
+    ``kafka.bootstrap_servers``, or the input topic does not exist."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(setting, problem)
+        self.args = (f"{setting}: {problem}",)  # not "invalid setting": the setting may well be right
+
+
 class SchemaError(StreamLearnerError):
     """An Avro schema the input is written with cannot be used."""
 
@@ -73,6 +84,12 @@ class RegistryUnavailable(StreamLearnerError):
 
 class BrokerError(StreamLearnerError):
     """A Kafka client failed: the broker is unreachable, a topic is missing, or a request failed."""
+
+
+class CommitStalled(BrokerError):
+    """A snapshot commit made no progress for ``delivery.commit_timeout_seconds``: this instance cannot
+    commit (the broker is away, or a transactional call hangs) and leaves, so that a restart or the
+    standby resumes from the last commit."""
 
 
 class SnapshotError(StreamLearnerError):

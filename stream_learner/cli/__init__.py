@@ -14,11 +14,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stream_learner.cli.common import EXIT_CONFIG, EXIT_NOT_DELIVERED, EXIT_OWNERSHIP, install_signal_handlers
+from stream_learner.cli.common import (
+    EXIT_CONFIG,
+    EXIT_NOT_DELIVERED,
+    EXIT_OWNERSHIP,
+    EXIT_UNAVAILABLE,
+    install_signal_handlers,
+    watch_leaving,
+)
 from stream_learner.cli.demo import demo
 from stream_learner.cli.parser import parse
 from stream_learner.cli.reference import render
-from stream_learner.cli.snapshots import recommend, snapshots
+from stream_learner.cli.snapshots import keygen, recommend, snapshots
 from stream_learner.config import Settings, load_settings
 from stream_learner.errors import BrokerError, ConfigError, OwnershipLost
 from stream_learner.runtime.app import App
@@ -37,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "produce":
             return _produce(load_settings(args.config), args)
         if args.command == "snapshots":
-            return snapshots(load_settings(args.config), args)
+            return keygen() if args.action == "keygen" else snapshots(load_settings(args.config), args)
         if args.command == "recommend":
             return recommend(load_settings(args.config), args)
         if args.command == "config":
@@ -50,22 +57,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OwnershipLost as err:
         log.error("stopping: %s", err)
         return EXIT_OWNERSHIP
+    except BrokerError as err:
+        log.error("stopping: %s; a restart resumes from the last commit", err)
+        return EXIT_UNAVAILABLE
 
 
 def _shown(settings: Settings) -> str:
-    """The settings as JSON; secrets hidden, also librdkafka extras whose name says they are secret."""
-    data = settings.model_dump(mode="json")
-    extra = data["kafka"]["extra"]
-    for key in extra:
-        if any(word in key for word in ("password", "secret", "token", "key")):
-            extra[key] = "**********"
-    return json.dumps(data, indent=2)
+    """The settings as JSON. Secrets are secret by type (`SecretStr`, credentials of URLs, librdkafka
+    extras whose name says they are secret), so they show masked."""
+    return json.dumps(settings.model_dump(mode="json"), indent=2)
 
 
 def _run(settings: Settings, exit_when_idle: bool) -> int:
     app = App(settings)
     install_signal_handlers(app)
-    summary = app.run(exit_when_idle=exit_when_idle)
+    watching = watch_leaving(app)
+    try:
+        summary = app.run(exit_when_idle=exit_when_idle)
+    finally:
+        watching.set()
     log.info("stopped: %s", summary)
     return 0
 

@@ -1,9 +1,15 @@
-"""What the CLI's commands share: exit codes and the signal handlers of a running job."""
+"""What the CLI's commands share: exit codes, the signal handlers of a running job, and the deadline
+by which a leaving job is gone."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import signal
+import sys
+import threading
+import time
 
 from stream_learner.runtime.app import App
 
@@ -13,15 +19,46 @@ EXIT_NOT_FOUND = 1
 EXIT_NOT_DELIVERED = 1  # produce: the broker did not acknowledge every event
 EXIT_CONFIG = 2
 EXIT_OWNERSHIP = 3
+#: Kafka failed the running job (a commit stalled, a transactional call failed), or it did not
+#: leave within ``delivery.shutdown_timeout_seconds``: a restart resumes from the last commit.
+EXIT_UNAVAILABLE = 4
 
 
 def install_signal_handlers(app: App) -> None:
     def handle(signum: int, _frame: object) -> None:
         log.info(
-            "received %s: finishing the current window, publishing, committing", signal.Signals(signum).name
+            "received %s: finishing the current window, publishing, committing (at most %.0f s)",
+            signal.Signals(signum).name,
+            app.settings.delivery.shutdown_timeout_seconds,
         )
         app.request_stop()
         signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+def watch_leaving(app: App) -> threading.Event:
+    """End the process (exit code 4, the threads' stacks on stderr) when the job began to leave
+    (a stop request or a failure) more than ``delivery.shutdown_timeout_seconds`` ago and is still
+    there: a thread stuck in a Kafka call never holds it up longer. Set the event returned once
+    `App.run` is over."""
+    budget = app.settings.delivery.shutdown_timeout_seconds
+    over = threading.Event()
+
+    def watch() -> None:
+        while not over.wait(0.5):
+            since = app.leaving_since
+            if since is not None and time.monotonic() - since > budget:
+                log.error(
+                    "the job did not leave within %.0f s (delivery.shutdown_timeout_seconds); "
+                    "exiting now, without a final commit",
+                    budget,
+                )
+                faulthandler.dump_traceback(all_threads=True)
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(EXIT_UNAVAILABLE)
+
+    threading.Thread(target=watch, name="leave-deadline", daemon=True).start()
+    return over

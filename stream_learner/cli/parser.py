@@ -120,6 +120,7 @@ def build() -> argparse.ArgumentParser:
     inspect = command(ssub, "inspect", "one snapshot's envelope, learner state and tensors, as JSON")
     _model_flags(inspect)
     inspect.add_argument("--version", type=int, help="the version to show (default: the newest)")
+    command(ssub, "keygen", "a new Ed25519 key pair for snapshot.signing_key and snapshot.verify_key")
 
     rec = command(sub, "recommend", "the best items for a user, from the newest committed model")
     _model_flags(rec)

@@ -33,6 +33,8 @@ printed or logged; pass them through the environment.
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{json.dumps(a)}`" for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -41,7 +43,7 @@ def _type_name(annotation: Any) -> str:
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
     if annotation is type(None):
         return "none"
-    if annotation is SecretStr:
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
         return "string (*secret*)"
     if annotation is Path:
         return "path"

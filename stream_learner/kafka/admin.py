@@ -1,16 +1,55 @@
-"""Topic administration: the topics the learner writes to are created with the configs they need."""
+"""Topic administration: the cluster and the input topic checked at start, the topics the learner
+writes to created with the configs they need, and the message size a topic takes."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stream_learner.config import KafkaSettings, Settings
+from stream_learner.errors import BrokerError, StartupError
 
 log = logging.getLogger(__name__)
+
+
+def check_cluster(settings: Settings) -> None:
+    """Fail fast, before anything is created: a broker must answer within
+    ``kafka.startup_timeout_seconds`` and the input topic must exist (`StartupError` naming the
+    address or the topic). The probe's own librdkafka logging is off: the error says it all."""
+    kafka, timeout = settings.kafka, settings.kafka.startup_timeout_seconds
+    admin = AdminClient({**kafka.client_config(), "log_level": 0})
+    try:
+        topics = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        reason = err.str() if isinstance(err, KafkaError) else str(exc)
+        raise StartupError(
+            "kafka.bootstrap_servers",
+            f"no broker at {kafka.bootstrap_servers} answered within {timeout:g} s ({reason})",
+        ) from None
+    topic = topics.get(settings.input.topic)
+    if topic is None or topic.error is not None:
+        raise StartupError(
+            "input.topic",
+            f"topic {settings.input.topic!r} does not exist on {kafka.bootstrap_servers} "
+            "(or this principal may not describe it)",
+        )
+
+
+def max_message_bytes(settings: Settings, topic: str) -> int:
+    """The largest message ``topic`` takes: its ``max.message.bytes`` (the broker's
+    ``message.max.bytes`` unless the topic overrides it)."""
+    admin = AdminClient(settings.kafka.client_config())
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    timeout = settings.kafka.startup_timeout_seconds
+    try:
+        configs = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"reading the configs of {topic}: {exc}") from None
+    return int(configs["max.message.bytes"].value)
 
 
 def snapshot_topic_config(settings: Settings) -> dict[str, str]:
@@ -22,9 +61,10 @@ def snapshot_topic_config(settings: Settings) -> dict[str, str]:
     }
 
 
-def ensure_topics(settings: Settings, input_partitions: int | None = None, timeout: float = 30.0) -> None:
+def ensure_topics(settings: Settings, input_partitions: int | None = None) -> None:
     """Create the snapshot topic (one partition: versions are ordered) and the dead-letter topic
     when missing; create the input topic only when ``input_partitions`` is given (demo, benchmarks)."""
+    timeout = settings.kafka.startup_timeout_seconds
     admin = AdminClient(settings.kafka.client_config())
     wanted = [
         NewTopic(settings.snapshot.topic, 1, config=snapshot_topic_config(settings)),
@@ -39,8 +79,8 @@ def ensure_topics(settings: Settings, input_partitions: int | None = None, timeo
             future.result(timeout)
             log.info("created topic %s", topic)
         except KafkaException as exc:
-            if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
-                raise
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"creating topic {topic}: {exc.args[0].str()}") from None
     partitions = _partitions_once_visible(admin, settings.snapshot.topic, timeout)
     if partitions != 1:
         raise RuntimeError(

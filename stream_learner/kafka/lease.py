@@ -32,6 +32,7 @@ class Lease:
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._on_change = on_change
         self.owned = False
+        self.lost = False  # the lease went away unasked: no heartbeat reached the coordinator in time
         self._closing = False
         self._admin_config: dict[str, str | int | float | bool] = {**settings.kafka.client_config()}
         max_poll = settings.input.max_poll_interval_ms
@@ -48,7 +49,7 @@ class Lease:
             }
         )
         self._consumer.subscribe(
-            [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -63,6 +64,19 @@ class Lease:
         if partitions:
             consumer.incremental_unassign(partitions)
             self._set(False)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.lost = self.lost or bool(partitions)
+        self._revoked(consumer, partitions)
+
+    def why_not_owned(self) -> str:
+        """Why the lease is gone, for the log line the job leaves with."""
+        if self.lost:
+            return (
+                "the model lease was lost: no heartbeat reached the group coordinator within the session "
+                "timeout (is the broker reachable?)"
+            )
+        return "the model lease was revoked: another instance is taking over"
 
     def _set(self, owned: bool) -> None:
         if owned != self.owned:

@@ -14,6 +14,14 @@ in that snapshot's transaction, as the offsets it is committed with require. At 
 `MAX_QUEUED_SNAPSHOTS` snapshots wait at a time (their state copies are held in memory). A failure
 there (a produce or commit error, a fence) is raised on the caller's thread at its next call, and
 ends the job: the restart recovers from the last committed snapshot.
+
+Every wait is bounded. The sink notes each step of progress (a message queued or acknowledged, a
+transactional call done); queued work that made no progress for ``delivery.stall_seconds`` says the
+instance cannot commit (`stalled_for`, read by /readyz), and for ``delivery.commit_timeout_seconds``
+fails the job (`CommitStalled`), whether the broker is away or a call hangs inside librdkafka (its
+``send_offsets_to_transaction`` can ignore its timeout once the group coordinator went away,
+confluentinc/librdkafka#5456). Retriable errors of the transactional calls are retried until then;
+an error that needs an abort aborts and fails the job. See docs/decisions/broker-outages.md.
 """
 
 from __future__ import annotations
@@ -21,16 +29,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from stream_learner.config import Settings
-from stream_learner.errors import OwnershipLost
+from stream_learner.errors import BrokerError, CommitStalled, OwnershipLost
 
 log = logging.getLogger(__name__)
 
-FLUSH_TIMEOUT = 60.0
 MAX_QUEUED_SNAPSHOTS = 2
 #: Bound on the producer's local queue (librdkafka copies each message until it is acknowledged).
 MIN_QUEUE_KBYTES = 256 << 10
@@ -43,19 +51,29 @@ def transactional_id(settings: Settings) -> str:
 class Sink:
     """Producer of snapshot chunks and dead letters, and the committer of input offsets."""
 
-    def __init__(self, settings: Settings, commit_offsets: Callable[[dict[int, int]], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        commit_offsets: Callable[[dict[int, int]], None],
+        dead_letter_bytes: int | None = None,
+    ) -> None:
+        """``dead_letter_bytes``: the largest message the dead-letter topic takes (its
+        ``max.message.bytes``, `stream_learner.kafka.admin.max_message_bytes`); default: as large as
+        a snapshot message."""
         self.exactly_once = settings.delivery.mode == "exactly_once"
         self.snapshot_topic = settings.snapshot.topic
         self.dead_letter_topic = settings.dead_letter.topic
         self.input_topic = settings.input.topic
+        self.timeout = settings.delivery.commit_timeout_seconds
         self._commit_offsets = commit_offsets
+        message_max = max(settings.snapshot.max_message_bytes + (1 << 20), dead_letter_bytes or 0)
+        #: The largest dead letter the producer and the dead-letter topic take, framing included.
+        self.max_dead_letter_bytes = dead_letter_bytes or message_max
         conf: dict[str, object] = {
             **settings.kafka.client_config(),
             "enable.idempotence": True,
-            "message.max.bytes": settings.snapshot.max_message_bytes + (1 << 20),
-            "queue.buffering.max.kbytes": max(
-                MIN_QUEUE_KBYTES, 4 * settings.snapshot.max_message_bytes >> 10
-            ),
+            "message.max.bytes": message_max,
+            "queue.buffering.max.kbytes": max(MIN_QUEUE_KBYTES, 4 * message_max >> 10),
             "linger.ms": 5,
         }
         if self.exactly_once:
@@ -69,20 +87,25 @@ class Sink:
         self._failure: BaseException | None = None
         self._reported = False
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._unfinished = 0  # jobs queued or running
+        self._progress = time.monotonic()  # the last step of progress, or when work arrived
 
     def start(self) -> None:
         """Register the transactional id (fencing any older instance of this model and aborting its
         open transaction), then start the sink's thread."""
         if self.exactly_once:
             try:
-                self._producer.init_transactions(FLUSH_TIMEOUT)
+                self._producer.init_transactions(self.timeout)
             except KafkaException as exc:
-                raise _ownership_or(exc) from exc
+                raise _failure(exc, "registering the transactional id") from exc
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self._thread.start()
 
     # -- the caller's side ---------------------------------------------------------------------
-    def dead_letter(self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+    def dead_letter(
+        self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
         """Queue one rejected input message, as it was, with headers saying why."""
         self._submit(lambda: self._dead_letter(value, key, headers))
 
@@ -98,37 +121,68 @@ class Sink:
         with ``offsets`` (next offset per input partition); ``committed`` is called after the commit.
         Waits while `MAX_QUEUED_SNAPSHOTS` snapshots are queued."""
         while not self._room.acquire(timeout=0.2):
+            if self._failure is not None and self._reported:
+                raise self._failure
             self.poll()
         self._submit(lambda: self._publish(chunks, key, offsets, group_metadata, committed))
 
     def poll(self) -> None:
-        """Raise the sink thread's failure, if there was one."""
+        """Raise the sink thread's failure, if there was one, or `CommitStalled` once queued work made
+        no progress for ``delivery.commit_timeout_seconds``."""
+        stalled = self.stalled_for()
+        if self._failure is None and stalled >= self.timeout:
+            self._failure = CommitStalled(
+                f"no progress committing to Kafka for {stalled:.0f} s "
+                "(delivery.commit_timeout_seconds): the broker is unreachable or a transaction hangs"
+            )
         if self._failure is not None and not self._reported:
             self._reported = True
             raise self._failure
 
-    def close(self) -> None:
-        """Finish the queued work, abort what was not committed (it is produced again on replay),
-        flush, and raise a failure not reported yet."""
+    def stalled_for(self) -> float:
+        """Seconds that queued work has made no progress (0 when there is none)."""
+        with self._lock:
+            return time.monotonic() - self._progress if self._unfinished else 0.0
+
+    def close(self, timeout: float) -> None:
+        """Finish the queued work within ``timeout`` seconds, abort what was not committed (it is
+        produced again on replay), flush, and raise a failure not reported yet. Work that stalled or
+        failed is abandoned at once: the next instance's `start` aborts its transaction."""
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._jobs.put(None)
-            self._thread.join(4 * FLUSH_TIMEOUT)
+            self._thread.join(0.1)
+            while (
+                self._thread.is_alive()
+                and time.monotonic() < deadline
+                and self._failure is None
+                and self.stalled_for() < self.timeout
+            ):
+                self._thread.join(0.2)
             if self._thread.is_alive():
-                log.error("the sink did not finish its queued work in time; it is abandoned")
+                log.error("the sink's work did not finish; it is abandoned (nothing more is committed)")
+                self.poll()
                 return
-        if self._in_transaction:
+        if self._in_transaction and self._failure is None:
             try:
-                self._producer.abort_transaction(FLUSH_TIMEOUT)
+                self._producer.abort_transaction(max(1.0, min(self.timeout, deadline - time.monotonic())))
             except KafkaException as exc:
                 log.warning("could not abort the open transaction: %s", exc)
             self._in_transaction = False
         if self._failure is None:  # after a fatal error (fenced) the producer delivers nothing more
-            self._producer.flush(FLUSH_TIMEOUT)
+            self._producer.flush(max(0.0, deadline - time.monotonic()))
         self.poll()
 
     def _submit(self, job: Callable[[], None]) -> None:
         self.poll()
+        with self._lock:
+            if not self._unfinished:
+                self._progress = time.monotonic()  # the clock starts when work arrives
+            self._unfinished += 1
         self._jobs.put(job)
+
+    def _progressed(self) -> None:
+        self._progress = time.monotonic()
 
     # -- the sink's thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -143,6 +197,9 @@ class Sink:
                 return
             if self._failure is None:
                 self._guarded(item)
+            with self._lock:
+                self._unfinished -= 1
+                self._progress = time.monotonic()
 
     def _guarded(self, job: Callable[[], object]) -> None:
         """Run ``job``; keep its failure for the polling loop (a fenced producer fails even in poll)."""
@@ -150,7 +207,8 @@ class Sink:
             job()
         except BaseException as exc:
             log.error("sink failed: %s", exc)
-            self._failure = exc
+            if self._failure is None:  # not after `poll` declared it stalled
+                self._failure = exc
 
     def _begin(self) -> None:
         if self.exactly_once and not self._in_transaction:
@@ -160,8 +218,12 @@ class Sink:
     def _delivered(self, err: KafkaError | None, _msg: object) -> None:
         if err is not None:
             self._errors.append(err)
+        else:
+            self._progressed()
 
-    def _dead_letter(self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+    def _dead_letter(
+        self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
         self._begin()
         self._produce(self.dead_letter_topic, value, key, headers)
 
@@ -170,13 +232,14 @@ class Sink:
         topic: str,
         value: bytes | None,
         key: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
     ) -> None:
         while True:
             try:
                 self._producer.produce(
                     topic, value=value, key=key, headers=list(headers or ()), on_delivery=self._delivered
                 )
+                self._progressed()
                 return
             except BufferError:
                 self._producer.poll(0.1)  # local queue full: let deliveries drain
@@ -195,26 +258,55 @@ class Sink:
                 self._produce(self.snapshot_topic, chunk, key)
             if self.exactly_once:
                 tps = [TopicPartition(self.input_topic, p, o) for p, o in offsets.items()]
-                try:
-                    self._producer.send_offsets_to_transaction(tps, group_metadata, FLUSH_TIMEOUT)
-                    self._producer.commit_transaction(FLUSH_TIMEOUT)
-                except KafkaException as exc:
-                    raise _ownership_or(exc) from exc
+                self._transactional(
+                    "sending the offsets",
+                    lambda: self._producer.send_offsets_to_transaction(tps, group_metadata, self.timeout),
+                )
+                self._transactional("committing", lambda: self._producer.commit_transaction(self.timeout))
                 self._in_transaction = False
                 self._errors.clear()
             else:
-                remaining = self._producer.flush(FLUSH_TIMEOUT)
+                remaining = self._producer.flush(self.timeout)
                 if remaining or self._errors:
                     errors, self._errors = self._errors, []
-                    raise KafkaException(errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT))
+                    error = errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT)
+                    raise BrokerError(f"publishing a snapshot: {error.str()}")
                 self._commit_offsets(offsets)
             committed()
         finally:
             self._room.release()
 
+    def _transactional(self, what: str, call: Callable[[], None]) -> None:
+        """Run a transactional call: retry it while it fails with a retriable error (the broker is
+        away: `poll` ends the job if that lasts); abort the transaction when the error requires it."""
+        while True:
+            try:
+                call()
+                self._progressed()
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if not isinstance(err, KafkaError):
+                    raise
+                retry = err.retriable() and not err.txn_requires_abort() and not err.fatal()
+                if retry and self._failure is None:
+                    log.warning("%s did not complete (%s); trying again", what, err.str())
+                    continue
+                if err.txn_requires_abort():
+                    self._abort()
+                raise _failure(exc, what) from exc
 
-def _ownership_or(exc: KafkaException) -> Exception:
-    """A fenced producer means another instance took over this model."""
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction(self.timeout)
+            self._in_transaction = False
+        except KafkaException as exc:
+            log.warning("could not abort the transaction: %s", exc)
+
+
+def _failure(exc: KafkaException, what: str) -> Exception:
+    """What a failed transactional call means: a fenced producer, that another instance took over
+    this model; anything else, that Kafka failed us."""
     err = exc.args[0] if exc.args else None
     if isinstance(err, KafkaError) and err.code() in (
         KafkaError._FENCED,
@@ -222,4 +314,5 @@ def _ownership_or(exc: KafkaException) -> Exception:
         KafkaError.INVALID_PRODUCER_EPOCH,
     ):
         return OwnershipLost(f"fenced by a newer instance: {err.str()}")
-    return exc
+    detail = err.str() if isinstance(err, KafkaError) else str(exc)
+    return BrokerError(f"{what} failed: {detail}")

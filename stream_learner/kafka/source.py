@@ -13,6 +13,7 @@ from operator import methodcaller
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream_learner.config import Settings
+from stream_learner.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class Source:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.input.topic
         self._max_batch = settings.input.max_batch
+        self._timeout = settings.kafka.startup_timeout_seconds
         conf = {
             **settings.kafka.client_config(),
             "group.id": settings.input.group_id,
@@ -51,13 +53,19 @@ class Source:
     def start(self, resume: dict[int, int]) -> dict[int, int]:
         """Assign all partitions: from ``resume`` where given, else the group's committed offset,
         else the beginning. Returns the start offset of each partition."""
-        meta = self._consumer.list_topics(self.topic, timeout=30)
+        try:
+            return self._start(resume)
+        except KafkaException as exc:
+            raise BrokerError(f"reading the offsets of {self.topic}: {exc.args[0]}") from None
+
+    def _start(self, resume: dict[int, int]) -> dict[int, int]:
+        meta = self._consumer.list_topics(self.topic, timeout=self._timeout)
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise KafkaException(topic.error if topic else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
         self.partitions = sorted(topic.partitions)
         committed = self._consumer.committed(
-            [TopicPartition(self.topic, p) for p in self.partitions], timeout=30
+            [TopicPartition(self.topic, p) for p in self.partitions], timeout=self._timeout
         )
         starts: dict[int, int] = {}
         for tp in committed:
@@ -67,7 +75,7 @@ class Source:
                 starts[tp.partition] = tp.offset
             else:
                 low, _ = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, tp.partition), timeout=30
+                    TopicPartition(self.topic, tp.partition), timeout=self._timeout
                 )
                 starts[tp.partition] = low
         self._consumer.assign([TopicPartition(self.topic, p, starts[p]) for p in self.partitions])

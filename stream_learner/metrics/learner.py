@@ -33,6 +33,17 @@ class Metrics:
             registry=r,
         )
         self.dead_letters = Counter(f"{P}dead_letters", "Messages sent to the dead-letter topic.", registry=r)
+        self.dead_letters_truncated = Counter(
+            f"{P}dead_letters_truncated",
+            "Dead letters cut to fit the dead-letter topic (their size and sha256 in headers).",
+            registry=r,
+        )
+        self.snapshots_refused = Counter(
+            f"{P}snapshots_refused",
+            "Snapshots the learner's restore skipped because they did not verify, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.windows_trained = Counter(f"{P}windows_trained", "Windows trained on.", registry=r)
         self.windows_skipped = Counter(
             f"{P}windows_skipped", "Windows not applied to the model, by reason.", ["reason"], registry=r
@@ -83,7 +94,11 @@ class Metrics:
         self.model_version = Gauge(f"{P}model_version", "Version of the last committed snapshot.", registry=r)
         self.rebalances = Counter(f"{P}rebalances", "Ownership changes seen.", registry=r)
         self.paused_partitions = Gauge(f"{P}paused_partitions", "Input partitions paused.", registry=r)
-        self.active = Gauge(f"{P}active", "1 when this instance owns the model, 0 on standby.", registry=r)
+        self.active = Gauge(
+            f"{P}active",
+            "1 when this instance owns the model and can commit; 0 on standby or while commits stall.",
+            registry=r,
+        )
         self.model_info = Info(
             f"{P}model", "The model this instance learns: name, kind, package version.", registry=r
         )

@@ -4,6 +4,11 @@
 model) and loops one line per step. A signal handler only calls `request_stop`. Offsets are committed
 only together with the snapshot whose model includes them (see `Commits.frontier`), so in the
 committed history each event is trained exactly once.
+
+Leaving is bounded: from a stop request, or from a failure, finishing and closing take at most
+``delivery.shutdown_timeout_seconds`` (`leaving_since` tells a watchdog when leaving began). While a
+snapshot commit makes no progress for ``delivery.stall_seconds`` the instance is not ready and not
+active (`ready`, ``stream_learner_active``).
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from dataclasses import dataclass
 
 from stream_learner import __version__
 from stream_learner.config import Settings
-from stream_learner.errors import OwnershipLost
+from stream_learner.errors import OwnershipLost, SnapshotError
 from stream_learner.ingest.codec import make_decoder
 from stream_learner.ingest.windowing import make_windower
-from stream_learner.kafka.admin import ensure_topics
+from stream_learner.kafka.admin import check_cluster, ensure_topics, max_message_bytes
 from stream_learner.kafka.lease import Lease
 from stream_learner.kafka.sink import Sink
 from stream_learner.kafka.source import Source
@@ -31,7 +36,7 @@ from stream_learner.runtime.commits import Commits
 from stream_learner.runtime.intake import Intake
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.runtime.worker import Worker
-from stream_learner.snapshots import warmstart
+from stream_learner.snapshots import signing, warmstart
 from stream_learner.snapshots.checkpoints import Checkpoints
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.recovery import restore
@@ -40,6 +45,9 @@ from stream_learner.snapshots.state import StateCopier
 log = logging.getLogger(__name__)
 
 __all__ = ["App", "Summary"]
+
+#: Seconds of the shutdown budget kept for closing the Kafka clients after the final snapshot.
+CLOSE_RESERVE = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,44 +79,72 @@ class App:
         self.summary = Summary()
         self._stop = threading.Event()
         self._ready = False
+        self._sink: Sink | None = None  # once active: whether it can commit says whether this is ready
+        self._owned = False
+        self._leaving: float | None = None  # monotonic time the job began to leave
         self._beat = time.monotonic()  # the last turn of the loop, for /healthz
         self.learner: Learner | None = None  # the active model, once this instance owns it
+        self.metrics.active.set_function(lambda: 1.0 if self.ready() else 0.0)
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current step (safe from a signal handler)."""
+        if self._leaving is None:
+            self._leaving = time.monotonic()
         self._stop.set()
+
+    @property
+    def leaving_since(self) -> float | None:
+        """The monotonic time the job began to leave (a stop request or a failure), else None."""
+        return self._leaving
 
     def run(
         self, exit_when_idle: bool = False, on_progress: Callable[[Summary], None] | None = None
     ) -> Summary:
         started = time.monotonic()
-        with ExitStack() as stack:
-            p = self._start(stack)
-            if p is None:  # asked to stop while standing by
-                return self.summary
-            self._ready = True
-            while not self._stop.is_set():
-                self._beat = time.monotonic()
-                self._check_lease(p.lease)
-                p.commits.submit(p.intake.step())
-                p.intake.backpressure(p.worker.queued)
-                p.commits.collect()
-                p.commits.snapshot_if_due()
-                p.sink.poll()
-                p.reporter.report(on_progress)
-                if exit_when_idle and p.commits.idle():
-                    break
+        try:
+            with ExitStack() as stack:
+                p = self._start(stack)
+                if p is None:  # asked to stop while standing by
+                    return self.summary
+                self._ready = True
+                while not self._stop.is_set():
+                    self._beat = time.monotonic()
+                    self._check_lease(p.lease)
+                    p.commits.submit(p.intake.step())
+                    p.intake.backpressure(p.worker.queued)
+                    p.commits.collect()
+                    p.commits.snapshot_if_due()
+                    p.sink.poll()
+                    p.reporter.report(on_progress)
+                    if exit_when_idle and p.commits.idle():
+                        break
+                self._ready = False
+                p.commits.finish(max(0.0, self._remaining() - CLOSE_RESERVE), keepalive=p.lease.poll)
+                p.reporter.report(None)
+        except BaseException:
             self._ready = False
-            p.commits.finish(keepalive=p.lease.poll)
-            p.reporter.report(None)
+            if self._leaving is None:
+                self._leaving = time.monotonic()
+            raise
         self.summary.events_per_second = self.summary.events / max(1e-9, time.monotonic() - started)
         return self.summary
 
+    def _remaining(self) -> float:
+        """Seconds left to finish and close: ``delivery.shutdown_timeout_seconds`` from when the job
+        began to leave (all of it before)."""
+        budget = self.settings.delivery.shutdown_timeout_seconds
+        if self._leaving is None:
+            self._leaving = time.monotonic()
+        return max(0.0, self._leaving + budget - time.monotonic())
+
     def _start(self, stack: ExitStack) -> _Parts | None:
-        """Serve metrics, create the output topics, wait for the lease, restore the model and build
-        the parts of the loop (each closed by ``stack``); None when stopped while standing by."""
+        """Check the cluster and the input topic, serve metrics, create the output topics, wait for
+        the lease, restore the model and build the parts of the loop (each closed by ``stack``); None
+        when stopped while standing by."""
         s = self.settings
         resolve_device(s.train.device)  # a GPU that is not there fails here, before anything is created
+        signer, verifier = signing.signer(s.snapshot), signing.verifier(s.snapshot)  # keys fail here too
+        check_cluster(s)  # no broker, no input topic: exit 2 within kafka.startup_timeout_seconds
         server = stack.enter_context(
             MetricsServer(self.registry, s.metrics.host, s.metrics.port, self.ready, self.healthy)
         )
@@ -121,17 +157,22 @@ class App:
             return None
         source = Source(s)
         stack.callback(source.close)
-        sink = Sink(s, commit_offsets=source.commit)
+        sink = Sink(s, source.commit, max_message_bytes(s, s.dead_letter.topic))
         sink.start()
-        stack.callback(sink.close)
-        learner = self.learner = Learner(s)
-        windower = make_windower(s)
-        restored = restore(s, learner, windower)
+        stack.callback(lambda: sink.close(self._remaining()))
+        self._sink = sink
+        restored = restore(
+            s, lambda: (Learner(s), make_windower(s)), verifier=verifier, on_refused=self._refused
+        )
+        learner, windower = restored.learner, restored.windower
+        self.learner = learner
         warmstart.initialise(s, learner, restored)
         starts = source.start(restored.resume)
         windower.assign(source.partitions, self.clock())
         copier = StateCopier(learner, s.snapshot.full_every, restored.since_full, dict(restored.layout))
-        worker = stack.enter_context(Worker(learner, copier))
+        worker = Worker(learner, copier)
+        worker.start()
+        stack.callback(lambda: worker.close(self._remaining()))
         reporter = Reporter(
             metrics=self.metrics, summary=self.summary, source=source, windower=windower, clock=self.clock
         )
@@ -141,10 +182,11 @@ class App:
             sink=sink,
             spec_json=learner.spec.to_json(),
             clock=self.clock,
+            sign=signer,
             on_committed=reporter.snapshot_committed,
             version=restored.version,
             committed_next=dict(starts),
-            checkpoint=Checkpoints(folder, s.model.name).write if folder else None,
+            checkpoint=Checkpoints(folder, s.model.name, verifier).write if folder else None,
             window_end_ms=restored.meta.window_end_ms if restored.meta else None,
             newest_event_ms=restored.meta.newest_event_ms if restored.meta else 0,
         )
@@ -173,8 +215,11 @@ class App:
         return _Parts(lease, sink, worker, intake, commits, reporter)
 
     def ready(self) -> bool:
-        """For /readyz: this instance owns the model and is consuming."""
-        return self._ready
+        """For /readyz and ``stream_learner_active``: this instance owns the model, is consuming and
+        can commit (no snapshot commit has gone without progress for ``delivery.stall_seconds``)."""
+        sink = self._sink
+        stall = self.settings.delivery.stall_seconds
+        return self._ready and self._owned and (sink is None or sink.stalled_for() < stall)
 
     def healthy(self) -> bool:
         """For /healthz: the loop (active or standing by) turned within metrics.stall_seconds."""
@@ -185,10 +230,14 @@ class App:
         return self._stop.is_set()
 
     def _ownership_changed(self, owned: bool) -> None:
-        self.metrics.active.set(1 if owned else 0)
+        self._owned = owned
         self.metrics.rebalances.inc()
+
+    def _refused(self, err: SnapshotError) -> None:
+        """A snapshot the restore skipped (it is logged where it was refused)."""
+        self.metrics.snapshots_refused.labels(err.reason).inc()
 
     @staticmethod
     def _check_lease(lease: Lease) -> None:
         if not lease.poll():
-            raise OwnershipLost("the model lease was revoked: another instance is taking over")
+            raise OwnershipLost(lease.why_not_owned())

@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 #: How often (seconds) `snapshot_if_due` looks: the frontier is not worth computing for every batch.
 DUE_CHECK_EVERY = 0.5
-#: How long shutdown waits for the window in training and the final snapshot.
-FINISH_TIMEOUT = 120.0
 
 
 class Positions(Protocol):
@@ -126,7 +124,7 @@ class Commits:
             self.windower.all_idle(self.clock()) and not self.windower.open_low_offsets() and not self.pending
         )
 
-    def finish(self, timeout: float = FINISH_TIMEOUT, keepalive: Callable[[], object] | None = None) -> bool:
+    def finish(self, timeout: float, keepalive: Callable[[], object] | None = None) -> bool:
         """Shutdown: drop windows not started (their offsets stay uncommitted), finish the one in
         training, publish, commit. ``keepalive`` is called while waiting (to keep group memberships).
         Returns whether the final state was published within ``timeout``."""
@@ -140,7 +138,11 @@ class Commits:
             if keepalive is not None:
                 keepalive()
         if not self.flushed:
-            log.error("the training worker did not finish within %.0f s; nothing more is committed", timeout)
+            log.error(
+                "the final snapshot was not handed over within %.0f s (delivery.shutdown_timeout_seconds); "
+                "nothing more is committed",
+                timeout,
+            )
         return self.flushed
 
     def _unpublished(self) -> bool:

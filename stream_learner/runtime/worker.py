@@ -19,7 +19,7 @@ from stream_learner.snapshots.state import StateCopier, StateCopy
 
 log = logging.getLogger(__name__)
 
-#: How long leaving waits for a training step in progress (shutdown waited for it already).
+#: How long leaving a ``with Worker(...)`` block waits for a training step in progress.
 JOIN_TIMEOUT = 30.0
 
 
@@ -46,17 +46,25 @@ class Worker:
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> Worker:
-        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close(JOIN_TIMEOUT)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float) -> None:
+        """Drop the windows not started and wait up to ``timeout`` seconds for a step in progress
+        (shutdown waited for it already)."""
         self.drop_queued()
         self._inbox.put(None)
         if self._thread:
-            self._thread.join(JOIN_TIMEOUT)
+            self._thread.join(timeout)
             if self._thread.is_alive():  # a hung step: the (daemon) thread ends with the process
-                log.error("the training thread did not stop within %.0f s; leaving it", JOIN_TIMEOUT)
+                log.error("the training thread did not stop within %.0f s; leaving it", timeout)
 
     def submit(self, window: Window, snapshot: bool) -> None:
         self._inbox.put(_Job(window, snapshot))

@@ -84,7 +84,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
     newest = max((tmp_path / settings.model.name).glob("*.snapshot"))
     newest.unlink()
     caplog.clear()
-    again = restore(settings, Learner(settings), make_windower(settings))
+    again = restore(settings, lambda: (Learner(settings), make_windower(settings)))
     assert again.version == second.version and again.resume == ends
     messages_ = [r.getMessage() for r in caplog.records]
     assert any("checkpoint folder ends at" in m for m in messages_)
@@ -137,8 +137,8 @@ def test_snapshot_offsets_and_dead_letters_commit_together_and_a_new_instance_fe
 
     new.dead_letter(b"bad event", None, [("stream-learner.reason", b"decode")])
     assert publish(new, 2, 9).wait(30)
-    new.close()
-    old.close()  # the zombie's abort fails (it is fenced); that is logged, not raised
+    new.close(30)
+    old.close(30)  # the fenced zombie gives up its work; nothing is raised twice
     assert [s.meta.version for s in read_snapshots(kafka_bootstrap, settings.snapshot.topic)] == [1, 2]
     assert committed_offsets(kafka_bootstrap, settings.input.group_id, topic, 1) == {0: 9}
     assert _read_all(kafka_bootstrap, settings.dead_letter.topic, "read_committed") == [b"bad event"]
@@ -195,7 +195,7 @@ def test_restore_reads_back_from_the_end_and_passes_over_a_corrupt_full_snapshot
         assert log.newest_version == 40
     assert min(read) > len(values) // 2, "read far more of the topic than the newest chain"
 
-    restored = restore(settings, learner, make_windower(settings))
+    restored = restore(settings, lambda: (learner, make_windower(settings)))
     assert restored.version == 40  # the next snapshot is v41 ...
     assert restored.since_full is None  # ... and a full one: v36..v40 are not in the model
     assert restored.resume == {0: 35 * 10 + 10}

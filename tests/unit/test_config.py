@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from stream_learner.config import load_settings
+import pytest
+from pydantic import ValidationError
+
+from stream_learner.config import DeliverySettings, load_settings
 from stream_learner.errors import ConfigError
 
 
@@ -109,3 +112,28 @@ def test_a_gpu_that_is_not_there_is_a_configuration_error_naming_the_setting(mon
     monkeypatch.setenv("STREAM_LEARNER_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
     assert main(["run"]) == 2
     assert "train.device" in capsys.readouterr().err
+
+
+def test_secrets_are_masked_by_their_type_wherever_settings_are_shown(tmp_path):
+    s = load_settings(
+        write(
+            tmp_path,
+            '[kafka.extra]\n"sasl.oauthbearer.config" = "clientSecret=hunter2"\n'
+            '"ssl.key.pem" = "hunter2-pem"\n"socket.timeout.ms" = "5000"\n'
+            '[input]\nformat = "confluent"\nschema_registry_url = "https://svc:hunter2@registry:8081/x"\n'
+            '[snapshot]\nsigning_key = "hunter2-key"\n',
+        )
+    )
+    for shown in (repr(s), str(s), json.dumps(s.model_dump(mode="json"))):
+        assert "hunter2" not in shown
+    dumped = s.model_dump(mode="json")
+    assert dumped["input"]["schema_registry_url"] == "https://***@registry:8081/x"
+    assert dumped["kafka"]["extra"]["socket.timeout.ms"] == "5000"
+    conf = s.kafka.client_config()  # revealed only to librdkafka
+    assert conf["sasl.oauthbearer.config"] == "clientSecret=hunter2" and conf["ssl.key.pem"] == "hunter2-pem"
+    assert s.input.schema_registry_url == "https://svc:hunter2@registry:8081/x"  # what the client uses
+
+
+def test_delivery_deadlines_must_nest():
+    with pytest.raises(ValidationError, match="stall_seconds"):
+        DeliverySettings(stall_seconds=30, commit_timeout_seconds=30)

@@ -28,7 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream_learner import config
-from stream_learner.config import MetricsSettings, Settings, load_settings
+from stream_learner.config import DeliverySettings, MetricsSettings, Settings, load_settings
 from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.metrics import Metrics, SubscriberMetrics
 
@@ -222,10 +222,8 @@ def probe_port(container: dict[str, Any], probe: str) -> int:
 
 
 def shutdown_timeout() -> float:
-    """How long the learner may take on SIGTERM to finish, publish and commit."""
-    from stream_learner.runtime.commits import FINISH_TIMEOUT
-
-    return FINISH_TIMEOUT
+    """How long the learner may take on SIGTERM to finish, publish, commit and close."""
+    return DeliverySettings().shutdown_timeout_seconds
 
 
 def parse_duration(value: str | int) -> float:
@@ -585,6 +583,15 @@ def test_compose_bind_mounts_exist_and_wire_prometheus_and_grafana() -> None:
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     url = datasource["datasources"][0]["url"]
     assert url == "http://prometheus:9090" and "prometheus" in compose()["services"]
+
+
+def test_compose_checks_the_learners_health_on_its_metrics_port() -> None:
+    learner = service("learner")
+    check = " ".join(learner["healthcheck"]["test"])
+    assert "/healthz" in check and "/readyz" not in check  # a standby is healthy, not ready
+    port = int(re.search(r"127\.0\.0\.1:(\d+)/healthz", check).group(1))
+    assert f"{port}" == learner["ports"][0].rsplit(":", 1)[1] == str(MetricsSettings().port)
+    assert learner["restart"] in {"always", "unless-stopped", "on-failure"}  # exits come back
 
 
 def test_stop_grace_covers_the_final_snapshot() -> None:

@@ -28,11 +28,12 @@ def test_config_command_hides_secrets(capsys, monkeypatch, tmp_path):
     path = tmp_path / "learner.toml"
     path.write_text(
         '[kafka.extra]\n"sasl.oauthbearer.client.secret" = "s3cret"\n"socket.timeout.ms" = "5000"\n'
+        '"sasl.oauthbearer.config" = "clientSecret=s3cret-too"\n'
     )
     monkeypatch.setenv("STREAM_LEARNER_KAFKA__SASL_PASSWORD", "hunter2")
     assert main(["config", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "hunter2" not in out and "s3cret" not in out
+    assert "hunter2" not in out and "s3cret" not in out  # s3cret-too as well
     shown = json.loads(out)
     assert shown["kafka"]["extra"]["socket.timeout.ms"] == "5000"
     assert shown["kafka"]["sasl_password"] == "**********"
