@@ -138,6 +138,7 @@ class Metrics:
         invalid_reasons: Iterable[str],
         skip_reasons: Iterable[str],
         snapshot_kinds: Iterable[str],
+        refused_reasons: Iterable[str] = (),
         table_fields: Iterable[str] = (),
         reset_fields: Iterable[str] = (),
     ) -> None:
@@ -150,6 +151,7 @@ class Metrics:
             (self.events_invalid, invalid_reasons),
             (self.windows_skipped, skip_reasons),
             (self.snapshot_published, snapshot_kinds),
+            (self.snapshots_refused, refused_reasons),
             (self.feature_ids_admitted, table_fields),
             (self.feature_rows_expired, table_fields),
             (self.feature_ids_unplaced, table_fields),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, get_args
 
 from stream_learner.config import Settings
+from stream_learner.errors import SnapshotRefusal
 from stream_learner.ingest.events import RejectReason
 from stream_learner.ingest.windowing import Windower
 from stream_learner.learning.guard import SkipReason
@@ -156,6 +157,7 @@ def start_metrics_at_zero(metrics: Metrics, settings: Settings) -> None:
         invalid_reasons=get_args(RejectReason),
         skip_reasons=get_args(SkipReason),
         snapshot_kinds=[kind.lower() for kind in get_args(SnapshotKind)],
+        refused_reasons=get_args(SnapshotRefusal),
         table_fields=ids if settings.model.table == "dynamic" else (),
         reset_fields=ids if settings.lr.policy == "drift" and settings.lr.drift_reset_z > 0 else (),
     )
