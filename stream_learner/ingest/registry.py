@@ -24,6 +24,7 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from stream_learner.config import InputSettings
 from stream_learner.errors import ConfigError, RegistryUnavailable, UnknownSchema
@@ -47,7 +48,8 @@ class SchemaRegistry:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         listed = urls.split(",") if isinstance(urls, str) else urls
-        self.urls = [u.strip().rstrip("/") for u in listed if u.strip()]
+        self._url_auth: dict[str, str] = {}  # URL -> Authorization from credentials written in it
+        self.urls = [self._take_credentials(u.strip().rstrip("/")) for u in listed if u.strip()]
         if not self.urls:
             raise ConfigError("input.schema_registry_url", "no URL given")
         self._headers = {"Accept": ACCEPT}
@@ -68,6 +70,17 @@ class SchemaRegistry:
         self._preferred = 0  # index of the URL that answered last
         self._schemas: dict[int, Any] = {}
         self._unknown: OrderedDict[int, tuple[float, str]] = OrderedDict()
+
+    def _take_credentials(self, url: str) -> str:
+        """``url`` without the ``user:password@`` it may carry (kept as that URL's basic auth), so
+        that no message ever shows them."""
+        parts = urlsplit(url)
+        if parts.username is None:
+            return url
+        clean = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        self._url_auth[clean] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+        return clean
 
     @property
     def url(self) -> str:
@@ -117,7 +130,9 @@ class SchemaRegistry:
         raise RegistryUnavailable(f"the schema registry did not answer {path} ({tried})")
 
     def _get_from(self, url: str, path: str) -> dict[str, Any]:
-        request = urllib.request.Request(url + path, headers=self._headers)
+        auth = self._url_auth.get(url)
+        headers = self._headers if auth is None else {**self._headers, "Authorization": auth}
+        request = urllib.request.Request(url + path, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout, context=self._tls) as response:
                 answer: dict[str, Any] = json.loads(response.read())

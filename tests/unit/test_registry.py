@@ -4,6 +4,7 @@ token, and several URLs with failover."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
 import subprocess
@@ -195,3 +196,21 @@ def test_settings_that_cannot_work_are_refused_at_start(pki, tmp_path):
         registry_from_settings(
             settings("https://r", pki, schema_registry_ca_location=str(tmp_path / "none.pem"))
         )
+
+
+def test_credentials_written_in_a_url_authenticate_and_never_show(pki):
+    with (
+        registry_stub({1: SCHEMA}, tls=pki.server_context()) as a,
+        registry_stub({1: SCHEMA}, tls=pki.server_context()) as b,
+    ):
+        with_user = a.url.replace("https://", "https://alice:s%40cret@")
+        registry = _no_wait(
+            registry_from_settings(settings(f"{with_user},{b.url}", pki, schema_registry_bearer_token=None))
+        )
+        assert registry.schema(1) == SCHEMA
+        assert a.auth_headers == ["Basic " + base64.b64encode(b"alice:s@cret").decode()]
+        a.status = b.status = 503
+        with pytest.raises(RegistryUnavailable) as err:
+            registry.schema(2)
+    assert registry.urls == [a.url, b.url]
+    assert "cret" not in str(err.value) and "alice" not in str(err.value)
