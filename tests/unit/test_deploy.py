@@ -86,6 +86,7 @@ EXPECTED_ALERTS = {
     "StreamLearnerSnapshotsStalled",
     "StreamLearnerValidationAUCDrop",
     "StreamLearnerFrequentDrift",
+    "StreamLearnerRestoreRefusedSnapshots",
 }
 
 _SUFFIXES = {
