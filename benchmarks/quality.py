@@ -70,9 +70,10 @@ import numpy as np
 import torch
 
 from benchmarks.results import RESULTS, record
-from stream_learner.config import LRSettings, Settings
+from stream_learner.config import LRSettings, ModelSettings, Settings
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner
+from stream_learner.learning.models import MODELS
 from stream_learner.learning.quality import roc_auc
 from stream_learner.tools.synthetic import Drift, SyntheticBatch, SyntheticConfig, SyntheticStream
 
@@ -404,7 +405,7 @@ def run_scenario(name: str, quick: bool, kind: str, seeds: range) -> dict[str, A
         }
         jobs[ORACLE] = partial(run_learner, scenario, kind, policies[ADAPTIVE], oracle_reset(scenario))
         if seed == 0 and name == "default":
-            for other in ("fm", "logistic"):
+            for other in sorted(MODELS):  # the other model kinds
                 if other != kind:
                     jobs[f"{other}, {ADAPTIVE}"] = partial(run_learner, scenario, other, {"policy": "drift"})
             if not quick:
@@ -466,7 +467,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="30 windows, one seed, no peers, nothing recorded"
     )
-    parser.add_argument("--kind", default="dnn", help="model for the learning-rate comparison")
+    parser.add_argument(
+        "--kind",
+        default=ModelSettings().kind,
+        help="model for the learning-rate comparison (default: the default)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the stream for the rate comparison")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -3,8 +3,9 @@
     .venv/bin/python -m benchmarks.run                  # all; about 20 minutes on 2 cores
     .venv/bin/python -m benchmarks.run e2e ingest       # some
 
-Each writes its own section of benchmarks/results/latest.json. The quality benchmark needs the
-``bench`` extra (river, vowpalwabbit, matplotlib): ``pip install -e '.[bench]'``.
+Each writes its own section of benchmarks/results/latest.json. The quality and real-data benchmarks
+need the ``bench`` extra (river, vowpalwabbit, matplotlib): ``pip install -e '.[bench]'``; the
+real-data one downloads MovieLens 100K (the RecBole wheel) into .cache/ on its first run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "quality"]
+ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "quality", "real"]
 
 
 def main() -> int:

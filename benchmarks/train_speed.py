@@ -1,4 +1,5 @@
-"""Training speed: samples per second of `Trainer.train` for each model at mini-batches of 1k, 4k, 16k.
+"""Training speed: samples per second of `Trainer.train` for each model at mini-batches of 1k, 4k, 16k,
+and the cost of a window of 1k, 10k and 100k events with adapted and with fixed mini-batches.
 
 The events are synthetic, mapped to rows as the learner does (default table sizes: 2^18 rows for
 users and items, two context fields); one pass per window. The first window warms up (allocations,
@@ -37,22 +38,61 @@ def rows_and_labels(events: int) -> tuple[np.ndarray, np.ndarray, FeatureMapper]
 
 def samples_per_second(kind: str, batch_size: int, device: str, precision: str, events: int) -> float:
     rows, labels, mapper = rows_and_labels(events)
-    spec = ModelSpec(kind, mapper.specs())
+    spec = ModelSpec(kind, mapper.specs(), extra=mapper.spec_extra())  # with the count inputs
+    inputs = mapper.inputs(rows)
     torch.manual_seed(0)
     settings = TrainSettings(  # training alone: every core (the job leaves one to polling)
         device=device,
         batch_size=batch_size,
+        min_batch_size=batch_size,  # this mini-batch size, whatever the window's size
         precision=precision,
         threads=os.cpu_count() or 1,  # type: ignore[arg-type]
     )
     trainer = Trainer(build_model(spec), settings, lr=0.2)
     warm = min(len(labels), 4 * batch_size)
-    trainer.train(rows[:warm], labels[:warm], 0.2, seed=0)
+    trainer.train(rows[:warm], labels[:warm], 0.2, seed=0, inputs=None if inputs is None else inputs[:warm])
     started = time.perf_counter()
-    result = trainer.train(rows, labels, 0.2, seed=1)
+    result = trainer.train(rows, labels, 0.2, seed=1, inputs=inputs)
     seconds = time.perf_counter() - started
     assert result.applied, "the benchmark window was rolled back"
     return len(labels) / seconds
+
+
+WINDOWS = (1_000, 10_000, 100_000)
+
+
+def window_cost(kind: str, device: str, adaptive: bool) -> dict[str, dict[str, float]]:
+    """Seconds and events/s of `Trainer.train` per window of each size in WINDOWS, with the default
+    mini-batches (adapted to the window: train.min_batch_size, window_steps) or fixed ones of
+    train.batch_size (min_batch_size = batch_size), one training thread, count inputs as the
+    learner feeds them. Windows are consecutive slices of one synthetic stream; the first is not
+    timed."""
+    mapper = FeatureMapper.from_settings(ModelSettings(context_fields=CONTEXT))
+    batch = SyntheticStream(SyntheticConfig(users=100_000, items=20_000)).batch(250_000, 0, 1)
+    rows, labels = mapper.rows(batch.events(CONTEXT)), batch.label
+    inputs = mapper.inputs(rows)
+    torch.manual_seed(0)
+    fixed = {} if adaptive else {"min_batch_size": TrainSettings().batch_size}
+    settings = TrainSettings(device=device, threads=1, **fixed)  # type: ignore[arg-type]
+    spec = ModelSpec(kind, mapper.specs(), extra=mapper.spec_extra())
+    trainer = Trainer(build_model(spec), settings, lr=0.1)
+    trainer.train(rows[:4096], labels[:4096], 0.1, seed=0, inputs=inputs[:4096])
+    out = {}
+    for n in WINDOWS:
+        repeats = max(1, 200_000 // n // 4)
+        started = time.perf_counter()
+        for r in range(repeats):
+            lo = 4096 + (r * n) % 200_000
+            result = trainer.train(
+                rows[lo : lo + n], labels[lo : lo + n], 0.1, seed=r, inputs=inputs[lo : lo + n]
+            )
+        seconds = (time.perf_counter() - started) / repeats
+        out[str(n)] = {
+            "seconds": round(seconds, 5),
+            "events_per_second": round(n / seconds),
+            "steps": result.steps,
+        }
+    return out
 
 
 def main() -> None:
@@ -70,6 +110,16 @@ def main() -> None:
             rate = samples_per_second(kind, batch_size, args.device, args.precision, events)
             results[kind][str(batch_size)] = round(rate)
             print(f"{kind:9s} batch {batch_size:6d}: {rate:12,.0f} samples/s", flush=True)
+    cost = {
+        kind: {mode: window_cost(kind, args.device, mode == "adaptive") for mode in ("adaptive", "fixed")}
+        for kind in ("fm", "dnn")
+    }
+    for kind, modes in cost.items():
+        for mode, sizes in modes.items():
+            line = ", ".join(
+                f"{n}: {v['seconds'] * 1000:.1f} ms ({v['steps']} steps)" for n, v in sizes.items()
+            )
+            print(f"{kind:4s} {mode:8s} per window {line}", flush=True)
     name = "train_speed_cuda" if device.type == "cuda" else "train_speed_cpu"
     record(
         name,
@@ -79,6 +129,9 @@ def main() -> None:
             "precision": args.precision,
             "events_per_window": events,
             "torch_threads": torch.get_num_threads(),
+            "window_cost": cost,
+            "window_cost_note": "Trainer.train per window, one thread, default settings: mini-batches "
+            "adapted to the window (adaptive) or fixed at train.batch_size (fixed)",
         },
     )
 

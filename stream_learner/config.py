@@ -242,7 +242,7 @@ class ModelSettings(_Section):
         description="Names the model; snapshots, the ownership lease and the transactional id use it.",
     )
     kind: Literal["logistic", "fm", "dnn"] = Field(
-        "dnn", description="logistic regression, factorization machine, or DeepFM (embeddings + MLP + FM)."
+        "fm", description="logistic regression, factorization machine, or DeepFM (embeddings + MLP + FM)."
     )
     embedding_dim: int = Field(16, gt=0, description="Width of each id embedding (fm, dnn).")
     hidden: list[int] = Field(default_factory=lambda: [64, 32], description="MLP layer widths (dnn).")
@@ -262,6 +262,11 @@ class ModelSettings(_Section):
     admit_after: int = Field(1, gt=0, description="Dynamic table: sightings before an id gets its own row.")
     expire_after_seconds: float = Field(
         7 * 86400.0, gt=0, description="Dynamic table: rows unseen for this long (event time) are reused."
+    )
+    count_features: bool = Field(
+        True,
+        description="Running per-user and per-item event and positive counts as model inputs "
+        "(see learning/counts.py); they travel in snapshots as features.<field>.* arrays.",
     )
 
     @model_validator(mode="after")
@@ -291,7 +296,16 @@ class TrainSettings(_Section):
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="auto: CUDA when a GPU is present, else the CPU.",
     )
-    batch_size: int = Field(1024, gt=0, description="Mini-batch size within a window.")
+    batch_size: int = Field(1024, gt=0, description="Largest mini-batch within a window.")
+    min_batch_size: int = Field(
+        8, gt=0, description="Smallest mini-batch: a window of fewer events is one mini-batch."
+    )
+    window_steps: int = Field(
+        16,
+        gt=0,
+        description="Mini-batch steps per window where min_batch_size and batch_size allow: the "
+        "mini-batch is the window's events / window_steps, within [min_batch_size, batch_size].",
+    )
     passes: int = Field(1, gt=0, description="Passes over each window.")
     sparse_optimizer: Literal["adagrad", "adam", "rowwise_adagrad"] = Field(
         "adagrad", description="Optimiser of the embedding tables (sparse updates); dense weights use Adam."
@@ -317,6 +331,12 @@ class TrainSettings(_Section):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on the CPU; bf16 or fp32 force it."
     )
 
+    @model_validator(mode="after")
+    def _batch_bounds(self) -> TrainSettings:
+        if self.min_batch_size > self.batch_size:
+            raise ValueError("train.min_batch_size must not exceed train.batch_size")
+        return self
+
 
 class LRSettings(_Section):
     """Learning-rate control (see learning/rates.py); the rate of the sparse (table) optimiser."""
@@ -325,9 +345,9 @@ class LRSettings(_Section):
         "drift",
         description="constant; plateau: decay when the loss stops improving; drift: plateau + detector.",
     )
-    initial: float = Field(0.2, gt=0, description="Starting rate of the table optimiser.")
+    initial: float = Field(0.1, gt=0, description="Starting rate of the table optimiser.")
     min: float = Field(
-        0.2,
+        0.1,
         gt=0,
         description="Floor of plateau decay (lr.initial: none, see docs/decisions/drift-forgetting.md).",
     )
@@ -337,8 +357,17 @@ class LRSettings(_Section):
     detector: Literal["page_hinkley", "adwin"] = Field(
         "page_hinkley", description="Change detector on the prequential loss (drift policy)."
     )
-    ph_delta: float = Field(0.005, ge=0, description="Page-Hinkley: loss rise tolerated per window.")
-    ph_threshold: float = Field(0.03, gt=0, description="Page-Hinkley: cumulative rise that signals drift.")
+    ph_delta: float = Field(
+        0.02,
+        ge=0,
+        description="Page-Hinkley: half the rise of the mean loss per event it looks for, as a fraction of "
+        "the mean loss (0.02: a rise of 4%).",
+    )
+    ph_threshold: float = Field(
+        20.0,
+        gt=0,
+        description="Page-Hinkley: evidence (a log-likelihood ratio summed over events) that signals drift.",
+    )
     adwin_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN: confidence of a detected change.")
     drift_forget: float = Field(
         0.3, gt=0, le=1, description="On drift, scale the table optimiser's squared-gradient sums by this."
@@ -363,7 +392,15 @@ class LRSettings(_Section):
 class GuardSettings(_Section):
     """The loss-spike guard (see stream_learner/learning/guard.py)."""
 
-    loss_spike_factor: float = Field(5.0, gt=1, description="Skip a window whose loss exceeds k x average.")
+    loss_spike_factor: float = Field(
+        5.0,
+        gt=1,
+        description="Skip a window whose loss exceeds k x the average, when that is also significant "
+        "for the number of events it holds.",
+    )
+    min_events: int = Field(
+        100, ge=1, description="Windows of fewer events are never skipped as a loss spike (too noisy)."
+    )
     max_consecutive_skips: int = Field(
         3, ge=0, description="After this many loss spikes in a row, accept the next window and start over."
     )

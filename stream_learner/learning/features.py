@@ -32,6 +32,7 @@ import numpy as np
 
 from stream_learner.config import ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, EventBatch, hash_id
+from stream_learner.learning.counts import IdCounts
 from stream_learner.learning.models.base import FieldSpec, ModelSpec
 
 OOV_ROW = 0
@@ -197,10 +198,12 @@ class Placement:
 
 
 class FeatureMapper:
-    """Maps events to an (n, fields) int64 matrix of rows: user, item, then the context fields."""
+    """Maps events to an (n, fields) int64 matrix of rows: user, item, then the context fields; with
+    ``counts``, also to the running per-id count inputs of the user and item rows (`inputs`)."""
 
-    def __init__(self, fields: Sequence[Field]) -> None:
+    def __init__(self, fields: Sequence[Field], counts: IdCounts | None = None) -> None:
         self.fields = list(fields)
+        self.counts = counts
 
     @staticmethod
     def from_settings(settings: ModelSettings) -> FeatureMapper:
@@ -214,17 +217,20 @@ class FeatureMapper:
         fields = [id_field("user", settings.user_buckets), id_field("item", settings.item_buckets)]
         for name in settings.context_fields:
             fields.append(HashedField(f"ctx.{name}", settings.context_rows(name)))
-        return FeatureMapper(fields)
+        counts = IdCounts([(f.name, f.rows) for f in fields[:2]]) if settings.count_features else None
+        return FeatureMapper(fields, counts)
 
     @staticmethod
     def from_spec(spec: ModelSpec, tensors: Mapping[str, Any] | None = None) -> FeatureMapper:
         """The mapping a snapshot was trained with (for read-only lookups when serving); ``tensors``
         are the snapshot's (only the ``features.*`` ones are read)."""
+        counted = spec.extra.get("count_fields", [])
         mapper = FeatureMapper(
             [
                 DynamicField(f.name, f.rows) if f.table == "dynamic" else HashedField(f.name, f.rows)
                 for f in spec.fields
-            ]
+            ],
+            IdCounts([(f.name, f.rows) for f in spec.fields[: len(counted)]]) if counted else None,
         )
         if tensors is not None:
             mapper.load_state(tensors)
@@ -232,6 +238,22 @@ class FeatureMapper:
 
     def specs(self) -> tuple[FieldSpec, ...]:
         return tuple(FieldSpec(f.name, f.rows, f.table) for f in self.fields)
+
+    def spec_extra(self) -> dict[str, Any]:
+        """What the model spec says about the inputs besides the rows (`ModelSpec.extra`)."""
+        if self.counts is None:
+            return {}
+        return {"count_fields": list(self.counts.names), "count_inputs": self.counts.width}
+
+    def inputs(self, rows: np.ndarray, fresh: Mapping[int, np.ndarray] | None = None) -> np.ndarray | None:
+        """The count inputs of (n, fields) rows (see `stream_learner.counts`), or None without counts."""
+        return None if self.counts is None else self.counts.inputs(rows, fresh)
+
+    def observe(self, rows: np.ndarray, labels: np.ndarray, fresh: Mapping[int, np.ndarray]) -> None:
+        """Count a trained window: first forget the ``fresh`` rows (given to new ids, or reset)."""
+        if self.counts is not None:
+            self.counts.reset(fresh)
+            self.counts.observe(rows, labels)
 
     def _columns(self, batch: EventBatch) -> list[np.ndarray]:
         columns = [batch.user, batch.item] + [batch.context[:, i] for i in range(batch.context.shape[1])]
@@ -296,13 +318,15 @@ class FeatureMapper:
         return {f.name: f.stats for f in self.fields if isinstance(f, DynamicField)}
 
     def state(self) -> dict[str, np.ndarray]:
-        """Row-aligned state arrays of the dynamic fields, named ``features.<field>.<name>``."""
-        return {
+        """Row-aligned state arrays of the dynamic fields and of the counts, named
+        ``features.<field>.<name>``."""
+        out = {
             f"features.{f.name}.{k}": v
             for f in self.fields
             if isinstance(f, DynamicField)
             for k, v in f.state().items()
         }
+        return out | (self.counts.state() if self.counts is not None else {})
 
     def load_state(self, tensors: Mapping[str, Any]) -> None:
         """Load what `state` gave (numpy arrays or CPU tensors); every dynamic field's must be there."""
@@ -313,6 +337,8 @@ class FeatureMapper:
                 if missing:
                     raise ValueError(f"missing feature state {missing}")
                 f.load({k: np.asarray(tensors[n]) for k, n in names.items()})
+        if self.counts is not None:
+            self.counts.load(tensors)
 
 
 def _keys(ids: Sequence[str | None]) -> np.ndarray:

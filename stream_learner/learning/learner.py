@@ -36,6 +36,20 @@ from stream_learner.learning.rates import LRUpdate, make_controller
 from stream_learner.learning.recent import RecentItems
 from stream_learner.learning.trainer import Evaluation, StepResult, Trainer
 
+#: Probabilities are clipped to [LOSS_CLIP, 1 - LOSS_CLIP] in the variance of a window's log loss (as
+#: in quality.log_loss).
+LOSS_CLIP = 1e-7
+
+
+def loss_variance(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The variance of one event's log loss about the window's mean (what the drift detector and the
+    guard need to tell a noisy small window from a large one whose loss really rose)."""
+    if len(labels) < 2:
+        return 0.0
+    p = np.clip(probs.astype(np.float64), LOSS_CLIP, 1 - LOSS_CLIP)
+    y = labels.astype(np.float64)
+    return float(np.var(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
+
 
 @dataclass(frozen=True)
 class WindowResult:
@@ -52,6 +66,7 @@ class WindowResult:
     holdout: Evaluation | None = None  # the trained model on the held-out newest events
     tables: dict[str, TableStats] | None = None  # dynamic tables: in use now, changes in this window
     drift_resets: dict[str, int] | None = None  # after a drift: rows reset per id field
+    probabilities: np.ndarray | None = None  # prequential: the model before this window, per event
 
 
 class Learner:
@@ -67,6 +82,7 @@ class Learner:
             embedding_dim=m.embedding_dim,
             hidden=tuple(m.hidden),
             dropout=m.dropout,
+            extra=self.features.spec_extra(),
         )
         torch.manual_seed(settings.train.seed)
         self.model = build_model(self.spec)
@@ -81,17 +97,22 @@ class Learner:
         """Score the window with the current model, then train on it unless the guard objects."""
         events = window.events
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
-        common: dict[str, Any] = dict(
-            start_ms=window.start_ms, end_ms=window.end_ms, events=len(events), newest_event_ms=newest
-        )
         scored_rows = self.features.rows(events)
-        evaluation, probs = self.trainer.score(scored_rows, events.label)
+        evaluation, probs = self.trainer.score(scored_rows, events.label, self.features.inputs(scored_rows))
+        common: dict[str, Any] = dict(
+            start_ms=window.start_ms,
+            end_ms=window.end_ms,
+            events=len(events),
+            newest_event_ms=newest,
+            probabilities=probs,
+        )
         if len(events) == 0:
             return WindowResult(**common, evaluation=evaluation, lr=LRUpdate(self.controller.lr), step=None)
-        update = self.controller.update(evaluation.loss)
+        variance = loss_variance(events.label, probs)
+        update = self.controller.update(evaluation.loss, len(events), variance)
         if update.drift:
             self.drift.arm()
-        skipped = self.guard.check(evaluation.loss)
+        skipped = self.guard.check(evaluation.loss, len(events), variance)
         if skipped:
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
         train, held = self._split(events)
@@ -104,19 +125,24 @@ class Learner:
             fresh = dict(fresh)
             for i, r in drifted.items():
                 fresh[i] = np.union1d(fresh.get(i, r), r)
-        step = self.trainer.train(placement.rows, train.label, update.lr, self._seed(window), fresh=fresh)
+        inputs = self.features.inputs(placement.rows, fresh)
+        step = self.trainer.train(
+            placement.rows, train.label, update.lr, self._seed(window), fresh=fresh, inputs=inputs
+        )
         holdout = None
         if undo is not None and not step.applied:  # the window was rolled back: so is the forgetting
             undo()
         if step.applied:
             self.drift.done()
             self.features.commit(placement)
+            self.features.observe(placement.rows, train.label, fresh)
             for field, plan in placement.plans.items():  # expired slots changed outside the trained rows
                 self.trainer.mark_touched(field, plan.expired)
             self.events_trained += len(train)
             self.recent.add(train.item_ids, train.timestamp_ms)
             if len(held):
-                holdout = self.trainer.evaluate(self.features.rows(held), held.label)
+                held_rows = self.features.rows(held)
+                holdout = self.trainer.evaluate(held_rows, held.label, self.features.inputs(held_rows))
         return WindowResult(
             **common,
             evaluation=evaluation,

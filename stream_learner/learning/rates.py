@@ -39,7 +39,7 @@ class LRUpdate:
 class LRController(Protocol):
     lr: float
 
-    def update(self, validation_loss: float) -> LRUpdate: ...
+    def update(self, validation_loss: float, events: int = 1, variance: float | None = None) -> LRUpdate: ...
     def state(self) -> dict[str, Any]: ...
     def restore(self, state: dict[str, Any]) -> None: ...
 
@@ -50,7 +50,7 @@ class ConstantLR:
     def __init__(self, settings: LRSettings) -> None:
         self.lr = settings.initial
 
-    def update(self, validation_loss: float) -> LRUpdate:
+    def update(self, validation_loss: float, events: int = 1, variance: float | None = None) -> LRUpdate:
         return LRUpdate(self.lr)
 
     def state(self) -> dict[str, Any]:
@@ -69,7 +69,7 @@ class PlateauLR:
         self.best = math.inf
         self.waited = 0
 
-    def update(self, validation_loss: float) -> LRUpdate:
+    def update(self, validation_loss: float, events: int = 1, variance: float | None = None) -> LRUpdate:
         if not math.isfinite(validation_loss):
             return LRUpdate(self.lr)
         if validation_loss < self.best * (1 - PLATEAU_RTOL):
@@ -109,10 +109,10 @@ class DriftLR(PlateauLR):
         self.detector = make_detector(settings)
         self.settled: float | None = None  # the rate to return to while recovering from a drift
 
-    def update(self, validation_loss: float) -> LRUpdate:
+    def update(self, validation_loss: float, events: int = 1, variance: float | None = None) -> LRUpdate:
         if not math.isfinite(validation_loss):
             return LRUpdate(self.lr)
-        if self.detector.update(validation_loss):
+        if self.detector.update(validation_loss, events, variance):
             self.detector.reset()
             self.best, self.waited = validation_loss, 0
             if self.settled is None:  # a drift while recovering returns to the same settled rate

@@ -50,6 +50,7 @@ class ServableModel:
         n = len(item_ids)
         ctx = {name: [value] * n for name, value in (context or {}).items()}
         rows = self.mapper.rows_for_ids([user_id] * n, list(item_ids), ctx)
+        inputs = self.mapper.inputs(rows)
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(rows))
+            logits = self.model(torch.from_numpy(rows), None if inputs is None else torch.from_numpy(inputs))
         return torch.sigmoid(logits.float()).numpy()

@@ -27,6 +27,9 @@ from stream_learner.learning.models.optim import is_row_state, sparse_optimizer
 from stream_learner.learning.quality import log_loss, roc_auc
 
 EVAL_CHUNK = 1 << 16
+#: Table gradients are per-event sums (see `mini_batch_size`); False gives the mean loss's gradient
+#: as before (kept for the real-data benchmark's ablation, benchmarks/real.py).
+PER_EVENT_TABLE_GRADIENTS = True
 
 torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, said out loud (silences a warning)
 
@@ -113,6 +116,20 @@ class _Rollback:
         trainer.dense_opt.load_state_dict(self._dense_opt)
 
 
+def mini_batch_size(events: int, smallest: int, largest: int, steps: int) -> int:
+    """The mini-batch size for a window of ``events``: the window split into ``steps`` mini-batches,
+    but none smaller than ``smallest`` nor larger than ``largest``. Small windows so still take several
+    sequential steps (an online learner takes one per event), large ones keep large mini-batches
+    (throughput), and in between a window takes ``steps`` steps whatever its size.
+
+    Mini-batches so differ in size (and the last one of a window is smaller anyway), so the table
+    gradients are per-event sums, not means (`Trainer._step` scales them by the mini-batch size
+    after clipping): an id's gradient then depends on its own events, not on how many others share
+    its mini-batch, and Adagrad's accumulators add like those of per-event updates. The dense
+    weights keep the mean (Adam does not depend on the scale)."""
+    return max(1, min(largest, max(smallest, -(-events // steps))))
+
+
 class Trainer:
     """Evaluates and trains a `RecModel` window by window."""
 
@@ -149,27 +166,36 @@ class Trainer:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.model(x).float()
+            return self.model(x, inputs).float()
 
     # -- scoring -------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Probabilities for (n, fields) rows."""
+    def predict(self, rows: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities for (n, fields) rows (and their (n, k) count inputs, for a model with them)."""
         self.model.eval()
         out = [
-            torch.sigmoid(self._forward(self._to_device(rows[lo : lo + EVAL_CHUNK]))).cpu().numpy()
+            torch.sigmoid(
+                self._forward(
+                    self._to_device(rows[lo : lo + EVAL_CHUNK]),
+                    None if inputs is None else self._to_device(inputs[lo : lo + EVAL_CHUNK]),
+                )
+            )
+            .cpu()
+            .numpy()
             for lo in range(0, len(rows), EVAL_CHUNK)
         ]
         return np.concatenate(out) if out else np.empty(0, np.float32)
 
-    def evaluate(self, rows: np.ndarray, labels: np.ndarray) -> Evaluation:
-        return self.score(rows, labels)[0]
+    def evaluate(self, rows: np.ndarray, labels: np.ndarray, inputs: np.ndarray | None = None) -> Evaluation:
+        return self.score(rows, labels, inputs)[0]
 
-    def score(self, rows: np.ndarray, labels: np.ndarray) -> tuple[Evaluation, np.ndarray]:
+    def score(
+        self, rows: np.ndarray, labels: np.ndarray, inputs: np.ndarray | None = None
+    ) -> tuple[Evaluation, np.ndarray]:
         """`evaluate`, and the probability of each event (from which per-event losses follow)."""
-        probs = self.predict(rows)
+        probs = self.predict(rows, inputs)
         return Evaluation(log_loss(labels, probs), roc_auc(labels, probs), len(labels)), probs
 
     # -- training ------------------------------------------------------------------------------
@@ -186,10 +212,12 @@ class Trainer:
         lr: float,
         seed: int,
         fresh: dict[int, np.ndarray] | None = None,
+        inputs: np.ndarray | None = None,
     ) -> StepResult:
         """Train on one window: first reset the ``fresh`` rows (field index -> rows given to new ids)
-        to initial values with no optimiser state, then run the passes. Roll everything back if any
-        loss or gradient is not finite."""
+        to initial values with no optimiser state, then run the passes in mini-batches of
+        `mini_batch_size`. Roll everything back if any loss or gradient is not finite. ``inputs``: the
+        events' count inputs, for a model with them."""
         started = time.perf_counter()
         n = len(labels)
         if n == 0:
@@ -197,6 +225,7 @@ class Trainer:
         self.set_lr(lr)
         x_all = self._to_device(rows)
         y_all = self._to_device(labels.astype(np.float32))
+        d_all = None if inputs is None else self._to_device(inputs)
         fresh_t = {i: self._to_device(r.astype(np.int64)) for i, r in (fresh or {}).items()}
         per_field = {  # all tables of a field are touched on the same rows: one unique per field
             i: torch.unique(x_all[:, i] if i not in fresh_t else torch.cat((x_all[:, i], fresh_t[i])))
@@ -211,11 +240,13 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = 0
         self.model.train()
-        for _ in range(self.settings.passes):
+        s = self.settings
+        size = mini_batch_size(n, s.min_batch_size, s.batch_size, s.window_steps)
+        for _ in range(s.passes):
             order = torch.randperm(n, generator=generator).to(self.device)
-            for lo in range(0, n, self.settings.batch_size):
-                idx = order[lo : lo + self.settings.batch_size]
-                loss, norm = self._step(x_all[idx], y_all[idx], lr)
+            for lo in range(0, n, size):
+                idx = order[lo : lo + size]
+                loss, norm = self._step(x_all[idx], y_all[idx], lr, None if d_all is None else d_all[idx])
                 finite &= torch.isfinite(loss) & torch.isfinite(norm)
                 total += loss.double() * len(idx)
                 steps += 1
@@ -254,11 +285,13 @@ class Trainer:
                 if is_row_state(value, table.weight):
                     value[rows] = 0
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, inputs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mini-batch step; returns its loss and gradient norm (before clipping)."""
         self.sparse_opt.zero_grad(set_to_none=True)
         self.dense_opt.zero_grad(set_to_none=True)
-        loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x), y)
+        loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x, inputs), y)
         loss.backward()
         rows: dict[str, torch.Tensor] = {}
         for name, table in self.tables.items():
@@ -267,6 +300,10 @@ class Trainer:
                 rows[name] = table.weight.grad.indices()[0]
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        for name in rows if PER_EVENT_TABLE_GRADIENTS else ():  # see `mini_batch_size`
+            grad = self.tables[name].weight.grad
+            assert grad is not None
+            self.tables[name].weight.grad = torch.mul(grad, float(len(y)))
         self.sparse_opt.step()
         self.dense_opt.step()
         if self.settings.weight_decay > 0:

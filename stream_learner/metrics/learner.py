@@ -48,6 +48,12 @@ class Metrics:
         self.windows_skipped = Counter(
             f"{P}windows_skipped", "Windows not applied to the model, by reason.", ["reason"], registry=r
         )
+        self.events_skipped = Counter(
+            f"{P}events_skipped",
+            "Events of the windows not applied to the model (not trained on), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.window_events = Histogram(
             f"{P}window_events",
             "Events per closed window.",
@@ -150,6 +156,7 @@ class Metrics:
             (self.events_consumed, topics),
             (self.events_invalid, invalid_reasons),
             (self.windows_skipped, skip_reasons),
+            (self.events_skipped, skip_reasons),
             (self.snapshot_published, snapshot_kinds),
             (self.snapshots_refused, refused_reasons),
             (self.feature_ids_admitted, table_fields),

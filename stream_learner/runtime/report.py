@@ -36,6 +36,7 @@ class Summary:
     late: int = 0
     windows_trained: int = 0
     windows_skipped: int = 0
+    events_skipped: int = 0
     snapshots: int = 0
     version: int = 0
     first_validation_loss: float = math.nan
@@ -91,7 +92,9 @@ class Reporter:
             log.info("learning rate %.6g: %s", r.lr.lr, r.lr.reason)
         if r.skipped:
             m.windows_skipped.labels(r.skipped).inc()
+            m.events_skipped.labels(r.skipped).inc(r.events)
             s.windows_skipped += 1
+            s.events_skipped += r.events
         if r.step is not None and r.step.applied:
             m.windows_trained.inc()
             m.train_loss.set(r.step.loss)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from stream_learner.ingest.codec import encode_event
+from stream_learner.learning.features import FeatureMapper
 from stream_learner.learning.models import ModelSpec, build_model
 from stream_learner.snapshots.chain import newest_state
 from stream_learner.tools.produce import produce_synthetic
@@ -66,9 +67,12 @@ def test_learner_consumes_trains_snapshots_and_commits(kafka_bootstrap, new_topi
     learner = run.app.learner
     assert learner is not None
     rows = np.stack([np.arange(500) % f.rows for f in learner.spec.fields], axis=1).astype(np.int64)
+    inputs = FeatureMapper.from_spec(fresh.spec, tensors).inputs(rows)  # the count inputs, from the snapshot
+    assert inputs is not None
     with torch.no_grad():
-        ours = torch.sigmoid(fresh(torch.from_numpy(rows))).numpy()
-    np.testing.assert_allclose(ours, learner.trainer.predict(rows), rtol=1e-5, atol=1e-6)
+        ours = torch.sigmoid(fresh(torch.from_numpy(rows), torch.from_numpy(inputs))).numpy()
+    expected = learner.trainer.predict(rows, learner.features.inputs(rows))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_undecodable_messages_are_counted_and_do_not_stop_the_job(kafka_bootstrap, new_topic):

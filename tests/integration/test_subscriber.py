@@ -80,7 +80,8 @@ def test_subscriber_follows_the_learner_and_serves_its_model(kafka_bootstrap, ne
         assert len(recent) > 50 and recent == learner.recent_items()
         scores = subscriber.score("u17", recent)
         rows = learner.features.rows_for_ids(["u17"] * len(recent), recent)
-        np.testing.assert_allclose(scores, learner.trainer.predict(rows), rtol=1e-5, atol=1e-6)
+        expected = learner.trainer.predict(rows, learner.features.inputs(rows))
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
         best = subscriber.recommend("u17", k=10)
         assert [i for i, _ in best] == [recent[j] for j in np.argsort(-scores, kind="stable")[:10]]
         assert [s for _, s in best] == sorted((s for _, s in best), reverse=True)

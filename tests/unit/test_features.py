@@ -81,11 +81,13 @@ def test_state_round_trips_and_serving_lookup_never_admits() -> None:
     mapper.commit(mapper.place(events))
     state = {k: v.copy() for k, v in mapper.state().items()}
     assert set(state) == {
-        f"features.{f}.{k}" for f in ("user", "item") for k in ("keys", "last_seen_ms", "pending")
+        f"features.{f}.{k}"
+        for f in ("user", "item")
+        for k in ("keys", "last_seen_ms", "pending", "events", "positives")
     }
     assert all(len(v) == 64 for k, v in state.items() if ".user." in k)
 
-    serving = FeatureMapper.from_spec(ModelSpec("fm", mapper.specs()), state)
+    serving = FeatureMapper.from_spec(ModelSpec("fm", mapper.specs(), extra=mapper.spec_extra()), state)
     np.testing.assert_array_equal(serving.rows(events), mapper.rows(events))
     by_ids = serving.rows_for_ids(
         list(batch.user_id), list(batch.item_id), {"device": list(batch.context["device"])}

@@ -141,7 +141,7 @@ def test_pretrained_dynamic_tables_need_their_id_mapping(tmp_path: Path) -> None
     with pytest.raises(WarmStartError, match="dynamic field user need all of"):
         load_pretrained(fresh, without)
     full = tmp_path / "with.safetensors"
-    names = [k for k in tensors if k.startswith("features.user.")]
+    names = [f"features.user.{k}" for k in ("keys", "last_seen_ms", "pending")]  # the id mapping
     save_file(
         {"embeddings.user": tensors["model.embeddings.user.weight"], **{k: tensors[k] for k in names}},
         str(full),
@@ -157,7 +157,7 @@ class DriftOn:
     def __init__(self, at: int, lr: float = 0.2) -> None:
         self.lr, self.at, self.seen = lr, at, 0
 
-    def update(self, validation_loss: float) -> LRUpdate:
+    def update(self, validation_loss: float, events: int = 1, variance: float | None = None) -> LRUpdate:
         self.seen += 1
         drift = self.seen == self.at
         return LRUpdate(self.lr, "drift (test)" if drift else None, drift)

@@ -14,7 +14,10 @@ from stream_learner.config import LRSettings
 from stream_learner.learning.detectors import Adwin, PageHinkley
 from stream_learner.learning.rates import ConstantLR, DriftLR, PlateauLR, make_controller
 
-#: The noise of a window's mean log loss over 10 000 events (about 0.6 / sqrt(events)).
+#: Windows of the tests hold this many events; one event's log loss varies by EVENT_VARIANCE (0.6^2)
+#: about the mean, so the noise of a window's mean is WINDOW_NOISE (0.6 / sqrt(events)).
+EVENTS = 10_000
+EVENT_VARIANCE = 0.36
 WINDOW_NOISE = 0.006
 
 
@@ -42,20 +45,71 @@ def test_plateau_decays_after_patience_and_stops_at_min() -> None:
     assert c.update(0.4).lr == 0.06  # improvement keeps the rate; it never goes below min
 
 
+def windows_of(ph: PageHinkley, losses: list[float], events: int = EVENTS) -> list[bool]:
+    """Whether Page-Hinkley fires on each of windows of ``events`` events with these mean losses."""
+    return [ph.update(x, events, EVENT_VARIANCE) for x in losses]
+
+
 def test_page_hinkley_ignores_noise_and_a_falling_loss_but_fires_on_a_rise() -> None:
-    ph = PageHinkley(delta=0.005, threshold=0.03)
+    ph = PageHinkley(delta=0.02, threshold=20.0)
     falling = [0.7 - 0.01 * i for i in range(20)]
-    assert not any(ph.update(x) for x in falling + noisy(0.5, 40))
-    assert ph.update(0.56)  # a jump of 0.06 (ten times the window noise) fires at once
+    assert not any(windows_of(ph, falling + noisy(0.5, 40, sigma=WINDOW_NOISE)))
+    assert windows_of(ph, [0.56]) == [True]  # a jump of 0.06 (ten times the window noise) fires at once
 
 
 def test_page_hinkley_fires_within_a_few_windows_of_a_gradual_rise() -> None:
-    ph = PageHinkley(delta=0.005, threshold=0.03)
-    assert not any(ph.update(x) for x in noisy(0.5, 30, sigma=WINDOW_NOISE))
-    rising = [
-        ph.update(x) for x in np.array(noisy(0.5, 6, seed=1, sigma=WINDOW_NOISE)) + 0.01 * np.arange(1, 7)
-    ]
+    ph = PageHinkley(delta=0.02, threshold=20.0)
+    assert not any(windows_of(ph, noisy(0.5, 30, sigma=WINDOW_NOISE)))
+    rising = windows_of(
+        ph, list(np.array(noisy(0.5, 6, seed=1, sigma=WINDOW_NOISE)) + 0.01 * np.arange(1, 7))
+    )
     assert any(rising[:4]), "a rise of 0.01 per window not seen within 4 windows"
+
+
+def test_page_hinkley_weighs_a_window_by_its_events() -> None:
+    settled = noisy(0.5, 20, sigma=WINDOW_NOISE)
+    small, large = PageHinkley(0.02, 20.0), PageHinkley(0.02, 20.0)
+    windows_of(small, settled)
+    windows_of(large, settled)
+    assert not small.update(1.5, 13, EVENT_VARIANCE)  # three times the loss, over 13 events: noise
+    assert large.update(0.6, 10_000, EVENT_VARIANCE)  # a fifth more, over 10 000 events: a change
+    assert not small.update(0.6, 13, EVENT_VARIANCE)  # the same mean over 13 events is not
+
+
+def bernoulli_windows(sizes: np.ndarray, p: float, q: float, seed: int) -> list[tuple[float, int, float]]:
+    """(mean log loss, events, variance) of windows of events whose label is 1 with probability ``q``,
+    scored by a model that says ``p``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        y = rng.random(n) < q
+        loss = np.where(y, -np.log(p), -np.log1p(-p))
+        out.append((float(loss.mean()), int(n), float(loss.var())))
+    return out
+
+
+def test_page_hinkley_raises_no_alarm_on_many_small_windows_of_a_stationary_stream() -> None:
+    sizes = np.random.default_rng(0).integers(1, 60, 5_000)  # 150 000 events, windows of 1 to 59
+    ph = PageHinkley(0.02, 20.0)
+    assert not any(ph.update(*w) for w in bernoulli_windows(sizes, 0.7, 0.7, seed=1))
+
+
+def test_page_hinkley_adds_up_the_evidence_of_small_windows() -> None:
+    sizes = np.random.default_rng(2).integers(1, 60, 3_000)
+    ph = PageHinkley(0.02, 20.0)
+    assert not any(ph.update(*w) for w in bernoulli_windows(sizes[:2_000], 0.7, 0.7, seed=3))
+    # the stream changes (positives 60% where the model says 70%): the loss rises by 7%
+    fired = [ph.update(*w) for w in bernoulli_windows(sizes[2_000:], 0.7, 0.6, seed=4)]
+    assert any(fired), "a lasting rise over 30 000 events in small windows never fired"
+    assert fired.index(True) > 10, "one small window alone fired"
+
+
+def test_page_hinkley_state_round_trips() -> None:
+    a, b = PageHinkley(0.02, 20.0), PageHinkley(0.02, 20.0)
+    windows_of(a, learning_curve(20))
+    b.restore(json.loads(json.dumps(a.state())))
+    assert windows_of(a, noisy(0.6, 3, seed=9)) == windows_of(b, noisy(0.6, 3, seed=9))
+    assert a.state() == b.state()
 
 
 def test_adwin_fires_on_a_rise_only() -> None:
@@ -89,7 +143,7 @@ def test_adwin_sees_a_rise_of_a_few_times_the_noise_within_three_windows() -> No
 def test_no_false_alarm_on_a_long_stationary_stream(detector: str) -> None:
     c = make_controller(LRSettings(policy="drift", detector=detector))
     losses = learning_curve(40) + noisy(0.47, 300, seed=5, sigma=WINDOW_NOISE)
-    updates = [c.update(x) for x in losses]
+    updates = [c.update(x, EVENTS, EVENT_VARIANCE) for x in losses]
     assert not any(u.drift for u in updates)
     assert {u.lr for u in updates} == {LRSettings().initial}
 
@@ -97,12 +151,14 @@ def test_no_false_alarm_on_a_long_stationary_stream(detector: str) -> None:
 def test_drift_jumps_to_max_says_why_and_returns_to_the_settled_rate() -> None:
     s = LRSettings(policy="drift", initial=0.2, min=0.1, max=0.8, patience=50, drift_decay=0.6)
     c = DriftLR(s)
-    before = [c.update(x) for x in learning_curve(30)]
+    before = [c.update(x, EVENTS, EVENT_VARIANCE) for x in learning_curve(30)]
     assert {u.lr for u in before} == {0.2} and not any(u.drift or u.reason for u in before)
-    up = c.update(0.6)  # the loss jumps by far more than the noise
+    up = c.update(0.6, EVENTS, EVENT_VARIANCE)  # the loss jumps by far more than the noise
     assert up.drift and up.lr == 0.8
     assert up.reason and "drift detected by page_hinkley" in up.reason and "0.2 -> 0.8" in up.reason
-    after = [c.update(x) for x in learning_curve(10, seed=1)]  # the model learns the new stream
+    after = [
+        c.update(x, EVENTS, EVENT_VARIANCE) for x in learning_curve(10, seed=1)
+    ]  # the model learns the new stream
     assert [u.lr for u in after] == pytest.approx([0.48, 0.288, 0.2] + [0.2] * 7)  # never below 0.2
     assert not any(u.drift for u in after)
     assert all(u.reason and "recovering from drift" in u.reason for u in after[:2])
@@ -114,20 +170,22 @@ def test_a_drift_during_the_recovery_returns_to_the_first_settled_rate() -> None
     s = LRSettings(policy="drift", initial=0.2, min=0.1, max=0.8, patience=50, drift_decay=0.5)
     c = DriftLR(s)
     for x in learning_curve(30):
-        c.update(x)
-    assert c.update(0.6).drift
-    assert c.update(0.55).lr == 0.4
-    again = c.update(0.75)
+        c.update(x, EVENTS, EVENT_VARIANCE)
+    assert c.update(0.6, EVENTS, EVENT_VARIANCE).drift
+    assert c.update(0.55, EVENTS, EVENT_VARIANCE).lr == 0.4
+    again = c.update(0.75, EVENTS, EVENT_VARIANCE)
     assert again.drift and again.lr == 0.8 and "returning to 0.2" in (again.reason or "")
-    assert [c.update(x).lr for x in (0.7, 0.65, 0.6)] == [0.4, 0.2, 0.2]
+    assert [c.update(x, EVENTS, EVENT_VARIANCE).lr for x in (0.7, 0.65, 0.6)] == [0.4, 0.2, 0.2]
 
 
 def test_plateau_decay_resumes_after_the_recovery() -> None:
     s = LRSettings(policy="drift", initial=0.2, min=0.05, max=0.4, patience=3, drift_decay=0.5)
     c = DriftLR(s)
-    assert [c.update(0.65 - 0.005 * i).lr for i in range(30)] == [0.2] * 30  # always improving
-    assert c.update(0.7).drift
-    rates = [c.update(0.6).lr for _ in range(8)]  # recovered, then flat: a plateau
+    assert [c.update(0.65 - 0.005 * i, EVENTS, EVENT_VARIANCE).lr for i in range(30)] == [
+        0.2
+    ] * 30  # always improving
+    assert c.update(0.7, EVENTS, EVENT_VARIANCE).drift
+    rates = [c.update(0.6, EVENTS, EVENT_VARIANCE).lr for _ in range(8)]  # recovered, then flat: a plateau
     assert rates[:2] == [0.2, 0.2] and rates[-1] < 0.2 and min(rates) >= 0.05
 
 
@@ -137,10 +195,12 @@ def test_drift_state_round_trips_through_json_mid_recovery(detector: str) -> Non
     a, b = make_controller(s), make_controller(s)
     losses = [*learning_curve(30), 0.7, 0.68, *learning_curve(10, seed=2)]
     for x in losses[:32]:
-        a.update(x)
+        a.update(x, EVENTS, EVENT_VARIANCE)
     assert a.lr > s.initial  # restored while recovering
     b.restore(json.loads(json.dumps(a.state())))
-    assert [a.update(x) for x in losses[32:]] == [b.update(x) for x in losses[32:]]
+    assert [a.update(x, EVENTS, EVENT_VARIANCE) for x in losses[32:]] == [
+        b.update(x, EVENTS, EVENT_VARIANCE) for x in losses[32:]
+    ]
 
 
 def test_restore_keeps_the_rate_within_the_bounds() -> None:

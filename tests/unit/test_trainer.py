@@ -12,7 +12,7 @@ import torch
 from stream_learner.config import TrainSettings
 from stream_learner.errors import ConfigError
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
-from stream_learner.learning.trainer import Trainer, resolve_device
+from stream_learner.learning.trainer import Trainer, mini_batch_size, resolve_device
 from tests.learning_support import assert_same_tensors
 
 SPEC = ModelSpec("dnn", (FieldSpec("user", 50), FieldSpec("item", 20), FieldSpec("ctx.d", 3)), 4, (8,), 0.0)
@@ -38,7 +38,8 @@ def test_each_sparse_optimiser_learns(optimizer: str) -> None:
     before = t.evaluate(rows, labels)
     result = t.train(rows, labels, t.sparse_opt.param_groups[0]["lr"], seed=1)
     after = t.evaluate(rows, labels)
-    assert result.applied and result.steps == 3 * math.ceil(600 / 64)
+    size = mini_batch_size(600, t.settings.min_batch_size, 64, t.settings.window_steps)
+    assert result.applied and result.steps == 3 * math.ceil(600 / size)
     assert after.loss < before.loss - 0.05 and after.auc > 0.75
     if optimizer == "rowwise_adagrad":
         assert t.sparse_opt.state[t.tables["embeddings.user"].weight]["sum"].shape == (50,)
@@ -88,12 +89,14 @@ def test_fresh_rows_start_over_with_no_optimiser_state() -> None:
 
 
 def test_gradients_are_clipped_to_the_limit() -> None:
-    t = trainer(grad_clip=0.01)
+    torch.manual_seed(0)  # one step of the whole window
+    t = Trainer(build_model(SPEC), TrainSettings(device="cpu", grad_clip=0.01, min_batch_size=1024), 0.1)
     rows, labels = data()
-    t.train(rows, labels, 0.1, seed=1)
-    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in t.model.parameters()]
+    assert t.train(rows, labels, 0.1, seed=1).steps == 1
+    # the mean loss's gradient is clipped; the tables then take per-event sums (600 x the mean's)
+    grads = [p.grad.coalesce().values() / 600 if p.grad.is_sparse else p.grad for p in t.model.parameters()]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    assert norm <= 0.01 * (1 + 1e-4)
+    assert 0.01 * (1 - 1e-4) <= norm <= 0.01 * (1 + 1e-4)
 
 
 def test_weight_decay_shrinks_only_the_rows_trained() -> None:
@@ -162,3 +165,35 @@ def test_training_leaves_a_core_to_the_polling_loop_unless_told_otherwise(monkey
         assert torch.get_num_threads() == cpu_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("events", "size"),
+    [(1, 8), (13, 8), (128, 8), (1_000, 63), (10_000, 625), (16_384, 1024), (100_000, 1024)],
+)
+def test_the_mini_batch_adapts_to_the_window_between_a_floor_and_the_batch_size(
+    events: int, size: int
+) -> None:
+    assert mini_batch_size(events, 8, 1024, 16) == size  # the defaults
+
+
+def test_small_windows_take_several_steps_and_large_ones_keep_large_mini_batches() -> None:
+    t = trainer()  # batch_size 64 here; the floor and the steps per window are the defaults
+    rows, labels = data(2_000)
+    steps = [t.train(rows[:n], labels[:n], 0.1, seed=n).steps for n in (5, 40, 600, 2_000)]
+    assert steps == [1, 5, 16, 32]  # one mini-batch; 8 events each; 16 steps; mini-batches of 64
+
+
+def test_a_table_rows_step_does_not_depend_on_who_else_shares_its_mini_batch() -> None:
+    """Table gradients are per-event sums: after one step, the Adagrad sum of a row seen once is its
+    event's squared gradient whether 7 or 47 other events share the mini-batch (with the mean loss it
+    would be 36 times smaller in the larger one)."""
+    rows, labels = data(48)
+    rows[:, 0] = np.arange(48)  # every user once
+    sums = []
+    for n in (8, 48):
+        t = trainer(min_batch_size=n)  # batch_size 64: one step either way
+        assert t.train(rows[:n], labels[:n], 0.1, seed=1).steps == 1
+        sums.append(t.sparse_opt.state[t.tables["linear.weights.user"].weight]["sum"][:8, 0])
+    assert torch.all(sums[0] > 1e-3)
+    torch.testing.assert_close(sums[0], sums[1])

@@ -16,8 +16,9 @@ from stream_learner.learning.detectors.page_hinkley import PageHinkley
 class ChangeDetector(Protocol):
     """Sees one loss per window; says when the loss has risen for good."""
 
-    def update(self, x: float) -> bool:
-        """Add a window's loss; True when a rise is detected."""
+    def update(self, x: float, events: int = 1, variance: float | None = None) -> bool:
+        """Add a window of ``events`` events whose mean loss is ``x`` (``variance``: of one event's
+        loss about it, None when unknown); True when a rise is detected."""
         ...
 
     def reset(self) -> None: ...

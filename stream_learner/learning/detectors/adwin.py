@@ -31,7 +31,9 @@ class Adwin:
     def reset(self) -> None:
         self.values.clear()
 
-    def update(self, x: float) -> bool:
+    def update(self, x: float, events: int = 1, variance: float | None = None) -> bool:
+        """Add a window's mean loss (ADWIN estimates the noise of window means itself: ``events`` and
+        ``variance`` are not used)."""
         self.values.append(x)
         n = len(self.values)
         if n < max(self.min_len, 2 * self.min_part):

@@ -70,6 +70,12 @@ class RecModel(nn.Module):
             {table_name(f.name): nn.Embedding(f.rows, dim, sparse=sparse) for f in spec.fields}
         )
         self._extra_tables: dict[str, nn.ModuleDict] = {}
+        width = int(spec.extra.get("count_inputs", 0))
+        self.count_head = nn.Linear(width, 1, bias=False) if width else None
+        if self.count_head is not None:
+            with torch.no_grad():  # start as the mean of the smoothed-rate logits (stream_learner.counts)
+                self.count_head.weight.zero_()
+                self.count_head.weight[0, 0::2] = 1.0 / (width // 2)
 
     def _add_tables(self, prefix: str, dim: int, sparse: bool) -> nn.ModuleDict:
         """Another table per field, registered as ``<prefix>.<field>``; initialised to zeros. The
@@ -110,5 +116,15 @@ class RecModel(nn.Module):
         """(n, fields) rows -> (n, fields, dim) vectors."""
         return torch.stack([table(rows[:, i]) for i, table in enumerate(self.embeddings.values())], dim=1)
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def count_logit(self, inputs: torch.Tensor | None) -> torch.Tensor | float:
+        """The part of the logit from the count inputs (0 for a model without them)."""
+        if self.count_head is None:
+            return 0.0
+        if inputs is None:
+            raise ValueError("the model takes count inputs (model.count_features) and none were given")
+        return self.count_head(inputs).squeeze(1)
+
+    def forward(
+        self, rows: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

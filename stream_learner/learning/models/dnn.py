@@ -21,7 +21,7 @@ class DeepFM(FM):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         vectors = self.embed(rows)
         deep = self.mlp(vectors.flatten(1)).squeeze(1)
-        return self.bias + self.first_order(rows) + fm_interaction(vectors) + deep
+        return self.bias + self.first_order(rows) + fm_interaction(vectors) + deep + self.count_logit(inputs)

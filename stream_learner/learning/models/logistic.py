@@ -14,5 +14,5 @@ class Logistic(RecModel):
         self.bias = nn.Parameter(torch.zeros(1))
         self.reset_parameters()
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.embed(rows).sum(dim=(1, 2)) + self.bias
+    def forward(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed(rows).sum(dim=(1, 2)) + self.bias + self.count_logit(inputs)
