@@ -142,6 +142,7 @@ class Trainer:
         self.table_field = model.table_fields()
         table_params = {id(t.weight) for t in self.tables.values()}
         self.dense_params = {n: p for n, p in model.named_parameters() if id(p) not in table_params}
+        self._params = list(model.parameters())
         self._make_optimizers(lr)
         cuda = self.device.type == "cuda"
         self.autocast = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
@@ -288,26 +289,34 @@ class Trainer:
     def _step(
         self, x: torch.Tensor, y: torch.Tensor, lr: float, inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mini-batch step; returns its loss and gradient norm (before clipping)."""
-        self.sparse_opt.zero_grad(set_to_none=True)
-        self.dense_opt.zero_grad(set_to_none=True)
+        """One mini-batch step; returns its loss and gradient norm (before clipping). The gradients
+        are clipped as ``clip_grad_norm_`` does, with each table's sparse gradient coalesced once and
+        its clip factor and per-event scale (see `mini_batch_size`) folded into one multiplication."""
+        for param in self._params:
+            param.grad = None
         loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x, inputs), y)
         loss.backward()
-        rows: dict[str, torch.Tensor] = {}
+        sparse: dict[str, torch.Tensor] = {}
         for name, table in self.tables.items():
-            if table.weight.grad is not None:  # coalesced once: the norm and the optimiser need it so
-                table.weight.grad = table.weight.grad.coalesce()
-                rows[name] = table.weight.grad.indices()[0]
+            if table.weight.grad is not None:
+                sparse[name] = table.weight.grad.coalesce()
+        dense = [p.grad for p in self.dense_params.values() if p.grad is not None]
+        squares = [g._values().pow(2).sum() for g in sparse.values()] + [g.pow(2).sum() for g in dense]
+        norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
-        norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        for name in rows if PER_EVENT_TABLE_GRADIENTS else ():  # see `mini_batch_size`
-            grad = self.tables[name].weight.grad
-            assert grad is not None
-            self.tables[name].weight.grad = torch.mul(grad, float(len(y)))
+        factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        if dense:
+            torch._foreach_mul_(dense, factor)
+        scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor
+        for name, grad in sparse.items():
+            weight = self.tables[name].weight
+            weight.grad = torch.sparse_coo_tensor(
+                grad._indices(), grad._values() * scale, grad.shape, is_coalesced=True
+            )
         self.sparse_opt.step()
         self.dense_opt.step()
         if self.settings.weight_decay > 0:
-            self._decay_rows(rows, lr)
+            self._decay_rows({name: g._indices()[0] for name, g in sparse.items()}, lr)
         return loss.detach(), norm
 
     @torch.no_grad()

@@ -1,8 +1,9 @@
 """Optimisers for the sparse (embedding-table) part of a model.
 
-``adagrad`` and ``adam`` are torch's Adagrad and SparseAdam; ``rowwise_adagrad`` keeps one
-accumulator per row instead of one per weight (the mean of the row's squared gradient, as in
-FBGEMM's row-wise Adagrad), which saves a table's worth of optimiser memory.
+``adagrad`` is Adagrad for coalesced sparse gradients (`SparseAdagrad`: torch's update, in a few
+index operations instead of torch's general sparse arithmetic); ``adam`` is torch's SparseAdam;
+``rowwise_adagrad`` keeps one accumulator per row instead of one per weight (the mean of the row's
+squared gradient, as in FBGEMM's row-wise Adagrad), which saves a table's worth of optimiser memory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,34 @@ from typing import Literal
 import torch
 
 SparseKind = Literal["adagrad", "adam", "rowwise_adagrad"]
+
+
+class SparseAdagrad(torch.optim.Optimizer):
+    """torch's Adagrad (no learning-rate decay, no initial accumulator) for sparse gradients that the
+    trainer has coalesced: per touched row, sum += g^2, then w -= lr * g / (sqrt(sum) + eps). Its
+    state has torch's names and shapes (``sum``, a float ``step``), so snapshots of either restore
+    into the other. Every step touches only the rows in the gradient."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 0.1, eps: float = 1e-10) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps})
+        for group in self.param_groups:
+            for param in group["params"]:
+                self.state[param] = {"step": torch.tensor(0.0), "sum": torch.zeros_like(param)}
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad if param.grad.is_coalesced() else param.grad.coalesce()
+                state = self.state[param]
+                state["step"] += 1
+                rows, values = grad._indices()[0], grad._values()
+                acc = state["sum"]
+                acc.index_add_(0, rows, values * values)
+                std = acc.index_select(0, rows).sqrt_().add_(group["eps"])
+                param.index_add_(0, rows, values / std, alpha=-group["lr"])
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -81,4 +110,4 @@ def sparse_optimizer(kind: SparseKind, params: list[torch.Tensor], lr: float) ->
         return torch.optim.SparseAdam(params, lr=lr)
     if kind == "rowwise_adagrad":
         return RowWiseAdagrad(params, lr=lr)
-    return torch.optim.Adagrad(params, lr=lr)
+    return SparseAdagrad(params, lr=lr)
