@@ -58,6 +58,7 @@ class Windower(Protocol):
     def flush(self) -> list[Window]: ...
     def mark_at_end(self, partition: int) -> None: ...
     def mark_paused(self) -> None: ...
+    def mark_resumed(self) -> None: ...
     def replayed(self, partition: int, offset: int) -> bool: ...
     def all_idle(self, now: float) -> bool: ...
     def watermark_ms(self, now: float) -> int | None: ...
@@ -72,6 +73,7 @@ class _Partition:
     max_ts: int = NO_TIME
     last_event: float = 0.0
     at_end: bool = False
+    held_at_end: bool = False  # at its end when the input was held back (`mark_paused`)
 
 
 def _offset_ranges(batch: EventBatch) -> dict[int, tuple[int, int]]:
@@ -109,10 +111,16 @@ class _Base:
             self.partitions[partition].at_end = True
 
     def mark_paused(self) -> None:
-        """The source paused its partitions: none is at its end until the source says so again
-        (it does, after resuming, for a partition that is still at its end)."""
+        """The source holds its input back: no partition is at its end meanwhile (what it holds
+        back may be new events)."""
         for state in self.partitions.values():
-            state.at_end = False
+            state.held_at_end, state.at_end = state.at_end, False
+
+    def mark_resumed(self) -> None:
+        """The source reads again from where it held back: a partition that was at its end is so
+        again until it shows a new event (the source reports no new end for it)."""
+        for state in self.partitions.values():
+            state.at_end, state.held_at_end = state.held_at_end, False
 
     def replayed(self, partition: int, offset: int) -> bool:
         """Whether this message was handled before the last restart (its effects are committed)."""

@@ -84,7 +84,9 @@ class Source:
         return starts
 
     def consume(self, timeout: float) -> tuple[list[Message], list[int]]:
-        """Up to max_batch messages, and the partitions whose end was reached."""
+        """Up to max_batch messages, and the partitions whose end was reached (nothing while paused)."""
+        if self._paused:
+            return [], []
         batch = self._consumer.consume(self._max_batch, timeout)
         problems = list(filter(methodcaller("error"), batch))  # C-level scan: no Python per message
         messages = [m for m in batch if m.error() is None] if problems else batch
@@ -131,14 +133,13 @@ class Source:
         self._positions[partition] = max(self._positions.get(partition, 0), position)
 
     def pause(self) -> None:
-        if not self._paused:
-            self._consumer.pause([TopicPartition(self.topic, p) for p in self.partitions])
-            self._paused = True
+        """Hold the input back: `consume` returns nothing until `resume`. librdkafka keeps fetching
+        into its bounded local queue (queued.max.messages.kbytes) meanwhile; its own pause would
+        discard that queue and fetch it again on resume, stalling the job at every resume."""
+        self._paused = True
 
     def resume(self) -> None:
-        if self._paused:
-            self._consumer.resume([TopicPartition(self.topic, p) for p in self.partitions])
-            self._paused = False
+        self._paused = False
 
     @property
     def paused(self) -> bool:

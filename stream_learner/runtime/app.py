@@ -111,7 +111,7 @@ class App:
                     self._beat = time.monotonic()
                     self._check_lease(p.lease)
                     p.commits.submit(p.intake.step())
-                    p.intake.backpressure(p.worker.queued)
+                    p.intake.backpressure(p.worker)
                     p.commits.collect()
                     p.commits.snapshot_if_due()
                     p.sink.poll()

@@ -1,5 +1,5 @@
 """The input step of the loop: consume a batch, decode it, dead-letter what is invalid, window the
-rest; and backpressure, which pauses the input while closed windows wait for training.
+rest; and backpressure, which holds the input back while closed windows wait for training.
 
 `Intake.step` returns the windows the batch closed. A message rejected by the codec (or an event
 late for its window, with ``window.late_policy = "dead_letter"``) goes to the dead-letter topic with
@@ -38,6 +38,14 @@ class EventSource(Protocol):
     def resume(self) -> None: ...
     @property
     def paused(self) -> bool: ...
+
+
+class TrainingQueue(Protocol):
+    """The closed windows waiting for training (`stream_learner.runtime.worker.Worker`)."""
+
+    @property
+    def queued(self) -> int: ...
+    def wait_for_room(self, bound: int, timeout: float) -> bool: ...
 
 
 class DeadLetterSink(Protocol):
@@ -93,18 +101,20 @@ class Intake:
             self.metrics.window_events.observe(len(window))
         return added.windows
 
-    def backpressure(self, queued: int) -> None:
-        """Pause input while ``queued`` closed windows wait beyond the bound; resume when they drain
-        to half of it. The loop keeps polling meanwhile, so the consumers stay in their groups; a
-        paused partition never counts as idle."""
+    def backpressure(self, training: TrainingQueue) -> None:
+        """Hold the input back while ``window.max_queued`` closed windows wait for training, and
+        resume as soon as one is taken. While held, wait for room up to the poll timeout (the loop
+        then polls the lease and the sink, and comes back); a held partition never counts as idle."""
         bound = self.settings.window.max_queued
-        if queued >= bound and not self.source.paused:
-            self.source.pause()
-            self.windower.mark_paused()
-            log.debug("input paused: %d windows wait for training", queued)
-        elif self.source.paused and queued < max(1, bound // 2):
+        if training.queued >= bound:
+            if not self.source.paused:
+                self.source.pause()
+                self.windower.mark_paused()
+                log.debug("input held back: %d windows wait for training", training.queued)
+            training.wait_for_room(bound, self.settings.input.poll_timeout_seconds)
+        if self.source.paused and training.queued < bound:
             self.source.resume()
-            log.debug("input resumed: %d windows wait for training", queued)
+            self.windower.mark_resumed()
         self.metrics.paused_partitions.set(len(self.source.partitions) if self.source.paused else 0)
 
     def _late(self, decoded: DecodeResult, late: np.ndarray) -> None:

@@ -44,6 +44,7 @@ class Worker:
     _inbox: queue.Queue[_Job | None] = field(default_factory=queue.Queue)
     _outbox: queue.Queue[Output] = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
+    _taken: threading.Condition = field(default_factory=threading.Condition)  # a job left the inbox
 
     def __enter__(self) -> Worker:
         self.start()
@@ -77,6 +78,11 @@ class Worker:
     def queued(self) -> int:
         return self._inbox.qsize()
 
+    def wait_for_room(self, bound: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until fewer than ``bound`` jobs are queued."""
+        with self._taken:
+            return self._taken.wait_for(lambda: self.queued < bound, timeout)
+
     def drop_queued(self) -> int:
         """Forget windows not yet started (their offsets stay uncommitted); return how many."""
         dropped = 0
@@ -98,8 +104,14 @@ class Worker:
         except queue.Empty:
             return out
 
+    def _take(self) -> _Job | None:
+        job = self._inbox.get()
+        with self._taken:
+            self._taken.notify_all()
+        return job
+
     def _run(self) -> None:
-        while (job := self._inbox.get()) is not None:
+        while (job := self._take()) is not None:
             try:
                 result = self.learner.process(job.window) if job.window is not None else None
                 state = self.copier.copy() if job.snapshot else None

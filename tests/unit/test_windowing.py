@@ -249,6 +249,18 @@ class _Source:
         self.paused = False
 
 
+class _Training:
+    """Windows waiting for training; waiting for room returns at once (nothing trains here)."""
+
+    def __init__(self, queued: int) -> None:
+        self.queued = queued
+        self.waited: list[tuple[int, float]] = []
+
+    def wait_for_room(self, bound: int, timeout: float) -> bool:
+        self.waited.append((bound, timeout))
+        return self.queued < bound
+
+
 def test_backpressure_pauses_the_input_and_paused_partitions_never_close_windows_on_the_wall_clock() -> None:
     settings_ = Settings.model_validate({"window": {"max_queued": 2, "idle_timeout_seconds": 1.0}})
     w = windower(partitions=1, idle=1.0)
@@ -265,12 +277,14 @@ def test_backpressure_pauses_the_input_and_paused_partitions_never_close_windows
     )  # type: ignore[arg-type]
     w.add(batch([(10 * S, 0, 0)]), now=1)
     w.mark_at_end(0)
-    intake.backpressure(queued=2)
+    training = _Training(queued=2)
+    intake.backpressure(training)
     assert intake.source.paused and registry.get_sample_value("stream_learner_paused_partitions") == 1
-    assert w.add(batch([]), now=1000).windows == []  # paused for long: the window stays open
-    intake.backpressure(queued=1)
-    assert intake.source.paused  # resumes only once the queue is down to half the bound
-    intake.backpressure(queued=0)
+    assert training.waited == [(2, settings_.input.poll_timeout_seconds)]  # waited for room, bounded
+    assert w.add(batch([]), now=1000).windows == []  # held back for long: the window stays open
+    training.queued = 1
+    intake.backpressure(training)  # room for one more window: the input resumes at once
     assert not intake.source.paused and registry.get_sample_value("stream_learner_paused_partitions") == 0
-    w.mark_at_end(0)  # the source reports the end again after resuming
+    assert len(training.waited) == 1  # no wait with room
+    # the partition was at its end when held back and shows nothing new: idle again, the window closes
     assert spans(w.add(batch([]), now=1001).windows) == [(0, 60 * S)]
