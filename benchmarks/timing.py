@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from benchmarks.stages import StageProfile
 from stream_learner.config import Settings
 from stream_learner.ingest.codec import encode_event
 from stream_learner.kafka.source import Source
@@ -43,19 +44,25 @@ def produce_trailer(settings: Settings, partitions: int) -> None:
 
 
 @contextmanager
-def _instrumented(events: int, marks: dict[str, float]) -> Iterator[None]:
+def _instrumented(events: int, marks: dict[str, Any], profile: StageProfile | None) -> Iterator[None]:
     consume, process = Source.consume, Learner.process
+
+    def mark(name: str) -> None:
+        if name not in marks:
+            marks[name] = time.perf_counter()
+            if profile is not None:
+                marks[f"{name}_profile"] = profile.mark()
 
     def timed_consume(self: Source, timeout: float) -> Any:
         out = consume(self, timeout)
         if out[0]:
-            marks.setdefault("first", time.perf_counter())
+            mark("first")
         return out
 
     def timed_process(self: Learner, window: Any) -> Any:
         result = process(self, window)
         if self.events_trained >= events:
-            marks.setdefault("trained", time.perf_counter())
+            mark("trained")
         return result
 
     Source.consume, Learner.process = timed_consume, timed_process  # type: ignore[method-assign]
@@ -65,16 +72,22 @@ def _instrumented(events: int, marks: dict[str, float]) -> Iterator[None]:
         Source.consume, Learner.process = consume, process  # type: ignore[method-assign]
 
 
-def learner_rate(settings: Settings, events: int, partitions: int) -> dict[str, float]:
+def learner_rate(
+    settings: Settings, events: int, partitions: int, profile: StageProfile | None = None
+) -> dict[str, Any]:
     """Events/s of the whole job on ``settings.input.topic``, which holds ``events`` backfilled
-    events (a trailer is added here), and the start-up time before the first event."""
+    events (a trailer is added here), and the start-up time before the first event; with
+    ``profile`` (active around this call), the stage profile between the two marks."""
     produce_trailer(settings, partitions)
-    marks: dict[str, float] = {}
+    marks: dict[str, Any] = {}
     started = time.perf_counter()
-    with _instrumented(events, marks):
+    with _instrumented(events, marks, profile):
         App(settings).run(exit_when_idle=True)
     assert "trained" in marks, f"the learner never trained {events} events"
-    return {
+    out: dict[str, Any] = {
         "events_per_second": events / (marks["trained"] - marks["first"]),
         "startup_seconds": marks["first"] - started,
     }
+    if profile is not None:
+        out["stages"] = profile.report(events, marks["first_profile"], marks["trained_profile"])
+    return out
