@@ -151,6 +151,7 @@ class App:
         self.summary.metrics_url = server.url
         self.metrics.model_info.info({"model": s.model.name, "kind": s.model.kind, "version": __version__})
         ensure_topics(s)
+        spare = [Learner(s)]  # built (torch's lazy imports paid) before the lease: the input starts sooner
         lease = Lease(s, on_change=self._ownership_changed)
         stack.callback(lease.close)
         if not lease.wait(self._standing_by):
@@ -162,7 +163,10 @@ class App:
         stack.callback(lambda: sink.close(self._remaining()))
         self._sink = sink
         restored = restore(
-            s, lambda: (Learner(s), make_windower(s)), verifier=verifier, on_refused=self._refused
+            s,
+            lambda: (spare.pop() if spare else Learner(s), make_windower(s)),
+            verifier=verifier,
+            on_refused=self._refused,
         )
         learner, windower = restored.learner, restored.windower
         self.learner = learner
