@@ -1,6 +1,6 @@
 """Run every benchmark, one process each, against the local broker (or STREAM_LEARNER_BENCH_BOOTSTRAP).
 
-    .venv/bin/python -m benchmarks.run                  # all; about 20 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run                  # all; about 40 minutes on 2 cores
     .venv/bin/python -m benchmarks.run e2e ingest       # some
 
 Each writes its own section of benchmarks/results/latest.json. The quality and real-data benchmarks
@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "quality", "real"]
+ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "soak", "quality", "real"]
 
 
 def main() -> int:
