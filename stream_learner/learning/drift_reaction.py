@@ -16,11 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from stream_learner.config import LRSettings
 from stream_learner.learning.features import OOV_ROW, DynamicField, FeatureMapper
-from stream_learner.learning.models.optim import restore_rows, scale_second_moments
 from stream_learner.learning.trainer import Trainer
 
 #: A row is reset only when its mean log loss over the window's events exceeds what the model itself
@@ -51,18 +49,7 @@ class DriftReaction:
     def forget(self, trainer: Trainer, rows: np.ndarray) -> Callable[[], None]:
         """Scale the table optimiser's second moments of the ``rows`` (n, fields) a window trains by
         lr.drift_forget; return what undoes it (for a window that is rolled back)."""
-        opt, factor = trainer.sparse_opt, self.settings.drift_forget
-        done = []
-        for name, table in trainer.tables.items():
-            used = np.unique(rows[:, trainer.table_field[name]])
-            index = torch.from_numpy(used).to(table.weight.device)
-            done.append((table.weight, index, scale_second_moments(opt, table.weight, index, factor)))
-
-        def undo() -> None:
-            for weight, index, saved in done:
-                restore_rows(opt, weight, index, saved)
-
-        return undo
+        return trainer.forget(rows, self.settings.drift_forget)
 
     def drifted_rows(
         self, features: FeatureMapper, rows: np.ndarray, labels: np.ndarray, probs: np.ndarray

@@ -19,13 +19,14 @@ rate the controller's. An empty window changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from stream_learner.config import Settings
+from stream_learner.config import Settings, TrainSettings
 from stream_learner.ingest.events import EventBatch
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.drift_reaction import DriftReaction
@@ -36,19 +37,13 @@ from stream_learner.learning.rates import LRUpdate, make_controller
 from stream_learner.learning.recent import RecentItems
 from stream_learner.learning.trainer import Evaluation, StepResult, Trainer
 
-#: Probabilities are clipped to [LOSS_CLIP, 1 - LOSS_CLIP] in the variance of a window's log loss (as
-#: in quality.log_loss).
-LOSS_CLIP = 1e-7
+#: Builds the trainer (and its model) of a model spec: `local_trainer`, or one rank's of a job.
+TrainerFactory = Callable[[ModelSpec, TrainSettings, float], Trainer]
 
 
-def loss_variance(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The variance of one event's log loss about the window's mean (what the drift detector and the
-    guard need to tell a noisy small window from a large one whose loss really rose)."""
-    if len(labels) < 2:
-        return 0.0
-    p = np.clip(probs.astype(np.float64), LOSS_CLIP, 1 - LOSS_CLIP)
-    y = labels.astype(np.float64)
-    return float(np.var(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
+def local_trainer(spec: ModelSpec, settings: TrainSettings, lr: float) -> Trainer:
+    """The trainer of a model that this process holds whole."""
+    return Trainer(build_model(spec), settings, lr)
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,7 @@ class WindowResult:
 class Learner:
     """Feature mapper, model, trainer and learning-rate controller for one model name."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, make_trainer: TrainerFactory = local_trainer) -> None:
         self.settings = settings
         self.features = FeatureMapper.from_settings(settings.model)
         m = settings.model
@@ -85,9 +80,9 @@ class Learner:
             extra=self.features.spec_extra(),
         )
         torch.manual_seed(settings.train.seed)
-        self.model = build_model(self.spec)
         self.controller = make_controller(settings.lr)
-        self.trainer = Trainer(self.model, settings.train, self.controller.lr)
+        self.trainer = make_trainer(self.spec, settings.train, self.controller.lr)
+        self.model = self.trainer.model
         self.guard = LossGuard(settings.guard)
         self.drift = DriftReaction(settings.lr)
         self.recent = RecentItems(settings.snapshot.recent_items)
@@ -106,13 +101,12 @@ class Learner:
             newest_event_ms=newest,
             probabilities=probs,
         )
-        if len(events) == 0:
+        if evaluation.count == 0:  # (of the whole window when the trainer is one rank's of a job)
             return WindowResult(**common, evaluation=evaluation, lr=LRUpdate(self.controller.lr), step=None)
-        variance = loss_variance(events.label, probs)
-        update = self.controller.update(evaluation.loss, len(events), variance)
+        update = self.controller.update(evaluation.loss, evaluation.count, evaluation.variance)
         if update.drift:
             self.drift.arm()
-        skipped = self.guard.check(evaluation.loss, len(events), variance)
+        skipped = self.guard.check(evaluation.loss, evaluation.count, evaluation.variance)
         if skipped:
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
         train, held = self._split(events)
@@ -140,9 +134,7 @@ class Learner:
                 self.trainer.mark_touched(field, plan.expired)
             self.events_trained += len(train)
             self.recent.add(train.item_ids, train.timestamp_ms)
-            if len(held):
-                held_rows = self.features.rows(held)
-                holdout = self.trainer.evaluate(held_rows, held.label, self.features.inputs(held_rows))
+            holdout = self._holdout(held)
         return WindowResult(
             **common,
             evaluation=evaluation,
@@ -153,6 +145,14 @@ class Learner:
             tables=self._table_changes(placement if step.applied else None),
             drift_resets=resets if step.applied and resets else None,
         )
+
+    def _holdout(self, held: EventBatch) -> Evaluation | None:
+        """The trained model on the held-out events (the window's, over every rank of a job)."""
+        if self.settings.train.holdout_fraction == 0:
+            return None
+        held_rows = self.features.rows(held)
+        evaluation = self.trainer.evaluate(held_rows, held.label, self.features.inputs(held_rows))
+        return evaluation if evaluation.count else None
 
     def _table_changes(self, placement: Placement | None) -> dict[str, TableStats] | None:
         """Per dynamic table: rows in use now, and what this window admitted, expired, left unplaced."""

@@ -18,6 +18,17 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def log_loss_variance(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The variance of one event's log loss about the window's mean (what the drift detector and the
+    guard need to tell a noisy small window from a large one whose loss really rose); 0 for fewer
+    than two events."""
+    if len(labels) < 2:
+        return 0.0
+    p = np.clip(probs.astype(np.float64), _EPS, 1 - _EPS)
+    y = labels.astype(np.float64)
+    return float(np.var(-(y * np.log(p) + (1 - y) * np.log1p(-p))))
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties averaged); nan when one class is absent.
 

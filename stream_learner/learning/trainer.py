@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,13 @@ from stream_learner.errors import ConfigError
 from stream_learner.learning.cpus import cpu_threads
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.models.base import RecModel
-from stream_learner.learning.models.optim import is_row_state, sparse_optimizer
-from stream_learner.learning.quality import log_loss, roc_auc
+from stream_learner.learning.models.optim import (
+    is_row_state,
+    restore_rows,
+    scale_second_moments,
+    sparse_optimizer,
+)
+from stream_learner.learning.quality import log_loss, log_loss_variance, roc_auc
 
 EVAL_CHUNK = 1 << 16
 #: Table gradients are per-event sums (see `mini_batch_size`); False gives the mean loss's gradient
@@ -50,11 +56,13 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Quality of the model on some events: log loss, AUC and how many events."""
+    """Quality of the model on some events: log loss, AUC, how many events, and the variance of one
+    event's log loss about the mean."""
 
     loss: float
     auc: float
     count: int
+    variance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,10 @@ class Trainer:
     ) -> tuple[Evaluation, np.ndarray]:
         """`evaluate`, and the probability of each event (from which per-event losses follow)."""
         probs = self.predict(rows, inputs)
-        return Evaluation(log_loss(labels, probs), roc_auc(labels, probs), len(labels)), probs
+        evaluation = Evaluation(
+            log_loss(labels, probs), roc_auc(labels, probs), len(labels), log_loss_variance(labels, probs)
+        )
+        return evaluation, probs
 
     # -- training ------------------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -259,6 +270,23 @@ class Trainer:
         for name, i in self.table_field.items():
             self._touched[name].append(on_host[i])
         return StepResult(True, mean_loss, steps, time.perf_counter() - started)
+
+    def forget(self, rows: np.ndarray, factor: float) -> Callable[[], None]:
+        """Scale the table optimiser's second moments of the rows in ``rows`` ((n, fields), the rows
+        a window trains) by ``factor``; return what undoes it (for a window that is rolled back)."""
+        done = []
+        for name, table in self.tables.items():
+            used = np.unique(rows[:, self.table_field[name]])
+            index = torch.from_numpy(used).to(table.weight.device)
+            done.append(
+                (table.weight, index, scale_second_moments(self.sparse_opt, table.weight, index, factor))
+            )
+
+        def undo() -> None:
+            for weight, index, saved in done:
+                restore_rows(self.sparse_opt, weight, index, saved)
+
+        return undo
 
     def mark_touched(self, field: int, rows: np.ndarray) -> None:
         """Count rows of a field as changed (e.g. id-table slots that expired) for the next delta."""

@@ -1,0 +1,190 @@
+"""Scenarios that run on every rank of a small gloo job (tests only).
+
+`run_ranks(name, world, out)` starts ``world`` processes with the environment torchrun gives its
+workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), each running ``python -m
+tests.ranks NAME OUT``; a scenario joins the job's process group as a rank does (`Group.join`),
+compares what the sharded code computes with what one process computes on all the data, and writes
+its findings as JSON to ``OUT/NAME-RANK.json`` for the test to assert on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stream_learner.snapshots.shards import ShardCopier, assemble, decode_part, encode_part
+
+from stream_learner.config import TrainSettings
+from stream_learner.learning.collective import Group
+from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
+from stream_learner.learning.sharded_trainer import ShardedTrainer
+from stream_learner.learning.trainer import Trainer
+from stream_learner.snapshots.state import StateCopier
+
+#: Two fields, with count inputs (a dense head over 4 inputs per event), as the default model has.
+SPEC = ModelSpec(
+    "dnn",
+    (FieldSpec("user", 37), FieldSpec("item", 23)),
+    embedding_dim=4,
+    hidden=(8,),
+    dropout=0.0,
+    extra={"count_fields": ["user", "item"], "count_inputs": 4},
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(name: str, world: int, out: Path, timeout: float = 180.0) -> list[dict[str, Any]]:
+    """Run scenario ``name`` on ``world`` ranks; every rank's findings, in rank order."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.ranks", name, str(out)], env=env))
+    try:
+        codes = [p.wait(timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0] * world, f"ranks of {name} exited with {codes}"
+    return [json.loads((out / f"{name}-{rank}.json").read_text()) for rank in range(world)]
+
+
+class _Learner:
+    """The part of a `Learner` that the state copiers read."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.spec = SPEC
+
+    def tensors(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        return self.trainer.state_tensors(copy)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+
+def _windows(seed: int, count: int, events: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows, labels and count inputs of ``count`` windows."""
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            np.stack([rng.integers(0, 37, events), rng.integers(0, 23, events)], 1),
+            (rng.random(events) < 0.3).astype(np.float32),
+            rng.normal(size=(events, 4)).astype(np.float32),
+        )
+        for _ in range(count)
+    ]
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def equivalence(group: Group) -> dict[str, Any]:
+    """Windows of one mini-batch each (the union of the ranks' shares is the whole window), for each
+    sparse optimiser, with clipping, count inputs and a drift's forgetting: the sharded job against
+    one process with the whole model, from the same state; and its snapshots (full, delta, full)
+    joined on rank 0 against the single process's."""
+    found: dict[str, Any] = {"loss": 0.0, "variance": 0.0, "auc": 0.0, "train_loss": 0.0, "state": 0.0}
+    found["copies"] = []
+    for kind in ("adagrad", "adam", "rowwise_adagrad"):
+        settings = TrainSettings(
+            device="cpu", batch_size=1 << 20, window_steps=1, grad_clip=0.05, sparse_optimizer=kind
+        )
+        torch.manual_seed(1)
+        ref = Trainer(build_model(SPEC), settings, 0.1)
+        sharded = ShardedTrainer(SPEC, settings, 0.1, group)
+        sharded.load_state_tensors(ref.state_tensors())
+        ref_copier = StateCopier(_Learner(ref), full_every=2)  # type: ignore[arg-type]
+        copier = ShardCopier(sharded, full_every=2)
+        for w, (rows, labels, inputs) in enumerate(_windows(5, 3, 301)):
+            mine = slice(0, 100) if group.rank == 0 else slice(100, None)
+            evaluation, _ = sharded.score(rows[mine], labels[mine], inputs[mine])
+            expected, _ = ref.score(rows, labels, inputs)
+            if w == 1:  # after a drift: forget the rows the window trains
+                ref.forget(rows, 0.3)
+                sharded.forget(rows[mine], 0.3)
+            step = sharded.train(rows[mine], labels[mine], 0.1, seed=w, inputs=inputs[mine])
+            ref_step = ref.train(rows, labels, 0.1, seed=w, inputs=inputs)
+            found["loss"] = max(found["loss"], abs(evaluation.loss - expected.loss))
+            found["variance"] = max(found["variance"], abs(evaluation.variance - expected.variance))
+            found["auc"] = max(found["auc"], abs(evaluation.auc - expected.auc))
+            found["train_loss"] = max(found["train_loss"], abs(step.loss - ref_step.loss))
+            copy_kind, part = copier.copy()
+            reference = ref_copier.copy()
+            parts = group.gather_bytes(encode_part(part, {}))
+            if parts is not None:
+                joined = assemble(copy_kind, [decode_part(p)[0] for p in parts])
+                same = joined.keys() == reference.tensors.keys()
+                worst = max(_diff(joined[k], v) for k, v in reference.tensors.items()) if same else None
+                found["copies"].append([copy_kind, reference.kind, same, worst])
+        whole = ref.state_tensors()
+        for name, tensor in sharded.state_tensors().items():
+            expected_t = (
+                whole[name] if whole[name].shape == tensor.shape else sharded.sharding.shard(whole[name])
+            )
+            found["state"] = max(found["state"], _diff(tensor, expected_t))
+    return found
+
+
+def uneven(group: Group) -> dict[str, Any]:
+    """A window only rank 0 has events of, in several steps, that resets a row rank 1 owns (35: rank
+    1's local row 17) and does not train."""
+    settings = TrainSettings(device="cpu", batch_size=16, min_batch_size=16, window_steps=1)
+    sharded = ShardedTrainer(SPEC, settings, 0.1, group)
+    sharded.broadcast_dense()
+    ((rows, labels, inputs),) = _windows(7, 1, 100)
+    rows[:, 0] %= 30
+    if group.rank == 1:
+        rows, labels, inputs = rows[:0], labels[:0], inputs[:0]
+    evaluation, _ = sharded.score(rows, labels, inputs)
+    fresh = {0: np.array([35])} if group.rank == 0 else {}
+    step = sharded.train(rows, labels, 0.1, seed=3, fresh=fresh, inputs=inputs)
+    out: dict[str, Any] = {"count": evaluation.count, "steps": step.steps, "loss": step.loss}
+    if group.rank == 1:
+        table = sharded.tables["linear.weights.user"].weight
+        out["reset_linear"] = float(table[17].abs().sum())
+        out["reset_state"] = float(sharded.sparse_opt.state[table]["sum"][17].sum())
+        out["trained_rows"] = int((sharded.sparse_opt.state[table]["sum"] > 0).sum())
+    out["dense"] = float(next(iter(sharded.dense_params.values())).detach().sum())
+    return out
+
+
+SCENARIOS: dict[str, Callable[[Group], dict[str, Any]]] = {"equivalence": equivalence, "uneven": uneven}
+
+
+def main() -> None:
+    name, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    group = Group.join(torch.device("cpu"), 120)
+    try:
+        found = SCENARIOS[name](group)
+    finally:
+        group.leave()
+    (out / f"{name}-{group.rank}.json").write_text(json.dumps(found))
+
+
+if __name__ == "__main__":
+    main()
