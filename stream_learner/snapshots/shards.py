@@ -1,0 +1,119 @@
+"""Snapshots of a model sharded over the ranks of a job, in the layout of a single process.
+
+Every rank copies its part of the state after the same window (`ShardCopier`, on its training
+thread); the parts travel to rank 0 as bytes (`encode_part` / `decode_part`: a JSON header and a
+safetensors payload, never a pickle), and rank 0 joins them (`assemble`) into exactly what a single
+process with the whole model would have published: a full snapshot's tensors whole, a delta's row
+slices under the whole table's row numbers (docs/snapshot-format.md). Serving, tools and the
+restart therefore read a sharded model's snapshots like any other, and a snapshot restores into a
+job of any number of ranks (each takes its rows, `ShardedTrainer.load_state_tensors`).
+
+A part holds, under these names:
+
+- ``whole/<name>``: a tensor that is not row-aligned (dense weights, their optimiser state, step
+  counts), the same on every rank: only rank 0 sends them;
+- ``shard/<name>``: the rank's rows of a row-aligned tensor, whole (rows r, r + N, ...): in a full
+  snapshot, and in a delta for a tensor the previous snapshot did not have in that shape;
+- ``rows/<field>`` and ``part/<field>/<name>``: in a delta, the rows of the field's tables that the
+  rank changed since the previous snapshot (global row numbers) and those rows of each row-aligned
+  tensor of the field.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from stream_learner.learning.models.base import table_name
+from stream_learner.learning.sharded import row_table
+from stream_learner.learning.sharded_trainer import ShardedTrainer
+from stream_learner.snapshots import delta
+from stream_learner.snapshots.format import SnapshotKind
+
+WHOLE, SHARD, ROWS, PART = "whole/", "shard/", "rows/", "part/"
+_HEADER = struct.Struct("<Q")
+
+
+@dataclass
+class ShardCopier:
+    """Copies one rank's part of the state, whole every ``full_every``-th time, else as a delta."""
+
+    trainer: ShardedTrainer
+    full_every: int = 1
+    #: Deltas since the last full copy; None when the next copy must be full.
+    since_full: int | None = None
+    #: The (whole-model) shape of every tensor of the state the next delta applies to.
+    layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def copy(self) -> tuple[SnapshotKind, dict[str, torch.Tensor]]:
+        """This rank's part of the state now (call it on the training thread, on every rank after
+        the same window): the kind of snapshot, and the part's tensors (CPU copies)."""
+        t = self.trainer
+        touched = t.take_touched()
+        full = self.since_full is None or self.since_full + 1 >= self.full_every
+        shard_rows = {name: table.weight.shape[0] for name, table in t.tables.items()}
+        field_of = {name: table_name(t.model.spec.fields[i].name) for name, i in t.table_field.items()}
+        rows = {field_of[name]: local for name, local in touched.items()}  # a field's tables share rows
+        out: dict[str, torch.Tensor] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, tensor in t.state_tensors(copy=False).items():
+            table = row_table(name, tuple(tensor.shape), shard_rows)
+            if table is None:
+                shapes[name] = tuple(tensor.shape)
+                if t.group.rank == 0:
+                    out[WHOLE + name] = tensor.detach().to("cpu", copy=True)
+                continue
+            shapes[name] = (t.full_rows[table], *tensor.shape[1:])
+            if full or self.layout.get(name) != shapes[name]:
+                out[SHARD + name] = tensor.detach().to("cpu", copy=True)
+                continue
+            key = field_of[table]
+            index = rows[key].to(tensor.device)
+            out[f"{PART}{key}/{name}"] = tensor.detach().index_select(0, index).to("cpu")
+            out[ROWS + key] = t.sharding.to_global(rows[key].to("cpu", torch.int64))
+        self.layout = shapes if full else {**self.layout, **shapes}
+        self.since_full = 0 if full else (self.since_full or 0) + 1
+        return ("FULL" if full else "DELTA"), out
+
+
+def encode_part(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> bytes:
+    """A rank's part as bytes: the length of a JSON header, the header (``info``), safetensors."""
+    header = json.dumps(info).encode()
+    return _HEADER.pack(len(header)) + header + st_save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def decode_part(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of `encode_part`."""
+    (length,) = _HEADER.unpack_from(data)
+    info = json.loads(data[_HEADER.size : _HEADER.size + length])
+    return st_load(data[_HEADER.size + length :]), info
+
+
+def assemble(kind: SnapshotKind, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Join every rank's part (in rank order) into the state (full) or delta a single process with
+    the whole model would have cut."""
+    world = len(parts)
+    out = {name[len(WHOLE) :]: t for name, t in parts[0].items() if name.startswith(WHOLE)}
+    for name in [n[len(SHARD) :] for n in parts[0] if n.startswith(SHARD)]:
+        shards = [p[SHARD + name] for p in parts]
+        whole = shards[0].new_empty((sum(len(s) for s in shards), *shards[0].shape[1:]))
+        for r, s in enumerate(shards):
+            whole[r::world] = s
+        out[name] = whole
+    if kind == "FULL":
+        return out
+    for key in [n[len(ROWS) :] for n in parts[0] if n.startswith(ROWS)]:
+        rows = torch.cat([p[ROWS + key] for p in parts])
+        order = torch.argsort(rows)
+        out[delta.ROWS + key] = rows[order]
+        prefix = f"{PART}{key}/"
+        for name in [n[len(prefix) :] for n in parts[0] if n.startswith(prefix)]:
+            values = torch.cat([p[prefix + name] for p in parts])
+            out[f"{delta.SLICE}{key}/{name}"] = values[order]
+    return out
