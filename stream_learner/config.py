@@ -520,6 +520,17 @@ class WarmStartSettings(_Section):
         return self
 
 
+class DistributedSettings(_Section):
+    """A job of several ranks launched by torchrun (see docs/distributed.md)."""
+
+    timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wait of one collective: a rank that died or hangs fails the others after "
+        "this long (torchrun then restarts the group, which resumes from the last commit).",
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -540,6 +551,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     metrics: MetricsSettings = MetricsSettings()
     warm_start: WarmStartSettings = WarmStartSettings()
+    distributed: DistributedSettings = DistributedSettings()
 
     @classmethod
     def settings_customise_sources(

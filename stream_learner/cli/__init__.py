@@ -29,6 +29,8 @@ from stream_learner.cli.snapshots import keygen, recommend, snapshots
 from stream_learner.config import Settings, load_settings
 from stream_learner.errors import BrokerError, ConfigError, OwnershipLost
 from stream_learner.runtime.app import App
+from stream_learner.runtime.distributed.launch import launch, launched
+from stream_learner.runtime.distributed.rank import RankApp
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "run":
-            return _run(load_settings(args.config), args.exit_when_idle)
+            return _run(load_settings(args.config), args)
         if args.command == "produce":
             return _produce(load_settings(args.config), args)
         if args.command == "snapshots":
@@ -68,12 +70,16 @@ def _shown(settings: Settings) -> str:
     return json.dumps(settings.model_dump(mode="json"), indent=2)
 
 
-def _run(settings: Settings, exit_when_idle: bool) -> int:
-    app = App(settings)
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    """One process; one rank of a job under torchrun; or a job of ``--workers`` ranks here."""
+    if not launched() and args.workers > 1:
+        a = args
+        return launch(settings, a.workers, a.max_restarts, a.config, a.exit_when_idle, a.log_level)
+    app = RankApp(settings) if launched() else App(settings)
     install_signal_handlers(app)
     watching = watch_leaving(app)
     try:
-        summary = app.run(exit_when_idle=exit_when_idle)
+        summary = app.run(exit_when_idle=args.exit_when_idle)
     finally:
         watching.set()
     log.info("stopped: %s", summary)

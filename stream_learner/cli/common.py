@@ -10,8 +10,9 @@ import signal
 import sys
 import threading
 import time
+from typing import Protocol
 
-from stream_learner.runtime.app import App
+from stream_learner.config import Settings
 
 log = logging.getLogger("stream_learner")
 
@@ -24,7 +25,18 @@ EXIT_OWNERSHIP = 3
 EXIT_UNAVAILABLE = 4
 
 
-def install_signal_handlers(app: App) -> None:
+class Job(Protocol):
+    """A running job: `stream_learner.runtime.app.App`, or one rank of a distributed job
+    (`stream_learner.runtime.distributed.rank.RankApp`)."""
+
+    settings: Settings
+
+    def request_stop(self) -> None: ...
+    @property
+    def leaving_since(self) -> float | None: ...
+
+
+def install_signal_handlers(app: Job) -> None:
     def handle(signum: int, _frame: object) -> None:
         log.info(
             "received %s: finishing the current window, publishing, committing (at most %.0f s)",
@@ -38,7 +50,7 @@ def install_signal_handlers(app: App) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def watch_leaving(app: App) -> threading.Event:
+def watch_leaving(app: Job) -> threading.Event:
     """End the process (exit code 4, the threads' stacks on stderr) when the job began to leave
     (a stop request or a failure) more than ``delivery.shutdown_timeout_seconds`` ago and is still
     there: a thread stuck in a Kafka call never holds it up longer. Set the event returned once

@@ -73,6 +73,21 @@ def build() -> argparse.ArgumentParser:
         action="store_true",
         help="stop once the input is caught up and idle and everything is committed",
     )
+    _env_flag(
+        run,
+        "--workers",
+        "STREAM_LEARNER_WORKERS",
+        "ranks of a distributed job on this host, spawned through torch.distributed.run "
+        "(1: one process; see docs/distributed.md)",
+        type=int,
+        default=1,
+    )
+    run.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="with --workers N > 1: restarts of the whole job after a rank fails (torchrun's)",
+    )
 
     produce = command(sub, "produce", "produce events into the input topic")
     psub = produce.add_subparsers(dest="source", required=True, metavar="SOURCE")

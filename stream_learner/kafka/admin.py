@@ -15,10 +15,11 @@ from stream_learner.errors import BrokerError, StartupError
 log = logging.getLogger(__name__)
 
 
-def check_cluster(settings: Settings) -> None:
+def check_cluster(settings: Settings) -> int:
     """Fail fast, before anything is created: a broker must answer within
     ``kafka.startup_timeout_seconds`` and the input topic must exist (`StartupError` naming the
-    address or the topic). The probe's own librdkafka logging is off: the error says it all."""
+    address or the topic). Returns the input topic's partition count. The probe's own librdkafka
+    logging is off: the error says it all."""
     kafka, timeout = settings.kafka, settings.kafka.startup_timeout_seconds
     admin = AdminClient({**kafka.client_config(), "log_level": 0})
     try:
@@ -37,6 +38,7 @@ def check_cluster(settings: Settings) -> None:
             f"topic {settings.input.topic!r} does not exist on {kafka.bootstrap_servers} "
             "(or this principal may not describe it)",
         )
+    return len(topic.partitions)
 
 
 def max_message_bytes(settings: Settings, topic: str) -> int:

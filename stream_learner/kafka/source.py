@@ -1,13 +1,15 @@
 """The input side of Kafka: the event consumer.
 
 `Source` reads every partition of the input topic with manual assignment (one model owns the whole
-topic, see `stream_learner.kafka.lease`), starting from given offsets, and never commits by itself:
-offsets are committed by the sink together with the snapshot that includes them.
+topic, see `stream_learner.kafka.lease`), or in a distributed job the rank's share of them, starting
+from given offsets, and never commits by itself: offsets are committed by the sink together with
+the snapshot that includes them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from operator import methodcaller
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -24,8 +26,10 @@ MAX_UNREAD = 64
 class Source:
     """Consumer of the input topic with manual assignment and offsets."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reads: Callable[[int], bool] = lambda partition: True) -> None:
+        """``reads``: which partitions of the input topic this consumer reads (all by default)."""
         self.topic = settings.input.topic
+        self._reads = reads
         self._max_batch = settings.input.max_batch
         self._timeout = settings.kafka.startup_timeout_seconds
         conf = {
@@ -51,7 +55,7 @@ class Source:
         self._paused = False
 
     def start(self, resume: dict[int, int]) -> dict[int, int]:
-        """Assign all partitions: from ``resume`` where given, else the group's committed offset,
+        """Assign the partitions it reads: from ``resume`` where given, else the group's committed offset,
         else the beginning. Returns the start offset of each partition."""
         try:
             return self._start(resume)
@@ -63,7 +67,7 @@ class Source:
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise KafkaException(topic.error if topic else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
-        self.partitions = sorted(topic.partitions)
+        self.partitions = sorted(p for p in topic.partitions if self._reads(p))
         committed = self._consumer.committed(
             [TopicPartition(self.topic, p) for p in self.partitions], timeout=self._timeout
         )

@@ -1,0 +1,77 @@
+"""``stream-learner run --workers N``: a job of N ranks on this host, spawned by torch.distributed.run.
+
+The same job as ``torchrun --standalone --nproc-per-node N --max-restarts R -m stream_learner run
+...`` (its rendezvous on a free local port), after the checks that would otherwise fail every rank,
+and every restart, the same way: the settings a distributed job does not support, and more ranks
+than input partitions (exit 2). SIGTERM and SIGINT go to torchrun, which passes them to the ranks;
+the exit status is torchrun's. Each rank gets ``OMP_NUM_THREADS`` = its share of this host's CPUs
+less one for its polling loop, unless the variable is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from stream_learner.config import Settings
+from stream_learner.errors import ConfigError
+from stream_learner.kafka.admin import check_cluster
+from stream_learner.learning.cpus import available_cpus
+from stream_learner.runtime.distributed.rank import check_settings
+
+
+def launched() -> bool:
+    """Whether this process is a rank that torchrun started (its environment says so)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def torchrun_command(
+    workers: int, max_restarts: int, config: Path | None, exit_when_idle: bool, log_level: str
+) -> list[str]:
+    run = ["run", *(["--config", str(config)] if config else []), *(["--exit-when-idle"] * exit_when_idle)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={workers}",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        "stream_learner",
+        "--log-level",
+        log_level,
+        *run,
+    ]
+
+
+def launch(
+    settings: Settings,
+    workers: int,
+    max_restarts: int,
+    config: Path | None,
+    exit_when_idle: bool,
+    log_level: str,
+) -> int:
+    """Run the job with ``workers`` ranks here; torchrun's exit status."""
+    check_settings(settings)
+    partitions = check_cluster(settings)
+    if workers > partitions:
+        raise ConfigError(
+            "--workers",
+            f"{workers} ranks, but {settings.input.topic} has {partitions} partitions "
+            "(rank r reads the partitions p with p mod ranks = r): run at most that many",
+        )
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // workers - 1)))
+    command = torchrun_command(workers, max_restarts, config, exit_when_idle, log_level)
+    proc = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    return proc.wait()

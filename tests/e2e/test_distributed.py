@@ -1,0 +1,105 @@
+"""``stream-learner run --workers N`` against the real broker: a 2-rank gloo job end to end.
+
+24,000 events in three partitions: rank 0 reads partitions 0 and 2, rank 1 partition 1. The job
+must learn (the prequential loss falls), commit a history that tiles every partition with every
+event trained once, commit every partition's offsets under the group (rank 0's transactions carry
+rank 1's), and publish the layout of a single process: the subscriber serves the newest snapshot
+and scores exactly as a single process restored from it does. Then three ranks continue the same
+model from the 2-rank snapshots (re-sharding), and four ranks, one more than the partitions, are
+refused before anything starts (exit 2).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import torch
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
+
+from stream_learner.config import KafkaSettings, load_settings
+from stream_learner.learning.learner import Learner
+from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.snapshots.chain import newest_state
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig
+from tests.distributed_support import Job, job_config
+from tests.support import assert_history_tiles, committed_offsets, end_offsets, read_snapshots
+
+EVENTS = 24_000
+MORE = 6_000
+PARTITIONS = 3
+
+
+def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    topic = new_topic("dist-events", partitions=PARTITIONS)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    produce_synthetic(kafka, topic, EVENTS, rate=1000, backfill=True, config=SyntheticConfig(seed=3))
+    name = f"dist-{uuid.uuid4().hex[:8]}"
+    config = job_config(
+        tmp_path / "learner.toml", kafka_bootstrap, topic, name, snapshot="every_windows = 3\nfull_every = 3"
+    )
+    settings = load_settings(config)
+    jobs: list[Job] = []
+    try:
+        jobs.append(job := Job(config, workers=2))
+        job.finish(240)
+        assert job.partitions == {0: [0, 2], 1: [1]}
+
+        snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
+        ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
+        assert_history_tiles(snapshots, topic, ends)
+        assert committed_offsets(kafka_bootstrap, name, topic, PARTITIONS) == ends
+        learner_state = snapshots[-1].meta.state_dict()["learner"]
+        assert learner_state["events_trained"] == EVENTS
+        losses = [s.meta.metrics["validation_loss"] for s in snapshots if "validation_loss" in s.meta.metrics]
+        assert np.mean(losses[-3:]) < np.mean(losses[:2]) - 0.03, losses
+
+        # the layout of one process: a single learner takes the state as it is and holds exactly it
+        state = newest_state(snapshots)
+        single = Learner(settings)
+        single.restore(state, learner_state)
+        held = single.tensors()
+        assert held.keys() == state.keys()
+        assert all(torch.equal(held[k], state[k]) for k in state)
+        with ModelSubscriber(
+            kafka, settings.snapshot.topic, name, registry=CollectorRegistry()
+        ) as subscriber:
+            assert subscriber.refresh() == snapshots[-1].meta.version
+            items = list(subscriber.recent_items())[:100]
+            assert len(items) >= 50
+            scores = subscriber.score("u7", items)
+        rows = single.features.rows_for_ids(["u7"] * len(items), items)
+        np.testing.assert_allclose(scores, single.trainer.predict(rows), rtol=1e-5, atol=1e-6)
+        assert scores.std() > 1e-3  # a model that tells items apart
+
+        # three ranks continue the model of two: each takes its rows of the restored state
+        produce_synthetic(kafka, topic, MORE, rate=1000, backfill=True, config=SyntheticConfig(seed=4))
+        jobs.append(job := Job(config, workers=3))
+        job.finish(240)
+        assert job.log(f"restored model {name} v{snapshots[-1].meta.version} ")
+        assert job.partitions == {0: [0], 1: [1], 2: [2]}
+        snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
+        ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
+        assert_history_tiles(snapshots, topic, ends)
+        assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS + MORE
+
+        # more ranks than partitions: refused before anything is spawned
+        four = subprocess.run(
+            [sys.executable, "-m", "stream_learner", "run", "--config", str(config), "--workers", "4"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert four.returncode == 2, four.stderr
+        assert "4 ranks, but" in four.stderr and "3 partitions" in four.stderr
+        assert "rank 0 of" not in four.stderr
+    finally:
+        for j in jobs:
+            j.kill()
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for future in admin.delete_topics([settings.snapshot.topic, settings.dead_letter.topic]).values():
+            future.result(60)
