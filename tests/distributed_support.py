@@ -18,12 +18,20 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-RANK_RE = re.compile(r"rank (\d+) of (\d+) \(pid (\d+)\)")
-ACTIVE_RE = re.compile(r"rank (\d+) of \d+, input \S+ partitions \[([\d, ]*)\]")
+RANK_RE = re.compile(r"rank (\d+) of (\d+) \(pid (\d+)\), backend")
+ACTIVE_RE = re.compile(r"rank (\d+) of \d+ \(pid (\d+)\), input \S+ partitions \[([\d, ]*)\]")
 
 
 def job_config(
-    path: Path, bootstrap: str, topic: str, name: str, *, extra: str = "", train: str = "", snapshot: str = ""
+    path: Path,
+    bootstrap: str,
+    topic: str,
+    name: str,
+    *,
+    window_seconds: float = 1.0,
+    extra: str = "",
+    train: str = "",
+    snapshot: str = "",
 ) -> Path:
     """A learner.toml for one test: its own model, group and output topics; small windows and model."""
     path.write_text(
@@ -35,7 +43,7 @@ bootstrap_servers = "{bootstrap}"
 topic = "{topic}"
 group_id = "{name}"
 [window]
-size_seconds = 1.0
+size_seconds = {window_seconds}
 allowed_lateness_seconds = 0.0
 idle_timeout_seconds = 2.0
 [dead_letter]
@@ -74,6 +82,7 @@ class Job:
         self.pids: dict[int, int] = {}  # rank -> pid of its current process
         self.seen: list[int] = []  # every rank process, over all restarts
         self.partitions: dict[int, list[int]] = {}
+        self.active: set[int] = set()  # pids of the ranks that became active
         self.commits = 0
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -88,7 +97,8 @@ class Job:
                     self.pids[int(m[1])] = int(m[3])
                     self.seen.append(int(m[3]))
                 if m := ACTIVE_RE.search(line):
-                    self.partitions[int(m[1])] = [int(p) for p in m[2].split(",") if p.strip()]
+                    self.partitions[int(m[1])] = [int(p) for p in m[3].split(",") if p.strip()]
+                    self.active.add(int(m[2]))
                 if ") committed:" in line:
                     self.commits += 1
                 self._changed.notify_all()

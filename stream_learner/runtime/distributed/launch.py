@@ -6,6 +6,12 @@ and every restart, the same way: the settings a distributed job does not support
 than input partitions (exit 2). SIGTERM and SIGINT go to torchrun, which passes them to the ranks;
 the exit status is torchrun's. Each rank gets ``OMP_NUM_THREADS`` = its share of this host's CPUs
 less one for its polling loop, unless the variable is set.
+
+torchrun is told not to share its rendezvous store with the ranks
+(``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``): the shared store outlives a restart with the old
+group's keys in it, and a restarted rank can read a dead rank's address from it and fail to connect
+(pytorch/pytorch#135712; seen here as gloo's "connectFullMesh failed ... Connection refused" after a
+SIGKILL). Without sharing, every restart's group gets a store of its own.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ def launch(
         )
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // workers - 1)))
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(workers, max_restarts, config, exit_when_idle, log_level)
     proc = subprocess.Popen(command, env=env)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -281,8 +282,9 @@ class RankApp:
             clock=self.clock,
         )
         log.info(
-            "active: model %s v%d, rank %d of %d, input %s partitions %s from %s",
-            s.model.name, restored.version, group.rank, group.world, source.topic, source.partitions, starts,
+            "active: model %s v%d, rank %d of %d (pid %d), input %s partitions %s from %s",
+            s.model.name, restored.version, group.rank, group.world, os.getpid(), source.topic,
+            source.partitions, starts,
         )  # fmt: skip
         return _Parts(group, source, windower, intake, letters, coordinator, reporter, lease, sink, publisher)
 
