@@ -31,6 +31,7 @@ from stream_learner import config
 from stream_learner.config import DeliverySettings, MetricsSettings, Settings, load_settings
 from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.metrics import Metrics, SubscriberMetrics
+from stream_learner.runtime.distributed.rank import check_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -714,3 +715,75 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     run_promtool("check", "rules", str(path), cwd=tmp_path)
+
+
+# -- Kubernetes: the distributed job (deploy/k8s/distributed) --------------------------------------
+DIST = K8S / "distributed"
+
+
+def _torchrun_flags(container: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """torchrun's --flag=value options, and the program after them."""
+    argv = [*container["command"], *container["args"]]
+    assert argv[-len(container["args"]) - 2 :][:2] == ["-m", "torch.distributed.run"]
+    args = container["args"]
+    program = args.index("-m")
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args[:program])
+    return flags, args[program:]
+
+
+def test_k8s_distributed_job_rendezvouses_through_pod_0_of_its_headless_service(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The StatefulSet's pods run torchrun's agent, meet at pod 0's rendezvous store by its stable
+    name in the headless Service, form one job of replicas x nproc-per-node ranks and run the
+    learner with the ConfigMap's settings, which a distributed job supports."""
+    objects = k8s_objects(DIST)
+    assert {o["kind"] for o in objects} == {"ConfigMap", "Service", "StatefulSet"}
+    assert all("namespace" not in o["metadata"] for o in objects)
+    sts, svc, configmap = (k8s_object(kind, DIST) for kind in ("StatefulSet", "Service", "ConfigMap"))
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert spec["serviceName"] == svc["metadata"]["name"]
+    # OrderedReady would wait for pod 0 to be Ready, which no rank is before every rank joined
+    assert spec["podManagementPolicy"] == "Parallel"
+
+    (container,) = pod["containers"]
+    flags, program = _torchrun_flags(container)
+    assert int(flags["nnodes"]) == spec["replicas"] >= 2
+    assert int(flags["nproc-per-node"]) >= 1 and int(flags["max-restarts"]) >= 1
+    assert flags["rdzv-backend"] == "c10d"
+    host, _, port = flags["rdzv-endpoint"].partition(":")
+    assert host == f"{sts['metadata']['name']}-0.{svc['metadata']['name']}"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(port) == ports["rendezvous"]
+    assert any(p["port"] == int(port) for p in svc["spec"]["ports"])
+    assert program[:4] == ["-m", "stream_learner", "run", "--config"]
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"  # pytorch/pytorch#135712
+
+    mount = next(m for m in container["volumeMounts"] if program[4].startswith(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    path = tmp_path / "learner.toml"
+    path.write_text(configmap["data"][Path(program[4]).relative_to(mount["mountPath"]).as_posix()])
+    plain = {k: v for k, v in env.items() if k.startswith(config.ENV_PREFIX) and v is not None}
+    settings = load_with_env(path, {**plain, "STREAM_LEARNER_KAFKA__SASL_PASSWORD": "x"}, clean_env)
+    check_settings(settings)
+    assert settings.metrics.host == "0.0.0.0"
+    assert (
+        ports["metrics"]
+        == settings.metrics.port
+        == int(spec["template"]["metadata"]["annotations"]["prometheus.io/port"])
+    )
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+        assert probe_port(container, probe) == settings.metrics.port, probe
+    # torchrun kills its ranks 30 s after passing SIGTERM on: the final snapshot must fit before
+    assert settings.delivery.shutdown_timeout_seconds < 30 < pod["terminationGracePeriodSeconds"]
+    for var in container["env"]:
+        if re.search("PASSWORD|SECRET|TOKEN", var["name"]):
+            assert "secretKeyRef" in var.get("valueFrom", {}), f"{var['name']} must come from a Secret"
+    assert not re.search(r"(?m)^\s*\w*(password|secret)\w*\s*=", configmap["data"]["learner.toml"])
