@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "soak", "quality", "real"]
+ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "soak", "quality", "real", "distributed"]
 
 
 def main() -> int:
