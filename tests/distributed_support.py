@@ -2,8 +2,9 @@
 
 `Job` starts the CLI, which spawns torchrun and its ranks, and reads the log lines of all of them as
 they come: which rank has which pid (a rank logs ``rank R of N (pid P)`` when it joins, again after
-every restart), which partitions it reads, and every snapshot commit. torchrun starts each rank in a
-session of its own, so `kill` ends every rank it saw by pid, then the launcher's session.
+every restart), which partitions it reads, and every snapshot commit. The launcher starts torchrun,
+and torchrun each rank, in a session of its own, so `kill` ends every rank it saw and torchrun by
+pid, then the launcher.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from stream_learner.runtime.distributed.launch import children
 
 RANK_RE = re.compile(r"rank (\d+) of (\d+) \(pid (\d+)\), backend")
 ACTIVE_RE = re.compile(r"rank (\d+) of \d+ \(pid (\d+)\), input \S+ partitions \[([\d, ]*)\]")
@@ -68,12 +71,15 @@ port = 0
 
 
 class Job:
-    """``stream-learner run --config FILE --workers N --exit-when-idle`` and its log lines."""
+    """``stream-learner run --config FILE --workers N [--exit-when-idle]`` and its log lines."""
 
-    def __init__(self, config: Path, workers: int, max_restarts: int = 0) -> None:
+    def __init__(
+        self, config: Path, workers: int, max_restarts: int = 0, exit_when_idle: bool = True
+    ) -> None:
         cmd = [
             sys.executable, "-m", "stream_learner", "run", "--config", str(config),
-            "--workers", str(workers), "--max-restarts", str(max_restarts), "--exit-when-idle",
+            "--workers", str(workers), "--max-restarts", str(max_restarts),
+            *(["--exit-when-idle"] if exit_when_idle else []),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
@@ -113,6 +119,10 @@ class Job:
     def ended(self) -> bool:
         return self.proc.poll() is not None
 
+    def stop(self) -> None:
+        """SIGTERM to the launcher, as a supervisor stops it."""
+        self.proc.send_signal(signal.SIGTERM)
+
     def finish(self, timeout: float) -> None:
         """Wait for the job to end by itself; it must exit 0."""
         code = self.proc.wait(timeout)
@@ -121,7 +131,7 @@ class Job:
 
     def kill(self) -> None:
         """SIGKILL every process of the job: the ranks it saw, torchrun and the launcher."""
-        for pid in self.seen:
+        for pid in [*self.seen, *children(self.proc.pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self.proc.poll() is None:

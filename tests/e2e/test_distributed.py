@@ -5,8 +5,8 @@ must learn (the prequential loss falls), commit a history that tiles every parti
 event trained once, commit every partition's offsets under the group (rank 0's transactions carry
 rank 1's), and publish the layout of a single process: the subscriber serves the newest snapshot
 and scores exactly as a single process restored from it does. Then three ranks continue the same
-model from the 2-rank snapshots (re-sharding), and four ranks, one more than the partitions, are
-refused before anything starts (exit 2).
+model from the 2-rank snapshots (re-sharding) and stop on SIGTERM with exit 0, and four ranks, one
+more than the partitions, are refused before anything starts (exit 2).
 """
 
 from __future__ import annotations
@@ -78,10 +78,19 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         np.testing.assert_allclose(scores, single.trainer.predict(rows), rtol=1e-5, atol=1e-6)
         assert scores.std() > 1e-3  # a model that tells items apart
 
-        # three ranks continue the model of two: each takes its rows of the restored state
+        # three ranks continue the model of two: each takes its rows of the restored state; once they
+        # have committed every event, a SIGTERM stops them all with exit 0
         produce_synthetic(kafka, topic, MORE, rate=1000, backfill=True, config=SyntheticConfig(seed=4))
-        jobs.append(job := Job(config, workers=3))
-        job.finish(240)
+        jobs.append(job := Job(config, workers=3, exit_when_idle=False))
+
+        def trained_all(_: Job) -> bool:
+            newest = read_snapshots(kafka_bootstrap, settings.snapshot.topic)[-1]
+            return bool(newest.meta.state_dict()["learner"]["events_trained"] == EVENTS + MORE)
+
+        assert job.wait_until(lambda j: j.commits > 0 and trained_all(j), 240), "".join(job.lines[-40:])
+        job.stop()
+        job.finish(120)
+        assert len(job.log("received SIGTERM")) == 3 and len(job.log("stopped: Summary(")) == 3
         assert job.log(f"restored model {name} v{snapshots[-1].meta.version} ")
         assert job.partitions == {0: [0], 1: [1], 2: [2]}
         snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)

@@ -18,7 +18,7 @@ from stream_learner.learning import quality_sums
 from stream_learner.learning.quality import log_loss, roc_auc
 from stream_learner.runtime.dead_letters import DeadLetter
 from stream_learner.runtime.distributed import letters
-from stream_learner.runtime.distributed.launch import torchrun_command
+from stream_learner.runtime.distributed.launch import children, torchrun_command
 from stream_learner.runtime.distributed.rank import check_settings
 from stream_learner.runtime.distributed.status import NEVER, Facts, LocalStatus, decide, frontier
 from tests.unit.test_windowing import S, batch, spans
@@ -168,3 +168,17 @@ def test_workers_on_one_host_are_torchruns_standalone_job() -> None:
     assert cmd[cmd.index("-m", 3) :] == [
         "-m", "stream_learner", "--log-level", "INFO", "run", "--config", "l.toml", "--exit-when-idle",
     ]  # fmt: skip
+
+
+def test_the_launcher_finds_torchruns_ranks_by_their_parent(tmp_path: Path) -> None:
+    for pid, stat in {
+        "10": "10 (python) S 1 10 10",
+        "11": "11 (python -m torch) S 10 10 10",
+        "12": "12 (a) b) (c) R 10 10 10",  # a name with spaces and parentheses
+        "13": "13 (python) S 11 10 10",
+    }.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "stat").write_text(stat)
+    (tmp_path / "self").mkdir()
+    assert children(10, tmp_path) == [11, 12]
+    assert children(99, tmp_path) == []

@@ -3,8 +3,12 @@
 The same job as ``torchrun --standalone --nproc-per-node N --max-restarts R -m stream_learner run
 ...`` (its rendezvous on a free local port), after the checks that would otherwise fail every rank,
 and every restart, the same way: the settings a distributed job does not support, and more ranks
-than input partitions (exit 2). SIGTERM and SIGINT go to torchrun, which passes them to the ranks;
-the exit status is torchrun's. Each rank gets ``OMP_NUM_THREADS`` = its share of this host's CPUs
+than input partitions (exit 2). The exit status is torchrun's.
+
+A first SIGTERM or SIGINT goes to the ranks themselves (torchrun's children), which stop together
+after the step in progress with a final snapshot and exit 0, so torchrun ends the job as a success;
+torchrun, told itself, would stop the ranks the same way but exit 1 whatever they did. A second
+signal goes to torchrun. Each rank gets ``OMP_NUM_THREADS`` = its share of this host's CPUs
 less one for its polling loop, unless the variable is set.
 
 torchrun is told not to share its rendezvous store with the ranks
@@ -16,6 +20,7 @@ SIGKILL). Without sharing, every restart's group gets a store of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,6 +32,17 @@ from stream_learner.errors import ConfigError
 from stream_learner.kafka.admin import check_cluster
 from stream_learner.learning.cpus import available_cpus
 from stream_learner.runtime.distributed.rank import check_settings
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; none where there is no /proc)."""
+    found = []
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after it
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return sorted(found)
 
 
 def launched() -> bool:
@@ -74,10 +90,17 @@ def launch(
     env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // workers - 1)))
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(workers, max_restarts, config, exit_when_idle, log_level)
-    proc = subprocess.Popen(command, env=env)
+    # a session of its own: a terminal's Ctrl-C reaches this process only, which passes it on
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+
+    signals = {"sent": 0}
 
     def forward(signum: int, _frame: object) -> None:
-        proc.send_signal(signum)
+        ranks = children(proc.pid) if not signals["sent"] else []
+        signals["sent"] += 1
+        for pid in ranks or [proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)

@@ -344,11 +344,12 @@ class RankApp:
         return restored
 
     def ready(self) -> bool:
-        stall = self.settings.delivery.stall_seconds
+        """For /readyz and ``stream_learner_active``: this is rank 0 of a running job, owns the model
+        and can commit. The other ranks say no, so that a job counts as one active instance."""
         sink = self._sink
         if sink is None:
-            return self._ready
-        return self._ready and self._owned and sink.stalled_for() < stall
+            return False
+        return self._ready and self._owned and sink.stalled_for() < self.settings.delivery.stall_seconds
 
     def healthy(self) -> bool:
         return time.monotonic() - self._beat < self.settings.metrics.stall_seconds
