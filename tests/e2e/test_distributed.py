@@ -1,10 +1,11 @@
 """``stream-learner run --workers N`` against the real broker: a 2-rank gloo job end to end.
 
-24,000 events in three partitions: rank 0 reads partitions 0 and 2, rank 1 partition 1. The job
-must learn (the prequential loss falls), commit a history that tiles every partition with every
-event trained once, commit every partition's offsets under the group (rank 0's transactions carry
-rank 1's), and publish the layout of a single process: the subscriber serves the newest snapshot
-and scores exactly as a single process restored from it does. Then three ranks continue the same
+24,000 events and six messages that are not events in three partitions: rank 0 reads partitions 0
+and 2, rank 1 partition 1. The job must learn (the prequential loss falls), commit a history that
+tiles every partition with every event trained once, commit every partition's offsets under the
+group and every rank's dead letters once (rank 0's transactions carry rank 1's), and publish the
+layout of a single process: the subscriber serves the newest snapshot and scores exactly as a single
+process restored from it does. Then three ranks continue the same
 model from the 2-rank snapshots (re-sharding) and stop on SIGTERM with exit 0, and four ranks, one
 more than the partitions, are refused before anything starts (exit 2).
 """
@@ -17,6 +18,7 @@ import uuid
 
 import numpy as np
 import torch
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
@@ -27,9 +29,9 @@ from stream_learner.snapshots.chain import newest_state
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.distributed_support import Job, job_config
-from tests.support import assert_history_tiles, committed_offsets, end_offsets, read_snapshots
+from tests.support import assert_history_tiles, committed_offsets, end_offsets, read_all, read_snapshots
 
-EVENTS = 24_000
+EVENTS = 24_000  # and six messages that are not events
 MORE = 6_000
 PARTITIONS = 3
 
@@ -40,6 +42,10 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
     topic = new_topic("dist-events", partitions=PARTITIONS)
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     produce_synthetic(kafka, topic, EVENTS, rate=1000, backfill=True, config=SyntheticConfig(seed=3))
+    garbage = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(6):  # read by rank 0 (partitions 0 and 2) and rank 1 (partition 1)
+        garbage.produce(topic, value=b"not an event %d" % i, partition=i % PARTITIONS)
+    assert garbage.flush(30) == 0
     name = f"dist-{uuid.uuid4().hex[:8]}"
     config = job_config(
         tmp_path / "learner.toml", kafka_bootstrap, topic, name, snapshot="every_windows = 3\nfull_every = 3"
@@ -55,6 +61,9 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
         assert_history_tiles(snapshots, topic, ends)
         assert committed_offsets(kafka_bootstrap, name, topic, PARTITIONS) == ends
+        assert sorted(_letters(kafka_bootstrap, settings.dead_letter.topic)) == sorted(
+            (str(i % PARTITIONS), b"not an event %d" % i) for i in range(6)
+        )  # every rank's, once, committed with rank 0's transactions
         learner_state = snapshots[-1].meta.state_dict()["learner"]
         assert learner_state["events_trained"] == EVENTS
         losses = [s.meta.metrics["validation_loss"] for s in snapshots if "validation_loss" in s.meta.metrics]
@@ -97,6 +106,7 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
         assert_history_tiles(snapshots, topic, ends)
         assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS + MORE
+        assert len(_letters(kafka_bootstrap, settings.dead_letter.topic)) == 6  # not again on restore
 
         # more ranks than partitions: refused before anything is spawned
         four = subprocess.run(
@@ -112,3 +122,11 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
         for future in admin.delete_topics([settings.snapshot.topic, settings.dead_letter.topic]).values():
             future.result(60)
+
+
+def _letters(bootstrap: str, topic: str) -> list[tuple[str, bytes]]:
+    """The committed dead letters: (source partition, value)."""
+    return [
+        (dict(m.headers())["stream-learner.source.partition"].decode(), m.value())
+        for m in read_all(bootstrap, topic)
+    ]
