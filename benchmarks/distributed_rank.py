@@ -118,7 +118,7 @@ def traffic(group: Group) -> dict[str, Any]:
 
 def run(task: list[str], out: Path) -> None:
     torch.set_num_threads(1)
-    group = Group.join(torch.device("cpu"), 600)
+    group = Group.join("cpu", 600)
     try:
         report = memory(group, int(task[1])) if task[0] == "memory" else traffic(group)
     finally:

@@ -178,7 +178,7 @@ SCENARIOS: dict[str, Callable[[Group], dict[str, Any]]] = {"equivalence": equiva
 def main() -> None:
     name, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
-    group = Group.join(torch.device("cpu"), 120)
+    group = Group.join("cpu", 120)
     try:
         found = SCENARIOS[name](group)
     finally:

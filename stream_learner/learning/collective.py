@@ -45,8 +45,9 @@ class Group:
         self._control = control  # None: the default group (gloo) serves both planes
 
     @staticmethod
-    def join(device: torch.device, timeout_s: float) -> Group:
-        """Join the job's default process group (from torchrun's environment) on ``device``."""
+    def join(device_name: str, timeout_s: float) -> Group:
+        """Join the job's default process group (from torchrun's environment) on the device named."""
+        device = torch.device(device_name)
         timeout = timedelta(seconds=timeout_s)
         backend = backend_for(device)
         if device.type == "cuda":

@@ -31,7 +31,7 @@ from stream_learner import config
 from stream_learner.config import DeliverySettings, MetricsSettings, Settings, load_settings
 from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.metrics import Metrics, SubscriberMetrics
-from stream_learner.runtime.distributed.rank import check_settings
+from stream_learner.runtime.distributed.start import check_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -19,7 +19,7 @@ from stream_learner.learning.quality import log_loss, roc_auc
 from stream_learner.runtime.dead_letters import DeadLetter
 from stream_learner.runtime.distributed import letters
 from stream_learner.runtime.distributed.launch import children, torchrun_command
-from stream_learner.runtime.distributed.rank import check_settings
+from stream_learner.runtime.distributed.start import check_settings
 from stream_learner.runtime.distributed.status import NEVER, Facts, LocalStatus, decide, frontier
 from tests.unit.test_windowing import S, batch, spans
 

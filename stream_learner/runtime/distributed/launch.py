@@ -28,10 +28,9 @@ import sys
 from pathlib import Path
 
 from stream_learner.config import Settings
-from stream_learner.errors import ConfigError
 from stream_learner.kafka.admin import check_cluster
 from stream_learner.learning.cpus import available_cpus
-from stream_learner.runtime.distributed.rank import check_settings
+from stream_learner.runtime.distributed.start import check_partitions, check_settings
 
 
 def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
@@ -79,13 +78,7 @@ def launch(
 ) -> int:
     """Run the job with ``workers`` ranks here; torchrun's exit status."""
     check_settings(settings)
-    partitions = check_cluster(settings)
-    if workers > partitions:
-        raise ConfigError(
-            "--workers",
-            f"{workers} ranks, but {settings.input.topic} has {partitions} partitions "
-            "(rank r reads the partitions p with p mod ranks = r): run at most that many",
-        )
+    check_partitions(settings, check_cluster(settings), workers, "--workers")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // workers - 1)))
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")

@@ -17,7 +17,6 @@ progress, with a final snapshot.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,8 +27,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from stream_learner import __version__
-from stream_learner.config import Settings, TrainSettings
-from stream_learner.errors import ConfigError, OwnershipLost, SnapshotError, StreamLearnerError
+from stream_learner.config import Settings
+from stream_learner.errors import OwnershipLost, SnapshotError
 from stream_learner.ingest.codec import make_decoder
 from stream_learner.ingest.job_windows import JobWindower
 from stream_learner.kafka.admin import check_cluster, ensure_topics, max_message_bytes
@@ -37,38 +36,28 @@ from stream_learner.kafka.lease import Lease
 from stream_learner.kafka.sink import Sink
 from stream_learner.kafka.source import Source
 from stream_learner.learning.collective import Group, local_rank
-from stream_learner.learning.learner import Learner
-from stream_learner.learning.models import ModelSpec
 from stream_learner.learning.sharded_trainer import ShardedTrainer
-from stream_learner.learning.trainer import resolve_device
 from stream_learner.metrics import CollectorRegistry, Metrics, MetricsServer
 from stream_learner.runtime.distributed.coordinator import Coordinator, Output, Turn
 from stream_learner.runtime.distributed.letters import LetterBox
+from stream_learner.runtime.distributed.start import (
+    check_partitions,
+    check_settings,
+    device_name,
+    gather_offsets,
+    restore_rank,
+)
 from stream_learner.runtime.distributed.status import LocalStatus
 from stream_learner.runtime.intake import Intake
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.snapshots import signing, warmstart
 from stream_learner.snapshots.publisher import Publisher
-from stream_learner.snapshots.recovery import Restored, restore
 from stream_learner.snapshots.shards import ShardCopier
-from stream_learner.snapshots.signing import Verifier
 
 log = logging.getLogger(__name__)
 
 #: How long rank 0 polls the lease between the start-up exchanges with the other ranks.
 STANDBY_POLL = 0.5
-#: Seconds of the shutdown budget kept for closing the Kafka clients after the final snapshot.
-CLOSE_RESERVE = 10.0
-
-
-def check_settings(settings: Settings) -> None:
-    """What a distributed job does not support (yet): a `ConfigError` naming the setting."""
-    if settings.window.kind != "event_time":
-        raise ConfigError("window.kind", "a distributed job aligns its ranks' windows by event time")
-    if settings.model.table != "hash":
-        raise ConfigError("model.table", "a distributed job shards hashed tables only (dynamic: one process)")
-    if settings.warm_start.pretrained is not None:
-        raise ConfigError("warm_start.pretrained", "not supported by a distributed job (restore a snapshot)")
 
 
 @dataclass(frozen=True)
@@ -200,19 +189,12 @@ class RankApp:
     # -- start-up ------------------------------------------------------------------------------
     def _start(self, stack: ExitStack) -> _Parts | None:
         s = self.settings
-        device = resolve_device(s.train.device)
-        if device.type == "cuda" and device.index is None:
-            device = resolve_device(f"cuda:{local_rank()}")
+        device = device_name(s)
         signer, verifier = signing.signer(s.snapshot), signing.verifier(s.snapshot)
         partitions = check_cluster(s)
         group = Group.join(device, s.distributed.timeout_seconds)
         stack.callback(group.leave)
-        if group.world > partitions:
-            raise ConfigError(
-                "input.topic",
-                f"{s.input.topic} has {partitions} partitions, too few for {group.world} ranks "
-                "(rank r reads the partitions p with p mod ranks = r): run at most that many",
-            )
+        check_partitions(s, partitions, group.world, "input.topic")
         port = s.metrics.port + local_rank() if s.metrics.port else 0
         server = stack.enter_context(
             MetricsServer(self.registry, s.metrics.host, port, self.ready, self.healthy)
@@ -228,7 +210,7 @@ class RankApp:
             stack.callback(lease.close)
         if not self._all_ready(group, lease, source, stack):
             return None
-        restored = self._restore(s, group, str(device), verifier)
+        restored = restore_rank(s, group, device, verifier, self._refused)
         learner, windower = restored.learner, restored.windower
         assert isinstance(windower, JobWindower) and isinstance(learner.trainer, ShardedTrainer)
         warmstart.initialise(s, learner, restored)
@@ -237,7 +219,7 @@ class RankApp:
             learner.events_trained = 0
         starts = source.start(restored.resume)
         windower.assign(source.partitions, self.clock())
-        every_start = _gather_offsets(group, starts)
+        every_start = gather_offsets(group, starts)
         letters = LetterBox(max_message_bytes(s, s.dead_letter.topic))
         reporter = Reporter(
             metrics=self.metrics, summary=self.summary, source=source, windower=windower, clock=self.clock
@@ -322,27 +304,6 @@ class RankApp:
         stack.callback(lambda: sink.close(self._remaining()))
         self._sink = sink
 
-    def _restore(self, s: Settings, group: Group, device: str, verifier: Verifier | None) -> Restored:
-        def trainer(spec: ModelSpec, train: TrainSettings, lr: float) -> ShardedTrainer:
-            return ShardedTrainer(spec, train.model_copy(update={"device": device}), lr, group)
-
-        def fresh() -> tuple[Learner, JobWindower]:
-            w = s.window
-            windower = JobWindower(
-                idle_timeout_s=w.idle_timeout_seconds,
-                size_ms=int(w.size_seconds * 1000),
-                lateness_ms=int(w.allowed_lateness_seconds * 1000),
-            )
-            return Learner(s, make_trainer=trainer), windower
-
-        restored = restore(s, fresh, verifier=verifier, on_refused=self._refused)
-        versions = group.gather_ints([restored.meta.version if restored.meta else 0, restored.version])
-        if (versions != versions[0]).any():
-            raise StreamLearnerError(
-                f"the ranks restored different versions (restored, newest): {versions.tolist()}"
-            )
-        return restored
-
     def ready(self) -> bool:
         """For /readyz and ``stream_learner_active``: this is rank 0 of a running job, owns the model
         and can commit. The other ranks say no, so that a job counts as one active instance."""
@@ -360,9 +321,3 @@ class RankApp:
 
     def _refused(self, err: SnapshotError) -> None:
         self.metrics.snapshots_refused.labels(err.reason).inc()
-
-
-def _gather_offsets(group: Group, mine: dict[int, int]) -> dict[int, int]:
-    """Every rank's offsets by partition, on rank 0 (empty on the others)."""
-    parts = group.gather_bytes(json.dumps({str(p): o for p, o in mine.items()}).encode())
-    return {int(p): int(o) for part in parts or [] for p, o in json.loads(part).items()}
