@@ -51,6 +51,7 @@ from stream_learner.runtime.distributed.status import LocalStatus
 from stream_learner.runtime.intake import Intake
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.snapshots import signing, warmstart
+from stream_learner.snapshots.checkpoints import Checkpoints
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.shards import ShardCopier
 
@@ -228,7 +229,8 @@ class RankApp:
         if group.rank == 0:
             sink = self._sink
             assert sink is not None
-            publisher = Publisher(
+            folder = s.snapshot.checkpoint_dir  # rank 0 keeps the copies; a rank restores from them
+            publisher = Publisher(  # when its host holds the newest version, else from the topic
                 settings=s,
                 sink=sink,
                 spec_json=learner.spec.to_json(),
@@ -237,6 +239,7 @@ class RankApp:
                 on_committed=reporter.snapshot_committed,
                 version=restored.version,
                 committed_next=every_start,
+                checkpoint=Checkpoints(folder, s.model.name, verifier).write if folder else None,
                 window_end_ms=restored.meta.window_end_ms if restored.meta else None,
                 newest_event_ms=restored.meta.newest_event_ms if restored.meta else 0,
             )
