@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from stream_learner.snapshots.shards import ShardCopier, assemble, decode_part, encode_part
 
 from stream_learner.config import TrainSettings
 from stream_learner.learning.collective import Group
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
 from stream_learner.learning.sharded_trainer import ShardedTrainer
 from stream_learner.learning.trainer import Trainer
+from stream_learner.snapshots.shards import ShardCopier, assemble, decode_part, encode_part
 from stream_learner.snapshots.state import StateCopier
 
 #: Two fields, with count inputs (a dense head over 4 inputs per event), as the default model has.

@@ -67,7 +67,7 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         learner_state = snapshots[-1].meta.state_dict()["learner"]
         assert learner_state["events_trained"] == EVENTS
         losses = [s.meta.metrics["validation_loss"] for s in snapshots if "validation_loss" in s.meta.metrics]
-        assert np.mean(losses[-3:]) < np.mean(losses[:2]) - 0.03, losses
+        assert np.mean(losses[-3:]) < losses[0] - 0.03, losses  # learnt from the first snapshot on
 
         # the layout of one process: a single learner takes the state as it is and holds exactly it
         state = newest_state(snapshots)

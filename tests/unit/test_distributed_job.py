@@ -136,11 +136,11 @@ def test_loss_and_auc_add_up_over_ranks() -> None:
         np.float32
     )
     total = quality_sums.parts(labels[:1234], probs[:1234]) + quality_sums.parts(labels[1234:], probs[1234:])
-    loss, auc, count = quality_sums.loss_and_auc(total)
+    loss, auc, count, _ = quality_sums.quality(total)
     assert count == 5000
     assert loss == pytest.approx(log_loss(labels, probs), rel=1e-12)
     assert auc == pytest.approx(roc_auc(labels, probs), abs=2e-3)
-    nothing = quality_sums.loss_and_auc(quality_sums.parts(labels[:0], probs[:0]))
+    nothing = quality_sums.quality(quality_sums.parts(labels[:0], probs[:0]))
     assert math.isnan(nothing[0]) and math.isnan(nothing[1]) and nothing[2] == 0
 
 

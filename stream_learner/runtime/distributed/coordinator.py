@@ -92,6 +92,7 @@ class Coordinator:
     _status: LocalStatus | None = None
     _submitted: int = 0
     _done: int = 0
+    _taken: threading.Condition = field(default_factory=threading.Condition)  # a window left the queue
     _trained_since: int = 0  # windows trained since the last snapshot
     _windows_since: int = 0  # towards snapshot.every_windows
     _unpublished_since: float | None = None
@@ -119,6 +120,11 @@ class Coordinator:
     def queued(self) -> int:
         """Windows handed over and not trained yet."""
         return self._submitted - self._done
+
+    def wait_for_room(self, bound: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until fewer than ``bound`` windows are queued."""
+        with self._taken:
+            return self._taken.wait_for(lambda: self.queued < bound, timeout)
 
     def outputs(self, timeout: float | None = None) -> list[Output]:
         """Outputs ready now; with a timeout, wait that long for the first one."""
@@ -202,7 +208,9 @@ class Coordinator:
         """Train this rank's share of the window starting at ``start_ms`` (empty when it has none)."""
         if self._waiting and self._waiting[0].start_ms == start_ms:
             window = self._waiting.popleft()
-            self._done += 1
+            with self._taken:
+                self._done += 1
+                self._taken.notify_all()
         else:
             empty = EventBatch.empty(len(self.settings.model.context_fields))
             window = Window(start_ms, start_ms + self._size_ms, empty, {}, "watermark")

@@ -124,7 +124,7 @@ class RankApp:
                     p.windower.close_until(p.coordinator.close_ms)
                     windows = p.intake.step()
                     p.coordinator.submit(Turn(windows, p.letters.take(), self._status(p, exit_when_idle)))
-                    p.intake.backpressure(p.coordinator.queued)
+                    p.intake.backpressure(p.coordinator)
                     if self._apply(p, p.coordinator.outputs()):
                         break
                     if p.sink is not None:
