@@ -23,6 +23,8 @@ import torch
 
 from stream_learner.config import TrainSettings
 from stream_learner.learning.collective import Group
+from stream_learner.learning.counts import IdCounts
+from stream_learner.learning.features import FeatureMapper, HashedField
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
 from stream_learner.learning.sharded_trainer import ShardedTrainer
 from stream_learner.learning.trainer import Trainer
@@ -71,6 +73,13 @@ def run_ranks(name: str, world: int, out: Path, timeout: float = 180.0) -> list[
     return [json.loads((out / f"{name}-{rank}.json").read_text()) for rank in range(world)]
 
 
+def _features() -> FeatureMapper:
+    """The fields of `SPEC`, with their count inputs."""
+    return FeatureMapper(
+        [HashedField(f.name, f.rows) for f in SPEC.fields], IdCounts([(f.name, f.rows) for f in SPEC.fields])
+    )
+
+
 class _Learner:
     """The part of a `Learner` that the state copiers read."""
 
@@ -104,10 +113,12 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def equivalence(group: Group) -> dict[str, Any]:
     """Windows of one mini-batch each (the union of the ranks' shares is the whole window), for each
-    sparse optimiser, with clipping, count inputs and a drift's forgetting: the sharded job against
-    one process with the whole model, from the same state; and its snapshots (full, delta, full)
-    joined on rank 0 against the single process's."""
+    sparse optimiser, with clipping, count inputs from the counts before each window and a drift's
+    forgetting: the sharded job against one process with the whole model, from the same state; its
+    counts after every window (each rank counts every rank's events); and its snapshots (full, delta,
+    full) joined on rank 0 against the single process's."""
     found: dict[str, Any] = {"loss": 0.0, "variance": 0.0, "auc": 0.0, "train_loss": 0.0, "state": 0.0}
+    found["counts"] = 0.0
     found["copies"] = []
     for kind in ("adagrad", "adam", "rowwise_adagrad"):
         settings = TrainSettings(
@@ -117,17 +128,26 @@ def equivalence(group: Group) -> dict[str, Any]:
         ref = Trainer(build_model(SPEC), settings, 0.1)
         sharded = ShardedTrainer(SPEC, settings, 0.1, group)
         sharded.load_state_tensors(ref.state_tensors())
+        ref_features, features = _features(), _features()
         ref_copier = StateCopier(_Learner(ref), full_every=2)  # type: ignore[arg-type]
         copier = ShardCopier(sharded, full_every=2)
-        for w, (rows, labels, inputs) in enumerate(_windows(5, 3, 301)):
+        for w, (rows, labels, _) in enumerate(_windows(5, 3, 301)):
             mine = slice(0, 100) if group.rank == 0 else slice(100, None)
-            evaluation, _ = sharded.score(rows[mine], labels[mine], inputs[mine])
-            expected, _ = ref.score(rows, labels, inputs)
+            inputs, ref_inputs = features.inputs(rows[mine]), ref_features.inputs(rows)
+            evaluation, _ = sharded.score(rows[mine], labels[mine], inputs)
+            expected, _ = ref.score(rows, labels, ref_inputs)
             if w == 1:  # after a drift: forget the rows the window trains
                 ref.forget(rows, 0.3)
                 sharded.forget(rows[mine], 0.3)
-            step = sharded.train(rows[mine], labels[mine], 0.1, seed=w, inputs=inputs[mine])
-            ref_step = ref.train(rows, labels, 0.1, seed=w, inputs=inputs)
+            step = sharded.train(rows[mine], labels[mine], 0.1, seed=w, inputs=inputs)
+            ref_step = ref.train(rows, labels, 0.1, seed=w, inputs=ref_inputs)
+            observation = features.observation(rows[mine], labels[mine], {})
+            ref_observation = ref_features.observation(rows, labels, {})
+            assert observation is not None and ref_observation is not None
+            features.observe(sharded.whole_window(observation))  # as `Learner.process` counts
+            ref_features.observe(ref.whole_window(ref_observation))
+            for name, counted in ref_features.state().items():
+                found["counts"] = max(found["counts"], float(np.abs(features.state()[name] - counted).max()))
             found["loss"] = max(found["loss"], abs(evaluation.loss - expected.loss))
             found["variance"] = max(found["variance"], abs(evaluation.variance - expected.variance))
             found["auc"] = max(found["auc"], abs(evaluation.auc - expected.auc))
@@ -155,6 +175,10 @@ def uneven(group: Group) -> dict[str, Any]:
     settings = TrainSettings(device="cpu", batch_size=16, min_batch_size=16, window_steps=1)
     sharded = ShardedTrainer(SPEC, settings, 0.1, group)
     sharded.broadcast_dense()
+    features = _features()
+    counted_before = features.observation(np.array([[35, 1], [2, 1]]), np.array([1.0, 0.0]), {})
+    assert counted_before is not None
+    features.observe(counted_before)  # on every rank: the counts are the same everywhere
     ((rows, labels, inputs),) = _windows(7, 1, 100)
     rows[:, 0] %= 30
     if group.rank == 1:
@@ -162,7 +186,12 @@ def uneven(group: Group) -> dict[str, Any]:
     evaluation, _ = sharded.score(rows, labels, inputs)
     fresh = {0: np.array([35])} if group.rank == 0 else {}
     step = sharded.train(rows, labels, 0.1, seed=3, fresh=fresh, inputs=inputs)
+    observation = features.observation(rows, labels, fresh)
+    assert observation is not None
+    features.observe(sharded.whole_window(observation))
     out: dict[str, Any] = {"count": evaluation.count, "steps": step.steps, "loss": step.loss}
+    out["counts"] = {name: array.tolist() for name, array in features.state().items()}
+    out["labels"] = float(labels.sum())
     if group.rank == 1:
         table = sharded.tables["linear.weights.user"].weight
         out["reset_linear"] = float(table[17].abs().sum())

@@ -76,6 +76,15 @@ class Group:
         dist.all_gather(out, mine, group=self._control)
         return torch.stack(out).numpy()
 
+    def gather_all(self, values: np.ndarray) -> list[np.ndarray]:
+        """Every rank's 1-d int64 ``values`` (of any length) on every rank, in rank order."""
+        sizes = self.gather_ints([len(values)])[:, 0]
+        mine = torch.zeros(int(sizes.max()), dtype=torch.int64)
+        mine[: len(values)] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+        out = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(out, mine, group=self._control)
+        return [part[: int(n)].numpy() for part, n in zip(out, sizes, strict=True)]
+
     def gather_bytes(self, data: bytes) -> list[bytes] | None:
         """Every rank's ``data`` on rank 0 (in rank order); None on the others."""
         sizes = self.gather_ints([len(data)])[:, 0]

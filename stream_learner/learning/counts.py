@@ -17,11 +17,16 @@ The inputs of an event are, per counted field, in this order (`INPUTS_PER_FIELD`
 An event is scored and trained with the counts *before* its window (never its own label: a count that
 held it would leak the label into the input), and the window is counted once it was trained. Rows
 given to new ids (dynamic tables) and rows the drift policy resets start again from zero.
+
+What a trained window adds to the counts is an `Observation` (the counted fields' rows of its events,
+their labels and the rows to forget first): a rank of a distributed job applies every rank's, so that
+its counts are those of one process that saw every event (`Trainer.whole_window`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,17 @@ INPUTS_PER_FIELD = 2
 ARRAYS = ("events", "positives")
 #: The smoothed rate is clipped to [RATE_CLIP, 1 - RATE_CLIP] before its logit.
 RATE_CLIP = 1e-3
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a trained window adds to the counts: the counted fields' rows of its events ((n, counted
+    fields), in field order), their labels, and per counted field (by index) the rows to forget
+    before counting (given to new ids, or reset)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    fresh: Mapping[int, np.ndarray]
 
 
 class IdCounts:

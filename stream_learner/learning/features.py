@@ -32,7 +32,7 @@ import numpy as np
 
 from stream_learner.config import ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, EventBatch, hash_id
-from stream_learner.learning.counts import IdCounts
+from stream_learner.learning.counts import IdCounts, Observation
 from stream_learner.learning.models.base import FieldSpec, ModelSpec
 
 OOV_ROW = 0
@@ -249,11 +249,21 @@ class FeatureMapper:
         """The count inputs of (n, fields) rows (see `stream_learner.counts`), or None without counts."""
         return None if self.counts is None else self.counts.inputs(rows, fresh)
 
-    def observe(self, rows: np.ndarray, labels: np.ndarray, fresh: Mapping[int, np.ndarray]) -> None:
-        """Count a trained window: first forget the ``fresh`` rows (given to new ids, or reset)."""
+    def observation(
+        self, rows: np.ndarray, labels: np.ndarray, fresh: Mapping[int, np.ndarray]
+    ) -> Observation | None:
+        """What a trained window of (n, fields) ``rows`` adds to the counts (the ``fresh`` rows, given
+        to new ids or reset, are forgotten first), or None without counts."""
+        if self.counts is None:
+            return None
+        counted = len(self.counts.names)
+        return Observation(rows[:, :counted], labels, {i: r for i, r in fresh.items() if i < counted})
+
+    def observe(self, observation: Observation) -> None:
+        """Count a trained window (see `observation`)."""
         if self.counts is not None:
-            self.counts.reset(fresh)
-            self.counts.observe(rows, labels)
+            self.counts.reset(observation.fresh)
+            self.counts.observe(observation.rows, observation.labels)
 
     def _columns(self, batch: EventBatch) -> list[np.ndarray]:
         columns = [batch.user, batch.item] + [batch.context[:, i] for i in range(batch.context.shape[1])]

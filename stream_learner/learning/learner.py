@@ -129,7 +129,9 @@ class Learner:
         if step.applied:
             self.drift.done()
             self.features.commit(placement)
-            self.features.observe(placement.rows, train.label, fresh)
+            observation = self.features.observation(placement.rows, train.label, fresh)
+            if observation is not None:  # (every rank's, on every rank of a job)
+                self.features.observe(self.trainer.whole_window(observation))
             for field, plan in placement.plans.items():  # expired slots changed outside the trained rows
                 self.trainer.mark_touched(field, plan.expired)
             self.events_trained += len(train)

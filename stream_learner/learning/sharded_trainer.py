@@ -26,8 +26,12 @@ same everywhere (rank 0's, `broadcast_dense`, once the model is restored or new)
   any rank rolls the window back on every rank;
 - `score` gives every rank the window's global log loss, count, variance of one event's loss and
   (binned) AUC (`stream_learner.learning.quality_sums`), so the learning-rate controller and the
-  guard decide the same everywhere. Count inputs (`stream_learner.learning.counts`) come with the
-  rows, as in one process.
+  guard decide the same everywhere;
+- the per-id counts (`stream_learner.learning.counts`) are not sharded: every rank holds them whole
+  and counts every rank's events of a trained window (`whole_window`: the counted fields' rows, the
+  labels and the rows to forget, gathered on every rank in rank order), so that after every window
+  they are those of one process that saw all the events, and so are the count inputs each rank
+  computes for its own events from the counts before the window.
 
 Randomness is per rank and derived from the window's seed (the order of a rank's events, dropout,
 fresh rows), so the same windows give the same model on the CPU in deterministic mode.
@@ -48,6 +52,7 @@ from stream_learner.config import TrainSettings
 from stream_learner.learning import quality_sums
 from stream_learner.learning import trainer as local
 from stream_learner.learning.collective import Group
+from stream_learner.learning.counts import Observation
 from stream_learner.learning.models import ModelSpec, build_model
 from stream_learner.learning.models.optim import scale_second_moments
 from stream_learner.learning.sharded import Lookup, ShardedTables, Sharding, row_table
@@ -55,6 +60,7 @@ from stream_learner.learning.trainer import EVAL_CHUNK, Evaluation, StepResult, 
 
 #: Spreads the seeds of the ranks' shards apart.
 _SHARD_SEED = 1_000_003
+_NO_ROWS = np.empty(0, np.int64)
 
 
 def step_shares(sizes: np.ndarray, steps: int) -> np.ndarray:
@@ -190,6 +196,17 @@ class ShardedTrainer(Trainer):
             self._touched[name].append(owned.cpu())
         return StepResult(True, mean_loss, steps, time.perf_counter() - started)
 
+    def whole_window(self, observation: Observation) -> Observation:
+        """Every rank's observation of the window, joined in rank order (collective), so that every
+        rank applies the same updates to its counts in the same order."""
+        parts = [_unpack(flat) for flat in self.group.gather_all(_pack(observation))]
+        counted = observation.rows.shape[1]
+        return Observation(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            {i: np.unique(np.concatenate([p.fresh.get(i, _NO_ROWS) for p in parts])) for i in range(counted)},
+        )
+
     def _window_rows(
         self, x: torch.Tensor, fresh: dict[int, np.ndarray]
     ) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
@@ -247,3 +264,26 @@ class ShardedTrainer(Trainer):
             table = row_table(name, tuple(tensor.shape), self.full_rows)
             own[name] = self.sharding.shard(tensor) if table is not None else tensor
         super().load_state_tensors(own, optimizer)
+
+
+def _pack(observation: Observation) -> np.ndarray:
+    """An observation as one int64 array: (events, fields, rows to forget per field), the rows, the
+    labels (float64 bits), the rows to forget."""
+    events, counted = observation.rows.shape
+    fresh = [np.asarray(observation.fresh.get(i, _NO_ROWS), np.int64) for i in range(counted)]
+    return np.concatenate(
+        [
+            np.array([events, counted, *(len(f) for f in fresh)], np.int64),
+            observation.rows.astype(np.int64).ravel(),
+            observation.labels.astype(np.float64).view(np.int64),
+            *fresh,
+        ]
+    )
+
+
+def _unpack(flat: np.ndarray) -> Observation:
+    """Inverse of `_pack`."""
+    events, counted = int(flat[0]), int(flat[1])
+    ends = np.cumsum([2 + counted, events * counted, events, *flat[2 : 2 + counted]])
+    _, rows, labels, *fresh = np.split(flat, ends[:-1])
+    return Observation(rows.reshape(events, counted), labels.view(np.float64), dict(enumerate(fresh)))

@@ -21,6 +21,7 @@ from torch import nn
 
 from stream_learner.config import TrainSettings
 from stream_learner.errors import ConfigError
+from stream_learner.learning.counts import Observation
 from stream_learner.learning.cpus import cpu_threads
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.models.base import RecModel
@@ -287,6 +288,11 @@ class Trainer:
                 restore_rows(self.sparse_opt, weight, index, saved)
 
         return undo
+
+    def whole_window(self, observation: Observation) -> Observation:
+        """What the whole window adds to the counts, given this process's ``observation`` of it: the
+        same, for a trainer that sees every event of its windows."""
+        return observation
 
     def mark_touched(self, field: int, rows: np.ndarray) -> None:
         """Count rows of a field as changed (e.g. id-table slots that expired) for the next delta."""

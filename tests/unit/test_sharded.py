@@ -4,8 +4,9 @@ The ranks are real processes joined as torchrun's workers are (tests/ranks.py). 
 mini-batch each, the union of the ranks' shares is the whole window, so two ranks must compute what
 one process computes on all of it: the prequential loss (and the AUC, up to its histogram), the
 training loss, every weight and every optimiser state (for Adagrad, SparseAdam and row-wise Adagrad,
-with gradient clipping and a drift's forgetting); and the snapshots rank 0 joins from the ranks'
-parts must be those the single process cuts, full and delta alike.
+with gradient clipping, count inputs and a drift's forgetting) and the per-id counts, which every rank
+keeps whole; and the snapshots rank 0 joins from the ranks' parts must be those the single process
+cuts, full and delta alike.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def test_two_ranks_train_and_snapshot_what_one_process_does(tmp_path: Path) -> N
         assert found["auc"] < 2e-3  # the AUC comes from a histogram of 16384 logit bins
         assert found["train_loss"] < 1e-6
         assert found["state"] < 1e-5
+        assert found["counts"] == 0.0  # every rank counts every rank's events, as one process does
     copies = ranks[0]["copies"]
     assert [c[:3] for c in copies] == [
         ["FULL", "FULL", True],
@@ -48,6 +50,11 @@ def test_a_rank_without_events_joins_every_step_and_owners_reset_rows_for_others
     assert zero["dense"] == one["dense"]  # the same dense weights after every step
     assert one["reset_linear"] == 0.0 and one["reset_state"] == 0.0
     assert one["trained_rows"] > 5  # rank 1's shard was trained by rank 0's events
+    assert zero["counts"] == one["counts"]  # both ranks count rank 0's events, and forget its row 35
+    user_events = one["counts"]["features.user.events"]
+    assert user_events[35] == 0 and sum(user_events) == 2 - 1 + 100  # row 35's earlier event: forgotten
+    assert sum(one["counts"]["features.user.positives"]) == zero["labels"]  # and so is its positive
+    assert sum(one["counts"]["features.item.events"]) == 2 + 100
 
 
 def test_rows_of_a_table_are_spread_over_the_ranks() -> None:
