@@ -83,12 +83,14 @@ def _features() -> FeatureMapper:
 class _Learner:
     """The part of a `Learner` that the state copiers read."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, features: FeatureMapper) -> None:
         self.trainer = trainer
+        self.features = features
         self.spec = SPEC
 
     def tensors(self, copy: bool = True) -> dict[str, torch.Tensor]:
-        return self.trainer.state_tensors(copy)
+        counts = {k: torch.from_numpy(v.copy() if copy else v) for k, v in self.features.state().items()}
+        return self.trainer.state_tensors(copy) | counts
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -116,7 +118,7 @@ def equivalence(group: Group) -> dict[str, Any]:
     sparse optimiser, with clipping, count inputs from the counts before each window and a drift's
     forgetting: the sharded job against one process with the whole model, from the same state; its
     counts after every window (each rank counts every rank's events); and its snapshots (full, delta,
-    full) joined on rank 0 against the single process's."""
+    full) joined on rank 0 against the single process's, counts included."""
     found: dict[str, Any] = {"loss": 0.0, "variance": 0.0, "auc": 0.0, "train_loss": 0.0, "state": 0.0}
     found["counts"] = 0.0
     found["copies"] = []
@@ -129,8 +131,8 @@ def equivalence(group: Group) -> dict[str, Any]:
         sharded = ShardedTrainer(SPEC, settings, 0.1, group)
         sharded.load_state_tensors(ref.state_tensors())
         ref_features, features = _features(), _features()
-        ref_copier = StateCopier(_Learner(ref), full_every=2)  # type: ignore[arg-type]
-        copier = ShardCopier(sharded, full_every=2)
+        ref_copier = StateCopier(_Learner(ref, ref_features), full_every=2)  # type: ignore[arg-type]
+        copier = ShardCopier(sharded, full_every=2, counts=features.counts)
         for w, (rows, labels, _) in enumerate(_windows(5, 3, 301)):
             mine = slice(0, 100) if group.rank == 0 else slice(100, None)
             inputs, ref_inputs = features.inputs(rows[mine]), ref_features.inputs(rows)

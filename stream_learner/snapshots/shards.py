@@ -17,6 +17,13 @@ A part holds, under these names:
 - ``rows/<field>`` and ``part/<field>/<name>``: in a delta, the rows of the field's tables that the
   rank changed since the previous snapshot (global row numbers) and those rows of each row-aligned
   tensor of the field.
+
+The per-id counts (``features.<field>.<array>``, `stream_learner.learning.counts`) are row-aligned
+with their field but not sharded: every rank holds them whole, the same everywhere
+(`ShardedTrainer.whole_window`). Each rank still sends only its rows of them, as of a table (whole
+rows r, r + N, ... or the rows it changed), so they travel and join like the tables, and the rows a
+delta carries are those the window changed on any rank, as in one process: the rows trained and
+reset, which are those of the field's tables.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from stream_learner.learning.counts import IdCounts
 from stream_learner.learning.models.base import table_name
 from stream_learner.learning.sharded import row_table
 from stream_learner.learning.sharded_trainer import ShardedTrainer
@@ -50,6 +58,8 @@ class ShardCopier:
     since_full: int | None = None
     #: The (whole-model) shape of every tensor of the state the next delta applies to.
     layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: The per-id counts, whole on every rank (None for a model without count inputs).
+    counts: IdCounts | None = None
 
     def copy(self) -> tuple[SnapshotKind, dict[str, torch.Tensor]]:
         """This rank's part of the state now (call it on the training thread, on every rank after
@@ -77,6 +87,16 @@ class ShardCopier:
             index = rows[key].to(tensor.device)
             out[f"{PART}{key}/{name}"] = tensor.detach().index_select(0, index).to("cpu")
             out[ROWS + key] = t.sharding.to_global(rows[key].to("cpu", torch.int64))
+        counts = self.counts.state() if self.counts is not None else {}
+        for name, array in counts.items():  # whole on every rank: each sends its rows
+            key = table_name(name.removeprefix("features.").rpartition(".")[0])
+            shapes[name] = array.shape
+            if full or self.layout.get(name) != shapes[name]:
+                out[SHARD + name] = t.sharding.shard(torch.from_numpy(array))
+                continue
+            changed = t.sharding.to_global(rows[key].to("cpu", torch.int64))
+            out[f"{PART}{key}/{name}"] = torch.from_numpy(array[changed.numpy()])
+            out[ROWS + key] = changed
         self.layout = shapes if full else {**self.layout, **shapes}
         self.since_full = 0 if full else (self.since_full or 0) + 1
         return ("FULL" if full else "DELTA"), out

@@ -4,10 +4,10 @@
 and 2, rank 1 partition 1. The job must learn (the prequential loss falls), commit a history that
 tiles every partition with every event trained once, commit every partition's offsets under the
 group and every rank's dead letters once (rank 0's transactions carry rank 1's), and publish the
-layout of a single process: the subscriber serves the newest snapshot and scores exactly as a single
-process restored from it does. Then three ranks continue the same
-model from the 2-rank snapshots (re-sharding) and stop on SIGTERM with exit 0, and four ranks, one
-more than the partitions, are refused before anything starts (exit 2).
+layout of a single process, per-id counts included (every event counted once): the subscriber serves
+the newest snapshot and scores exactly as a single process restored from it does. Then three ranks
+continue the same model from the 2-rank snapshots (re-sharding) and stop on SIGTERM with exit 0, and
+four ranks, one more than the partitions, are refused before anything starts (exit 2).
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         held = single.tensors()
         assert held.keys() == state.keys()
         assert all(torch.equal(held[k], state[k]) for k in state)
+        for field in ("user", "item"):  # every rank counted every event once, as one process does
+            assert state[f"features.{field}.events"].sum() == EVENTS
         with ModelSubscriber(
             kafka, settings.snapshot.topic, name, registry=CollectorRegistry()
         ) as subscriber:
@@ -84,7 +86,8 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
             assert len(items) >= 50
             scores = subscriber.score("u7", items)
         rows = single.features.rows_for_ids(["u7"] * len(items), items)
-        np.testing.assert_allclose(scores, single.trainer.predict(rows), rtol=1e-5, atol=1e-6)
+        expected = single.trainer.predict(rows, single.features.inputs(rows))
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
         assert scores.std() > 1e-3  # a model that tells items apart
 
         # three ranks continue the model of two: each takes its rows of the restored state; once they
@@ -106,6 +109,8 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
         assert_history_tiles(snapshots, topic, ends)
         assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS + MORE
+        counted = newest_state(snapshots)["features.item.events"]  # restored whole by every rank
+        assert counted.sum() == EVENTS + MORE
         assert len(_letters(kafka_bootstrap, settings.dead_letter.topic)) == 6  # not again on restore
 
         # more ranks than partitions: refused before anything is spawned

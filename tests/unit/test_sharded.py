@@ -6,7 +6,7 @@ one process computes on all of it: the prequential loss (and the AUC, up to its 
 training loss, every weight and every optimiser state (for Adagrad, SparseAdam and row-wise Adagrad,
 with gradient clipping, count inputs and a drift's forgetting) and the per-id counts, which every rank
 keeps whole; and the snapshots rank 0 joins from the ranks' parts must be those the single process
-cuts, full and delta alike.
+cuts, full and delta alike, counts included.
 """
 
 from __future__ import annotations

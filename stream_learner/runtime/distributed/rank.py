@@ -248,7 +248,11 @@ class RankApp:
             group=group,
             learner=learner,
             copier=ShardCopier(
-                learner.trainer, s.snapshot.full_every, restored.since_full, dict(restored.layout)
+                learner.trainer,
+                s.snapshot.full_every,
+                restored.since_full,
+                dict(restored.layout),
+                counts=learner.features.counts,
             ),
             close_ms=windower.close_ms,
             committed=dict(starts),
