@@ -23,7 +23,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,28 +222,6 @@ def kafka_bootstrap() -> Iterator[str]:
 NewTopicFactory = Callable[..., str]
 
 
-def _wait_for_topic(admin, name: str, partitions: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = "not listed yet"
-    while True:
-        try:
-            topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
-        except Exception as exc:
-            topic, last = None, f"{type(exc).__name__}: {exc}"
-        if topic is not None:
-            if topic.error is not None:
-                last = str(topic.error)
-            elif len(topic.partitions) == partitions and all(
-                p.leader >= 0 and p.error is None for p in topic.partitions.values()
-            ):
-                return
-            else:
-                last = f"{len(topic.partitions)}/{partitions} partitions with a leader"
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"topic {name} not ready after {timeout:.0f} s: {last}")
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def new_topic(kafka_bootstrap: str) -> Iterator[NewTopicFactory]:
     """Factory ``new_topic(prefix="t", partitions=1, config=None) -> name``.
@@ -254,6 +231,8 @@ def new_topic(kafka_bootstrap: str) -> Iterator[NewTopicFactory]:
     every partition has a leader, and deletes the topics it created when the test ends.
     """
     from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tests.support import wait_for_topic
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     created: list[str] = []
@@ -269,7 +248,7 @@ def new_topic(kafka_bootstrap: str) -> Iterator[NewTopicFactory]:
         futures = admin.create_topics([spec], operation_timeout=30, request_timeout=60)
         futures[name].result(timeout=90)
         created.append(name)
-        _wait_for_topic(admin, name, partitions)
+        wait_for_topic(admin, name, partitions)
         return name
 
     yield factory

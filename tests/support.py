@@ -165,3 +165,27 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def wait_for_topic(admin: Any, name: str, partitions: int, timeout: float = 30.0) -> None:
+    """Wait until topic ``name`` is listed with every partition led (a client created at once may
+    not see a topic the admin client just created)."""
+    deadline = time.monotonic() + timeout
+    last = "not listed yet"
+    while True:
+        try:
+            topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
+        except Exception as exc:
+            topic, last = None, f"{type(exc).__name__}: {exc}"
+        if topic is not None:
+            if topic.error is not None:
+                last = str(topic.error)
+            elif len(topic.partitions) == partitions and all(
+                p.leader >= 0 and p.error is None for p in topic.partitions.values()
+            ):
+                return
+            else:
+                last = f"{len(topic.partitions)}/{partitions} partitions with a leader"
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topic {name} not ready after {timeout:.0f} s: {last}")
+        time.sleep(0.2)

@@ -34,7 +34,7 @@ import yaml
 from stream_learner.config import KafkaSettings
 from stream_learner.ingest.events import RejectReason
 from stream_learner.tools.produce import produce_synthetic
-from tests.support import wait_for
+from tests.support import wait_for, wait_for_topic
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -111,6 +111,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     topic = f"{model}.events"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(60)
+    wait_for_topic(admin, topic, 2)
     metrics_port, prometheus_port = _free_port(), _free_port()
     (tmp / "learner.toml").write_text(
         f"""
