@@ -12,6 +12,12 @@ when every partition is idle, all open windows close on the wall clock. Everythi
 before the *horizon* (the end of the newest closed window) is closed for good: an event for such a
 window is late, unless it is a replay of an offset that was handled before the last restart
 (``replay_until``), which is skipped silently. Windows are emitted in order of their start.
+
+Each closed event-time window also says how far each partition had been read when it closed
+(`Window.until`: one past the highest offset the windower was given). With the offsets a snapshot
+starts from, that bound determines the window's contents whatever the interleaving of partitions and
+batches was: the valid events of its time range at offsets below it (`stream_learner.snapshots.lineage`).
+Count windows take events in arrival order, which no bound reproduces; they carry none.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class Window:
     events: EventBatch
     offsets: dict[int, tuple[int, int]]  # partition -> (lowest, highest) offset in the window
     closed_by: ClosedBy
+    #: event time: partition -> one past the highest offset read from it when the window closed
+    until: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -90,9 +98,11 @@ def _merge_lows(low: dict[int, int], batch: EventBatch) -> None:
         low[p] = min(low.get(p, lo), lo)
 
 
-def _make_window(parts: list[EventBatch], start: int, end: int, closed_by: ClosedBy) -> Window:
+def _make_window(
+    parts: list[EventBatch], start: int, end: int, closed_by: ClosedBy, until: dict[int, int]
+) -> Window:
     events = EventBatch.concat(parts).sorted_by_time()
-    return Window(start, end, events, _offset_ranges(events), closed_by)
+    return Window(start, end, events, _offset_ranges(events), closed_by, dict(until))
 
 
 @dataclass
@@ -100,6 +110,7 @@ class _Base:
     idle_timeout_s: float
     partitions: dict[int, _Partition] = field(default_factory=dict)
     replay_until: dict[int, int] = field(default_factory=dict)  # partition -> consumed before restart
+    read_until: dict[int, int] = field(default_factory=dict)  # partition -> one past the highest offset given
 
     def assign(self, partitions: list[int], now: float) -> None:
         """Track exactly these partitions from now on."""
@@ -129,7 +140,10 @@ class _Base:
     def _seen(self, batch: EventBatch, now: float) -> None:
         for p in np.unique(batch.partition):
             state = self.partitions.setdefault(int(p), _Partition())
-            state.max_ts = max(state.max_ts, int(batch.timestamp_ms[batch.partition == p].max()))
+            mine = batch.partition == p
+            state.max_ts = max(state.max_ts, int(batch.timestamp_ms[mine].max()))
+            until = int(batch.offset[mine].max()) + 1
+            self.read_until[int(p)] = max(self.read_until.get(int(p), until), until)
             state.last_event = now
             state.at_end = False
 
@@ -197,7 +211,7 @@ class EventTimeWindower(_Base):
         end = start + self.size_ms
         self.horizon_ms = max(self.horizon_ms, end)
         del self._lows[start]
-        return _make_window(self._open.pop(start), start, end, closed_by)
+        return _make_window(self._open.pop(start), start, end, closed_by, self.read_until)
 
     def open_low_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset still held by an open window."""
