@@ -452,6 +452,79 @@ class SnapshotSettings(_Section):
         return self
 
 
+class ServingSettings(_Section):
+    """The quality gate (which snapshots serving takes) and rollback (docs/operations.md)."""
+
+    max_auc_drop: float | None = Field(
+        None,
+        gt=0,
+        description="Hold a snapshot whose prequential (or holdout) AUC is more than this below the "
+        "reference of recent passing snapshots; subscribers keep serving the last one that passed. "
+        "None: no AUC gate.",
+    )
+    max_loss_rise: float | None = Field(
+        None,
+        gt=0,
+        description="Hold a snapshot whose prequential (or holdout) log loss is more than this above the "
+        "reference. None: no loss gate.",
+    )
+    reference_snapshots: int = Field(
+        10, gt=0, description="The reference: event-weighted metrics of the last N judged, passing snapshots."
+    )
+    min_events: int = Field(
+        2000,
+        gt=0,
+        description="A snapshot whose windows scored fewer events is not judged (it keeps the verdict "
+        "before it), and the reference counts only once it holds this many events.",
+    )
+    control_topic: str | None = Field(
+        None,
+        description="Topic through which rollback requests reach the active learner (one partition, "
+        "created when missing); default: <snapshot.topic>.control.",
+    )
+
+    @property
+    def gated(self) -> bool:
+        return self.max_auc_drop is not None or self.max_loss_rise is not None
+
+
+class CatchupSettings(_Section):
+    """Catch-up: larger mini-batches and fewer snapshots while the input lags far behind."""
+
+    enabled: bool = Field(
+        False,
+        description="Adapt training to the lag. Off by default: the model then depends on how far behind "
+        "the learner was (replay still reproduces it: the settings of each window are recorded).",
+    )
+    enter_records: int = Field(
+        1_000_000, gt=0, description="Catch up while the consumer lag exceeds this many records..."
+    )
+    enter_seconds: float = Field(
+        600.0, gt=0, description="...or the event-time lag (wall clock minus newest event) this many seconds."
+    )
+    exit_records: int = Field(
+        100_000, ge=0, description="Return to normal once the lag is below this many records..."
+    )
+    exit_seconds: float = Field(
+        120.0, ge=0, description="...and the event-time lag below this many seconds (hysteresis)."
+    )
+    batch_multiplier: int = Field(
+        8, ge=1, description="While catching up, mini-batches are this many times train.batch_size."
+    )
+    snapshot_factor: int = Field(
+        10,
+        ge=1,
+        description="While catching up, snapshots come this many times less often (snapshot.every_windows "
+        "and snapshot.interval_seconds multiplied).",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> CatchupSettings:
+        if self.exit_records > self.enter_records or self.exit_seconds > self.enter_seconds:
+            raise ValueError("catchup.exit_* must not exceed catchup.enter_*")
+        return self
+
+
 class DeliverySettings(_Section):
     mode: Literal["exactly_once", "at_least_once"] = Field(
         "exactly_once",
@@ -548,6 +621,8 @@ class Settings(BaseSettings):
     lr: LRSettings = LRSettings()
     guard: GuardSettings = GuardSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
+    serving: ServingSettings = ServingSettings()
+    catchup: CatchupSettings = CatchupSettings()
     delivery: DeliverySettings = DeliverySettings()
     metrics: MetricsSettings = MetricsSettings()
     warm_start: WarmStartSettings = WarmStartSettings()

@@ -1,5 +1,5 @@
-"""Command line: ``stream-learner run | produce synthetic | demo | snapshots list|inspect | recommend
-| config``.
+"""Command line: ``stream-learner run | produce synthetic | demo | snapshots list|inspect|keygen |
+recommend | rollback | replay | config``.
 
 The arguments are declared in `stream_learner.cli.parser` (each flag shows its default and the
 environment variable it can also come from); settings of the job itself come from the TOML file and
@@ -25,6 +25,8 @@ from stream_learner.cli.common import (
 from stream_learner.cli.demo import demo
 from stream_learner.cli.parser import parse
 from stream_learner.cli.reference import render
+from stream_learner.cli.replay import replay_command
+from stream_learner.cli.rollback import rollback
 from stream_learner.cli.snapshots import keygen, recommend, snapshots
 from stream_learner.config import Settings, load_settings
 from stream_learner.errors import BrokerError, ConfigError, OwnershipLost
@@ -49,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keygen() if args.action == "keygen" else snapshots(load_settings(args.config), args)
         if args.command == "recommend":
             return recommend(load_settings(args.config), args)
+        if args.command == "rollback":
+            return rollback(load_settings(args.config), args)
+        if args.command == "replay":
+            return replay_command(load_settings(args.config), args)
         if args.command == "config":
             print(render() if args.reference else _shown(load_settings(args.config)))
             return 0

@@ -145,6 +145,35 @@ def build() -> argparse.ArgumentParser:
         "--candidates", help="comma-separated item ids (default: the recently active items in the snapshot)"
     )
 
+    back = command(sub, "rollback", "make the active learner return to an older version's model")
+    _model_flags(back)
+    what = back.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--to-version", type=int, help="restore this version's state; it is published as a new full version"
+    )
+    what.add_argument(
+        "--accept",
+        action="store_true",
+        help="instead, accept the model as it is: the quality gate's reference starts over",
+    )
+    back.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the learner to confirm (0: do not wait)",
+    )
+    back.add_argument(
+        "--expires-after",
+        type=float,
+        default=600.0,
+        help="seconds after which the request lapses if no active instance has taken it",
+    )
+
+    again = command(sub, "replay", "train a version again from its inputs and compare it byte for byte")
+    _model_flags(again)
+    again.add_argument("--version", type=int, required=True, help="the version to replay")
+    again.add_argument("--json", action="store_true", help="print the report as JSON")
+
     conf = command(sub, "config", "check the settings and print them (secrets hidden), or the reference")
     _env_flag(conf, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file", type=Path)
     conf.add_argument("--reference", action="store_true", help="print every setting as Markdown instead")

@@ -157,6 +157,9 @@ class Trainer:
         self.autocast = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
         self._pin = cuda
         self._touched: dict[str, list[torch.Tensor]] = {name: [] for name in self.tables}
+        #: Mini-batches are this many times the size `mini_batch_size` gives (set between windows, by
+        #: catch-up).
+        self.batch_multiplier = 1
         if settings.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -254,7 +257,7 @@ class Trainer:
         steps = 0
         self.model.train()
         s = self.settings
-        size = mini_batch_size(n, s.min_batch_size, s.batch_size, s.window_steps)
+        size = mini_batch_size(n, s.min_batch_size, s.batch_size, s.window_steps) * self.batch_multiplier
         for _ in range(s.passes):
             order = torch.randperm(n, generator=generator).to(self.device)
             for lo in range(0, n, size):

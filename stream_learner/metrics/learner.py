@@ -121,6 +121,33 @@ class Metrics:
             "Wall-clock time of the last snapshot commit.",
             registry=r,
         )
+        self.snapshots_held = Counter(
+            f"{P}snapshots_held",
+            "Committed snapshots the quality gate held back from serving.",
+            registry=r,
+        )
+        self.gate_held = Gauge(
+            f"{P}gate_held",
+            "1 while the newest committed snapshot is held by the quality gate (serving keeps an older one).",
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            f"{P}rollbacks",
+            "Rollback requests handled: applied (published as a new full version) or refused.",
+            ["result"],
+            registry=r,
+        )
+        self.catchup_mode = Gauge(
+            f"{P}catchup_mode",
+            "1 while the learner trains in catch-up mode (far behind its input).",
+            registry=r,
+        )
+        self.catchup_eta = Gauge(
+            f"{P}catchup_eta_seconds",
+            "Estimated time to catch up with the input at the current drain rate (0 when caught up, "
+            "+Inf while the lag does not shrink).",
+            registry=r,
+        )
         self.feature_rows_in_use = Gauge(
             f"{P}feature_rows_in_use", "Rows of a dynamic table held by ids.", ["field"], registry=r
         )
@@ -147,6 +174,7 @@ class Metrics:
         refused_reasons: Iterable[str] = (),
         table_fields: Iterable[str] = (),
         reset_fields: Iterable[str] = (),
+        rollback_results: Iterable[str] = (),
     ) -> None:
         """Create the labelled counters for every label value they can take, at 0: a series that
         appears only at its first increment hides that increment from ``rate()`` and ``increase()``,
@@ -163,6 +191,7 @@ class Metrics:
             (self.feature_rows_expired, table_fields),
             (self.feature_ids_unplaced, table_fields),
             (self.drift_rows_reset, reset_fields),
+            (self.rollbacks, rollback_results),
         ):
             for value in values:
                 counter.labels(value)

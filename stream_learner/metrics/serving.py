@@ -33,6 +33,12 @@ class _Families:
             ["model", "reason"],
             registry=r,
         )
+        self.held = Counter(
+            f"{P}subscriber_snapshots_held",
+            "Snapshots the subscriber did not serve because the learner's quality gate held them.",
+            ["model"],
+            registry=r,
+        )
         self.model_version = Gauge(
             f"{P}subscriber_model_version", "Version of the model served.", ["model"], registry=r
         )
@@ -77,6 +83,7 @@ class SubscriberMetrics:
         self.registry = registry
         self.applied = _OfModel(families.applied, model)
         self.refused = _OfModel(families.refused, model)
+        self.held = families.held.labels(model)
         self.model_version = families.model_version.labels(model)
         self.model_freshness = families.model_freshness.labels(model)
         for kind in kinds:

@@ -26,6 +26,7 @@ from stream_learner.errors import OwnershipLost, SnapshotError
 from stream_learner.ingest.codec import make_decoder
 from stream_learner.ingest.windowing import make_windower
 from stream_learner.kafka.admin import check_cluster, ensure_topics, max_message_bytes
+from stream_learner.kafka.control import ControlReader, ensure_control_topic
 from stream_learner.kafka.lease import Lease
 from stream_learner.kafka.sink import Sink
 from stream_learner.kafka.source import Source
@@ -35,9 +36,11 @@ from stream_learner.metrics import CollectorRegistry, Metrics, MetricsServer
 from stream_learner.runtime.commits import Commits
 from stream_learner.runtime.intake import Intake
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
+from stream_learner.runtime.rollback import Rollbacks
 from stream_learner.runtime.worker import Worker
 from stream_learner.snapshots import signing, warmstart
 from stream_learner.snapshots.checkpoints import Checkpoints
+from stream_learner.snapshots.history import history_to
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.recovery import restore
 from stream_learner.snapshots.state import StateCopier
@@ -60,6 +63,7 @@ class _Parts:
     intake: Intake
     commits: Commits
     reporter: Reporter
+    rollbacks: Rollbacks
 
 
 class App:
@@ -114,6 +118,7 @@ class App:
                     p.intake.backpressure(p.worker)
                     p.commits.collect()
                     p.commits.snapshot_if_due()
+                    p.rollbacks.step()
                     p.sink.poll()
                     p.reporter.report(on_progress)
                     if exit_when_idle and p.commits.idle():
@@ -151,6 +156,7 @@ class App:
         self.summary.metrics_url = server.url
         self.metrics.model_info.info({"model": s.model.name, "kind": s.model.kind, "version": __version__})
         ensure_topics(s)
+        ensure_control_topic(s)
         spare = [Learner(s)]  # built (torch's lazy imports paid) before the lease: the input starts sooner
         lease = Lease(s, on_change=self._ownership_changed)
         stack.callback(lease.close)
@@ -193,6 +199,7 @@ class App:
             checkpoint=Checkpoints(folder, s.model.name, verifier).write if folder else None,
             window_end_ms=restored.meta.window_end_ms if restored.meta else None,
             newest_event_ms=restored.meta.newest_event_ms if restored.meta else 0,
+            restored=restored.meta,
         )
         intake = Intake(
             settings=s,
@@ -213,10 +220,21 @@ class App:
             reporter=reporter,
             clock=self.clock,
         )
+        rollbacks = Rollbacks(
+            reader=ControlReader(s, publisher.control_next),
+            publisher=publisher,
+            worker=worker,
+            learner=learner,
+            copier=copier,
+            history_to=lambda version: history_to(s, version, verifier),
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        stack.callback(rollbacks.close)
         log.info(
             "active: model %s v%d, input %s from %s", s.model.name, restored.version, source.topic, starts
         )
-        return _Parts(lease, sink, worker, intake, commits, reporter)
+        return _Parts(lease, sink, worker, intake, commits, reporter, rollbacks)
 
     def ready(self) -> bool:
         """For /readyz and ``stream_learner_active``: this instance owns the model, is consuming and

@@ -18,7 +18,7 @@ from stream_learner.config import Settings
 from stream_learner.ingest.windowing import Window, Windower
 from stream_learner.runtime.report import Reporter
 from stream_learner.runtime.worker import Output, Worker
-from stream_learner.snapshots.publisher import Publisher
+from stream_learner.snapshots.publisher import Publisher, Rollback
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ class Commits:
                 self.pending.popleft()
                 assert out.result is not None
                 self.reporter.record(out.result)
-                self.publisher.trained(out.result)
+                self.publisher.trained(out.result, out.window)
+            if out.rollback is not None:
+                self._publish(out, out.rollback)
+                continue
             if out.state is not None and (out.window is not None or self._unpublished()):
                 self._publish(out)
             if out.window is None:
@@ -146,13 +149,15 @@ class Commits:
         return self.flushed
 
     def _unpublished(self) -> bool:
-        """Something is accounted for but not committed: windows trained since the last snapshot, or
-        offsets passed without a window (dead letters, late events, replays)."""
-        return not self.publisher.up_to_date or self.frontier() != self.publisher.committed_next
+        """Something is accounted for but not committed: windows trained since the last snapshot,
+        offsets passed without a window (dead letters, late events, replays), or control requests
+        taken."""
+        p = self.publisher
+        return not p.up_to_date or p.control_moved or self.frontier() != p.committed_next
 
-    def _publish(self, out: Output) -> None:
+    def _publish(self, out: Output, rollback: Rollback | None = None) -> None:
         assert out.state is not None
         windowing = self.windower.state(self.publisher.window_end_ms)
         resume = {"windowing": windowing, "consumed": {str(p): o for p, o in self.source.positions.items()}}
-        self.publisher.publish(out.state, self.frontier(), resume, self.source.group_metadata())
+        self.publisher.publish(out.state, self.frontier(), resume, self.source.group_metadata(), rollback)
         self.reporter.snapshot_published(self.publisher.version)

@@ -20,7 +20,9 @@ from stream_learner.ingest.windowing import Windower
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.learner import WindowResult
 from stream_learner.metrics import Metrics
+from stream_learner.runtime.rollback import RollbackResult
 from stream_learner.snapshots.format import SnapshotKind, SnapshotMeta
+from stream_learner.snapshots.gate import verdict_of
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,11 @@ class Reporter:
         m.model_version.set(meta.version)
         m.model_freshness.set(max(0.0, self.clock() - meta.newest_event_ms / 1000))
         m.snapshot_last_commit.set(self.clock())
+        verdict, reason = verdict_of(meta)
+        m.gate_held.set(1 if verdict == "held" else 0)
+        if verdict == "held":
+            m.snapshots_held.inc()
+            log.warning("snapshot v%d is held from serving by the quality gate: %s", meta.version, reason)
 
     def report(self, on_progress: Callable[[Summary], None] | None) -> None:
         """Once every `REPORT_EVERY` seconds: lag, watermark and event-time lag; progress."""
@@ -163,4 +170,5 @@ def start_metrics_at_zero(metrics: Metrics, settings: Settings) -> None:
         refused_reasons=get_args(SnapshotRefusal),
         table_fields=ids if settings.model.table == "dynamic" else (),
         reset_fields=ids if settings.lr.policy == "drift" and settings.lr.drift_reset_z > 0 else (),
+        rollback_results=get_args(RollbackResult),
     )

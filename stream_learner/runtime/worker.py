@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner, WindowResult
+from stream_learner.snapshots.publisher import Rollback
 from stream_learner.snapshots.state import StateCopier, StateCopy
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,14 @@ class Output:
     result: WindowResult | None
     state: StateCopy | None = None
     error: BaseException | None = None
+    rollback: Rollback | None = None  # the state copied is an older version's, restored on request
 
 
 @dataclass(frozen=True)
 class _Job:
     window: Window | None
     snapshot: bool
+    restore: Callable[[], Rollback] | None = None
 
 
 @dataclass
@@ -73,6 +77,11 @@ class Worker:
     def request_snapshot(self) -> None:
         """Copy the state once the windows already submitted are done."""
         self._inbox.put(_Job(None, True))
+
+    def rollback(self, restore: Callable[[], Rollback]) -> None:
+        """Once the windows already submitted are done, run ``restore`` (it loads an older version's
+        state into the learner) and copy the state."""
+        self._inbox.put(_Job(None, True, restore))
 
     @property
     def queued(self) -> int:
@@ -113,9 +122,10 @@ class Worker:
     def _run(self) -> None:
         while (job := self._take()) is not None:
             try:
+                rollback = job.restore() if job.restore is not None else None
                 result = self.learner.process(job.window) if job.window is not None else None
                 state = self.copier.copy() if job.snapshot else None
-                self._outbox.put(Output(job.window, result, state))
+                self._outbox.put(Output(job.window, result, state, rollback=rollback))
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return

@@ -13,6 +13,12 @@ refused, and with ``require_signature`` unsigned ones too (`stream_learner.snaps
 learner's restore checks exactly the same. A snapshot that arrives after the model served with a
 lower version is refused ("version"), never ignored without a word: versions only grow, so either
 it or the model served was not written by this model's learner.
+
+The quality gate (`stream_learner.snapshots.gate`): a snapshot the learner marked ``held`` is not
+served; the last one that passed stays in service. Later deltas build on held ones, so the
+subscriber folds them into a copy of the state (``_ahead``, twice the memory while it exists) and
+serves that copy as soon as a snapshot passes. ``serve_held=True`` serves every snapshot, as a
+subscriber that knows no gate does.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ import numpy as np
 
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import BrokerError, SnapshotError, SnapshotRefusal
+from stream_learner.learning.models import ModelSpec
 from stream_learner.learning.servable import ServableModel
 from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
+from stream_learner.snapshots.gate import verdict_of
 from stream_learner.snapshots.log import Entry, SnapshotLog
 from stream_learner.snapshots.signing import Verifier
 
@@ -94,7 +102,10 @@ def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
 
 def _serve(chain: list[Snapshot], on_refused: chains.OnRefused | None = None) -> _Served:
     """A servable model from a chain (`chains.load`: the learner's restore verifies the same way)."""
-    fold, spec = chains.load(chain, on_refused)
+    return _servable(*chains.load(chain, on_refused))
+
+
+def _servable(fold: chains.Fold, spec: ModelSpec) -> _Served:
     try:
         model = ServableModel(spec, fold.tensors)
     except ValueError as exc:
@@ -120,10 +131,14 @@ class ModelSubscriber:
         *,
         verify_key: str | None = None,
         require_signature: bool = False,
+        serve_held: bool = False,
     ) -> None:
         """``verify_key``: the learner's public key (base64 of 32 bytes, or PEM); snapshots signed
-        otherwise are refused, and unsigned ones too with ``require_signature``."""
+        otherwise are refused, and unsigned ones too with ``require_signature``. ``serve_held``:
+        serve snapshots the quality gate held too."""
         self.kafka, self.topic, self.model_name = kafka, topic, model_name
+        self._serve_held = serve_held
+        self._ahead: tuple[chains.Fold, ModelSpec] | None = None  # folded past the model served
         self._verifier = Verifier.of(verify_key, require_signature)
         self.metrics = SubscriberMetrics(
             model_name,
@@ -173,6 +188,17 @@ class ModelSubscriber:
     def version(self) -> int | None:
         served = self._served
         return served.meta.version if served else None
+
+    @property
+    def newest_version(self) -> int | None:
+        """The newest version followed: the one served, or a newer one the gate held."""
+        head = self._head()
+        return head.version if head else None
+
+    def _head(self) -> SnapshotMeta | None:
+        if self._ahead is not None:
+            return self._ahead[0].meta
+        return self.meta
 
     @property
     def meta(self) -> SnapshotMeta | None:
@@ -231,47 +257,101 @@ class ModelSubscriber:
                 self._stop.wait(RETRY_SECONDS)
 
     def _load_newest(self, snapshots: SnapshotLog) -> int:
-        """Serve the newest model that loads, unless the one served is as new; return the offset to
-        follow from."""
+        """Follow the newest chain that loads and serve its newest snapshot that passed the gate
+        (from an older chain when it has none), unless what is followed is as new; return the
+        offset to follow from."""
+        on_refused: chains.OnRefused = lambda _snap, err: self._refused(Entry(None, error=err))  # noqa: E731
+        head: tuple[chains.Fold, ModelSpec] | None = None
         for chain in snapshots.chains():
-            if self.version is not None and chain[-1].meta.version <= self.version:
+            known = self._head()
+            if known is not None and chain[-1].meta.version <= known.version:
                 break
             try:
-                served = _serve(chain, on_refused=lambda _snap, err: self._refused(Entry(None, error=err)))
+                fold, spec = chains.load(chain, on_refused)
             except SnapshotError as err:
                 self._refused(Entry(None, error=err))
                 continue
-            self._swap(served)
-            break
+            applied = chain[: fold.applied]
+            passed = [i for i, snap in enumerate(applied) if self._passes(snap.meta)]
+            if head is None and passed and passed[-1] == len(applied) - 1:
+                self._swap(_servable(fold, spec))
+                self._ahead = None
+                break
+            if head is None:
+                head = (fold, spec)
+                self._note_held(applied[-1].meta)
+            if passed:
+                if applied[passed[-1]].meta.version > (self.version or 0):
+                    self._swap(_serve(applied[: passed[-1] + 1]))
+                break
+        if head is not None:
+            self._ahead = head
         return snapshots.follow_from or 0
+
+    def _passes(self, meta: SnapshotMeta) -> bool:
+        return self._serve_held or verdict_of(meta)[0] == "pass"
 
     def _take(self, entry: Entry) -> None:
         if entry.snapshot is None:
             self._refused(entry)
             return
-        snap, served = entry.snapshot, self._served
-        if served is not None and snap.meta.version == served.meta.version:
-            return  # already served (a re-read)
+        snap, head = entry.snapshot, self._head()
+        if head is not None and snap.meta.version == head.version:
+            return  # already followed (a re-read)
         try:
-            if served is not None and snap.meta.version < served.meta.version:
+            if head is not None and snap.meta.version < head.version:
                 raise SnapshotError(
                     "version",
-                    f"v{snap.meta.version} follows the model served, v{served.meta.version}: versions "
-                    "only grow, so one of them is not this model's learner's (forged, or another writer; "
-                    "sign snapshots to tell which)",
+                    f"v{snap.meta.version} follows v{head.version}: versions only grow, so one of them "
+                    "is not this model's learner's (forged, or another writer; sign snapshots to tell which)",
                 )
-            if snap.meta.kind == "FULL":
-                self._swap(_serve([snap]))
-            elif served is None or snap.meta.base_version != served.meta.version:
+            if snap.meta.kind == "DELTA" and (head is None or snap.meta.base_version != head.version):
                 raise SnapshotError(
                     "gap",
                     f"delta v{snap.meta.version} continues v{snap.meta.base_version}, but the model "
-                    f"served is v{self.version}; waiting for the next full snapshot",
+                    f"followed is v{head.version if head else None}; waiting for the next full snapshot",
                 )
-            else:
-                self._swap_in(served, snap)
+            self._follow(snap)
         except SnapshotError as err:
             self._refused(Entry(entry.offset, error=err))
+
+    def _follow(self, snap: Snapshot) -> None:
+        """Serve ``snap`` when it passes the gate; else fold it into the state ahead of the one
+        served (a copy, made when the first held snapshot arrives)."""
+        passes, served = self._passes(snap.meta), self._served
+        if snap.meta.kind == "FULL":
+            fold, spec = chains.load([snap])
+            if passes:
+                self._ahead = None
+                self._swap(_servable(fold, spec))
+            else:
+                self._ahead = (fold, spec)
+                self._note_held(snap.meta)
+            return
+        if self._ahead is not None:
+            fold, spec = self._ahead
+        else:
+            assert served is not None
+            if passes:
+                self._swap_in(served, snap)
+                return
+            fold, spec = served.fold.copy(), chains.read_spec(served.fold.base)
+        fold.apply(snap)  # checks the whole delta first: on a refusal nothing has changed
+        if passes:
+            self._ahead = None
+            self._swap(_servable(fold, spec))
+        else:
+            self._ahead = (fold, spec)
+            self._note_held(snap.meta)
+
+    def _note_held(self, meta: SnapshotMeta) -> None:
+        if self._passes(meta):
+            return
+        self.metrics.held.inc()
+        log.warning(
+            "not serving %s v%d: the quality gate held it (%s); v%s stays in service",
+            self.model_name, meta.version, verdict_of(meta)[1], self.version,
+        )  # fmt: skip
 
     def _swap_in(self, served: _Served, snap: Snapshot) -> None:
         """Fold delta ``snap`` into the model served, in one critical section: no reader sees a mix

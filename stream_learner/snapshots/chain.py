@@ -9,6 +9,7 @@ exactly the same snapshots.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -44,6 +45,12 @@ class Fold:
         self.meta: SnapshotMeta = full.meta
         self.base: SnapshotMeta = full.meta
         self.applied = 1  # snapshots folded in, the full one included
+
+    def copy(self) -> Fold:
+        """An independent copy (every tensor cloned): to fold on while this state stays in use."""
+        other = copy.copy(self)
+        other.tensors = {name: tensor.clone() for name, tensor in self.tensors.items()}
+        return other
 
     def apply(self, snap: Snapshot) -> None:
         """Fold in the next delta. Raises `SnapshotError` ("gap" when it does not continue this

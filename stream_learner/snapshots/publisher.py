@@ -1,8 +1,10 @@
 """From a copy of the model state to a committed snapshot: version, kind, offset ranges, metadata.
 
 The publisher keeps what the snapshot history needs between snapshots: the last version handed out,
-the next offset per partition already handed out (where the next snapshot's ranges begin), and the
-window range and newest event time trained since the last snapshot. Versions and ranges are assigned
+the next offset per partition already handed out (where the next snapshot's ranges begin), the
+window range and newest event time trained since the last snapshot, the quality gate's evidence
+(`stream_learner.snapshots.gate`: each snapshot carries its verdict) and the windows it adds
+(`stream_learner.snapshots.lineage`: what replay needs). Versions and ranges are assigned
 on the polling thread, in order; encoding and the commit happen on the sink's thread, and
 ``on_committed`` (metrics) and the local checkpoint, when configured, follow the commit there.
 """
@@ -13,10 +15,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Protocol
 
 from stream_learner.config import Settings
+from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import WindowResult
 from stream_learner.snapshots.format import (
     PartitionRange,
@@ -27,6 +30,8 @@ from stream_learner.snapshots.format import (
     encode,
     encode_payload,
 )
+from stream_learner.snapshots.gate import Gate
+from stream_learner.snapshots.lineage import Lineage
 from stream_learner.snapshots.state import StateCopy
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,18 @@ class SnapshotSink(Protocol):
     ) -> None: ...
 
 
+@dataclass(frozen=True)
+class Rollback:
+    """What a rollback's snapshot records: the version whose state it restored, the request that
+    asked for it (and the control topic's offset after it), and that version's gate state (the
+    gate continues from it)."""
+
+    to_version: int
+    request: str
+    control_next: int
+    gate_state: dict[str, Any]
+
+
 @dataclass(kw_only=True)
 class Publisher:
     settings: Settings
@@ -67,14 +84,37 @@ class Publisher:
     window_end_ms: int | None = None  # end of the last window in the model (restored or trained)
     newest_event_ms: int = 0
     unpublished_since: float = 0.0  # wall time the oldest window not yet in a snapshot was trained
+    control_next: int | None = None  # the next control request to read (`runtime.rollback`)
+    control_published: int | None = field(init=False, default=None)  # in the last snapshot
+    restored: InitVar[SnapshotMeta | None] = None  # the snapshot the model was restored from
+    gate: Gate = field(init=False)
+    lineage: Lineage = field(init=False)
+
+    def __post_init__(self, restored: SnapshotMeta | None) -> None:
+        self.gate = Gate(self.settings.serving)
+        state = restored.state_dict() if restored is not None else {}
+        if isinstance(state.get("gate"), dict):
+            self.gate.restore(state["gate"])
+        self.lineage = Lineage.of(self.settings, restored.version if restored is not None else None)
+        control = state.get("control", {})
+        if self.control_next is None and isinstance(control, dict) and "next" in control:
+            self.control_next = self.control_published = int(control["next"])
 
     @property
     def up_to_date(self) -> bool:
         """The last trained window is in a snapshot already handed out."""
         return self.window_start_ms is None
 
-    def trained(self, result: WindowResult) -> None:
-        """Note a window the model has taken in."""
+    @property
+    def control_moved(self) -> bool:
+        """Control requests were taken since the last snapshot (it records where to read next)."""
+        return self.control_next != self.control_published
+
+    def trained(self, result: WindowResult, window: Window | None = None, batch_multiplier: int = 1) -> None:
+        """Note a window the model has taken in (``window``: for the lineage, when known)."""
+        self.gate.trained(result)
+        if window is not None:
+            self.lineage.trained(window, batch_multiplier)
         self.last_result = result
         self.window_end_ms = result.end_ms
         if self.window_start_ms is None:
@@ -88,11 +128,28 @@ class Publisher:
         frontier: dict[int, int],
         resume_state: dict[str, Any],
         group_metadata: object,
+        rollback: Rollback | None = None,
     ) -> None:
         """Hand ``state`` to the sink as the next version, to be committed with ``frontier`` (next
         offset per partition). With no window trained since the last snapshot, the new version only
-        moves the offsets on (past dead letters, late events and replays)."""
-        meta = self._meta(state.kind, frontier, {"learner": state.learner_state, **resume_state})
+        moves the offsets on (past dead letters, late events and replays). ``rollback``: the state
+        is that of an older version, restored on request (it passes the gate)."""
+        extra: dict[str, Any] = {}
+        evidence: dict[str, float] = {}
+        if rollback is not None:
+            self.control_next = rollback.control_next
+            reason = f"rollback to v{rollback.to_version} (request {rollback.request})"
+            gate = self.gate.overrule(reason, rollback.gate_state)
+            self.lineage.rolled_back(rollback.to_version)
+            extra["rollback"] = {"to_version": rollback.to_version, "request": rollback.request}
+        else:
+            gate, evidence = self.gate.judge()
+        if self.control_next is not None:
+            extra["control"] = {"next": self.control_next}
+        self.control_published = self.control_next
+        full_state = {"learner": state.learner_state, **resume_state, **extra, "gate": gate}
+        full_state["lineage"] = self.lineage.take(self.version + 1)
+        meta = self._meta(state.kind, frontier, full_state, evidence)
         self.version = meta.version
         self.committed_next = dict(frontier)
         self.window_start_ms = None
@@ -136,7 +193,9 @@ class Publisher:
         if self.checkpoint is not None:
             self.checkpoint(meta, encode(meta, payload, self.settings.snapshot.max_message_bytes, self.sign))
 
-    def _meta(self, kind: SnapshotKind, frontier: dict[int, int], state: dict[str, Any]) -> SnapshotMeta:
+    def _meta(
+        self, kind: SnapshotKind, frontier: dict[int, int], state: dict[str, Any], evidence: dict[str, float]
+    ) -> SnapshotMeta:
         topic = self.settings.input.topic
         r = None if self.up_to_date else self.last_result
         end = self.window_end_ms if self.window_end_ms is not None else 0
@@ -147,8 +206,14 @@ class Publisher:
                 "validation_loss": r.evaluation.loss,
                 "validation_auc": r.evaluation.auc,
                 "events": float(r.events),
+                **(
+                    {"holdout_loss": r.holdout.loss, "holdout_auc": r.holdout.auc}
+                    if r.holdout is not None
+                    else {}
+                ),
             }
         )
+        metrics.update(evidence)
         ranges = tuple(
             PartitionRange(topic, p, self.committed_next.get(p, nxt), nxt - 1)
             for p, nxt in sorted(frontier.items())

@@ -100,7 +100,10 @@ def test_versions_kinds_and_ranges_follow_each_other():
         {0: (150, 150), 1: (75, 89)},
     ]
     assert [offsets for _, _, offsets in sink.published] == frontiers
-    assert json.loads(metas[0].state) == {"learner": {"events_trained": 5}, "consumed": {"0": 120}}
+    state = json.loads(metas[0].state)
+    assert (state["learner"], state["consumed"]) == ({"events_trained": 5}, {"0": 120})
+    assert state["gate"]["verdict"] == "pass" and state["lineage"]["base"] is None
+    assert [json.loads(m.state)["lineage"]["base"] for m in metas[1:]] == [5, 6]
     assert metas[2].window_start_ms == 2000 and metas[2].newest_event_ms == 2999
     assert registry.get_sample_value("stream_learner_snapshot_published_total", {"kind": "delta"}) == 2
     assert registry.get_sample_value("stream_learner_snapshot_published_total", {"kind": "full"}) == 1
