@@ -17,6 +17,7 @@ from stream_learner.errors import SnapshotError
 from stream_learner.serving import ModelSubscriber
 from stream_learner.snapshots import signing
 from stream_learner.snapshots.format import Snapshot, describe_payload
+from stream_learner.snapshots.gate import verdict_of
 from stream_learner.snapshots.log import Entry, SnapshotLog
 
 
@@ -58,7 +59,7 @@ def _entry_line(entry: Entry) -> str:
     return (
         f"@{entry.offset!s:<8} v{m.version:<6} {m.kind.lower():5} {base:9} {created}Z "
         f"{len(entry.snapshot.payload):>11} B  windows [{m.window_start_ms}, {m.window_end_ms})  "
-        f"offsets {ranges}"
+        f"offsets {ranges}{'  HELD' if verdict_of(m)[0] == 'held' else ''}"
     )
 
 

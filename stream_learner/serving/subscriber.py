@@ -27,8 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import get_args
 
@@ -39,6 +38,7 @@ from stream_learner.errors import BrokerError, SnapshotError, SnapshotRefusal
 from stream_learner.learning.models import ModelSpec
 from stream_learner.learning.servable import ServableModel
 from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
+from stream_learner.serving.lock import ReadWriteLock
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
 from stream_learner.snapshots.gate import verdict_of
@@ -48,40 +48,6 @@ from stream_learner.snapshots.signing import Verifier
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
-
-
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds new readers back."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
-            self._writer = True
-            self._cond.wait_for(lambda: self._readers == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -149,7 +115,7 @@ class ModelSubscriber:
         self._on_update = on_update
         self._clock = clock
         self._served: _Served | None = None
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -260,14 +226,13 @@ class ModelSubscriber:
         """Follow the newest chain that loads and serve its newest snapshot that passed the gate
         (from an older chain when it has none), unless what is followed is as new; return the
         offset to follow from."""
-        on_refused: chains.OnRefused = lambda _snap, err: self._refused(Entry(None, error=err))  # noqa: E731
         head: tuple[chains.Fold, ModelSpec] | None = None
         for chain in snapshots.chains():
             known = self._head()
             if known is not None and chain[-1].meta.version <= known.version:
                 break
             try:
-                fold, spec = chains.load(chain, on_refused)
+                fold, spec = chains.load(chain, self._refused_delta)
             except SnapshotError as err:
                 self._refused(Entry(None, error=err))
                 continue
@@ -282,7 +247,7 @@ class ModelSubscriber:
                 self._note_held(applied[-1].meta)
             if passed:
                 if applied[passed[-1]].meta.version > (self.version or 0):
-                    self._swap(_serve(applied[: passed[-1] + 1]))
+                    self._swap(_serve(applied[: passed[-1] + 1], self._refused_delta))
                 break
         if head is not None:
             self._ahead = head
@@ -378,6 +343,9 @@ class ModelSubscriber:
             self._changed.notify_all()
         if self._on_update is not None:
             self._on_update(m)
+
+    def _refused_delta(self, _snap: Snapshot, err: SnapshotError) -> None:
+        self._refused(Entry(None, error=err))
 
     def _refused(self, entry: Entry) -> None:
         err = entry.error

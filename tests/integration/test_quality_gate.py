@@ -194,6 +194,10 @@ def test_a_poisoned_stretch_is_held_serving_keeps_the_last_good_model_and_rollba
             >= POISONED
         )
 
+        capsys.readouterr()
+        assert main(["snapshots", "list", "--config", str(config), "--last", "2"]) == 0
+        assert all(line.endswith("HELD") for line in capsys.readouterr().out.splitlines())
+
         # the operator rolls back to the last good version
         assert main(["rollback", "--config", str(config), "--to-version", str(good), "--wait", "60"]) == 0
         newest = snapshots[-1].meta.version
