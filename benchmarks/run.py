@@ -13,7 +13,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
-ALL = ["e2e", "ingest", "train_speed", "snapshot", "freshness", "soak", "quality", "real", "distributed"]
+ALL = [
+    "e2e",
+    "ingest",
+    "train_speed",
+    "snapshot",
+    "freshness",
+    "soak",
+    "quality",
+    "real",
+    "distributed",
+    "catchup",
+]
 
 
 def main() -> int:

@@ -509,7 +509,11 @@ class CatchupSettings(_Section):
         120.0, ge=0, description="...and the event-time lag below this many seconds (hysteresis)."
     )
     batch_multiplier: int = Field(
-        8, ge=1, description="While catching up, mini-batches are this many times train.batch_size."
+        8,
+        ge=1,
+        description="While catching up, mini-batches are this many times their ordinary size (see "
+        "train.window_steps), each weighted as that many mini-batches (so an event moves the weights "
+        "as much).",
     )
     snapshot_factor: int = Field(
         10,

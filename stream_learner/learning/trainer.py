@@ -157,8 +157,9 @@ class Trainer:
         self.autocast = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
         self._pin = cuda
         self._touched: dict[str, list[torch.Tensor]] = {name: [] for name in self.tables}
-        #: Mini-batches are this many times the size `mini_batch_size` gives (set between windows, by
-        #: catch-up).
+        #: Mini-batches are this many times the size `mini_batch_size` gives, each weighted as that
+        #: many ordinary mini-batches (so an event moves the weights as much as in an ordinary one;
+        #: see `_step`); set between windows, by catch-up.
         self.batch_multiplier = 1
         if settings.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -328,7 +329,11 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mini-batch step; returns its loss and gradient norm (before clipping). The gradients
         are clipped as ``clip_grad_norm_`` does, with each table's sparse gradient coalesced once and
-        its clip factor and per-event scale (see `mini_batch_size`) folded into one multiplication."""
+        its clip factor and per-event scale (see `mini_batch_size`) folded into one multiplication.
+
+        A mini-batch `batch_multiplier` (m) times the ordinary size counts as m ordinary ones: the
+        table gradients, per-event sums, already add up as theirs would; the dense gradient, a mean,
+        is multiplied by m after clipping (each of the m would have been clipped on its own mean)."""
         for param in self._params:
             param.grad = None
         loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x, inputs), y)
@@ -342,9 +347,10 @@ class Trainer:
         norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        m = self.batch_multiplier
         if dense:
-            torch._foreach_mul_(dense, factor)
-        scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor
+            torch._foreach_mul_(dense, factor * m if m != 1 else factor)
+        scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor * m
         for name, grad in sparse.items():
             weight = self.tables[name].weight
             weight.grad = torch.sparse_coo_tensor(

@@ -33,6 +33,7 @@ from stream_learner.kafka.source import Source
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.trainer import resolve_device
 from stream_learner.metrics import CollectorRegistry, Metrics, MetricsServer
+from stream_learner.runtime.catchup import CatchUp
 from stream_learner.runtime.commits import Commits
 from stream_learner.runtime.intake import Intake
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
@@ -64,6 +65,7 @@ class _Parts:
     commits: Commits
     reporter: Reporter
     rollbacks: Rollbacks
+    catchup: CatchUp
 
 
 class App:
@@ -119,6 +121,7 @@ class App:
                     p.commits.collect()
                     p.commits.snapshot_if_due()
                     p.rollbacks.step()
+                    p.catchup.step()
                     p.sink.poll()
                     p.reporter.report(on_progress)
                     if exit_when_idle and p.commits.idle():
@@ -231,10 +234,18 @@ class App:
             clock=self.clock,
         )
         stack.callback(rollbacks.close)
+        catchup = CatchUp(
+            settings=s.catchup,
+            source=source,
+            windower=windower,
+            knobs=commits,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
         log.info(
             "active: model %s v%d, input %s from %s", s.model.name, restored.version, source.topic, starts
         )
-        return _Parts(lease, sink, worker, intake, commits, reporter, rollbacks)
+        return _Parts(lease, sink, worker, intake, commits, reporter, rollbacks, catchup)
 
     def ready(self) -> bool:
         """For /readyz and ``stream_learner_active``: this instance owns the model, is consuming and

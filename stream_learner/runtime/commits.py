@@ -61,16 +61,19 @@ class Commits:
         self._waiting_since: float | None = None  # since when something waits for a snapshot
         self._due_checked = 0.0
         self._windows_since_snapshot = 0
+        self.batch_multiplier = 1  # mini-batch size multiplier of the windows submitted (catch-up)
+        self.snapshot_factor = 1  # snapshots this many times less often (catch-up)
 
     def submit(self, windows: list[Window]) -> None:
-        """Queue closed windows for training; every ``snapshot.every_windows``-th asks for a snapshot."""
+        """Queue closed windows for training; every ``snapshot.every_windows``-th (times
+        ``snapshot_factor``) asks for a snapshot."""
         for window in windows:
             self._windows_since_snapshot += 1
-            due = self._windows_since_snapshot >= self.settings.snapshot.every_windows
+            due = self._windows_since_snapshot >= self.settings.snapshot.every_windows * self.snapshot_factor
             if due:
                 self._windows_since_snapshot = 0
             self.pending.append(window)
-            self.worker.submit(window, snapshot=due)
+            self.worker.submit(window, snapshot=due, batch_multiplier=self.batch_multiplier)
 
     def collect(self, timeout: float | None = None) -> None:
         """Apply the worker's outputs: results to the reporter, state copies to the publisher."""
@@ -81,7 +84,7 @@ class Commits:
                 self.pending.popleft()
                 assert out.result is not None
                 self.reporter.record(out.result)
-                self.publisher.trained(out.result, out.window)
+                self.publisher.trained(out.result, out.window, out.batch_multiplier)
             if out.rollback is not None:
                 self._publish(out, out.rollback)
                 continue
@@ -105,7 +108,7 @@ class Commits:
             return
         if self._waiting_since is None:
             self._waiting_since = now if self.publisher.up_to_date else self.publisher.unpublished_since
-        overdue = now - self._waiting_since >= self.settings.snapshot.interval_seconds
+        overdue = now - self._waiting_since >= self.settings.snapshot.interval_seconds * self.snapshot_factor
         if overdue or (not self.pending and self.windower.all_idle(now)):
             self.worker.request_snapshot()
             self._snapshot_requested = True

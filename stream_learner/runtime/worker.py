@@ -32,6 +32,7 @@ class Output:
     state: StateCopy | None = None
     error: BaseException | None = None
     rollback: Rollback | None = None  # the state copied is an older version's, restored on request
+    batch_multiplier: int = 1  # the window was trained with mini-batches this many times the size
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class _Job:
     window: Window | None
     snapshot: bool
     restore: Callable[[], Rollback] | None = None
+    batch_multiplier: int = 1
 
 
 @dataclass
@@ -71,8 +73,10 @@ class Worker:
             if self._thread.is_alive():  # a hung step: the (daemon) thread ends with the process
                 log.error("the training thread did not stop within %.0f s; leaving it", timeout)
 
-    def submit(self, window: Window, snapshot: bool) -> None:
-        self._inbox.put(_Job(window, snapshot))
+    def submit(self, window: Window, snapshot: bool, batch_multiplier: int = 1) -> None:
+        """Train ``window`` (with mini-batches ``batch_multiplier`` times their ordinary size), then
+        copy the state when ``snapshot``."""
+        self._inbox.put(_Job(window, snapshot, batch_multiplier=batch_multiplier))
 
     def request_snapshot(self) -> None:
         """Copy the state once the windows already submitted are done."""
@@ -123,9 +127,10 @@ class Worker:
         while (job := self._take()) is not None:
             try:
                 rollback = job.restore() if job.restore is not None else None
+                self.learner.trainer.batch_multiplier = job.batch_multiplier
                 result = self.learner.process(job.window) if job.window is not None else None
                 state = self.copier.copy() if job.snapshot else None
-                self._outbox.put(Output(job.window, result, state, rollback=rollback))
+                self._outbox.put(Output(job.window, result, state, None, rollback, job.batch_multiplier))
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return

@@ -86,3 +86,36 @@ def test_versions_replay_byte_for_byte_and_differences_name_the_tensor(
     assert "retention" in message
     assert main(["replay", "--config", str(config), "--version", str(delta.meta.version)]) == 1
     assert "cannot be replayed" in capsys.readouterr().err
+
+
+def test_windows_trained_in_catch_up_mode_replay_with_their_multiplier(kafka_bootstrap, new_topic):
+    """Catch-up from the first look at the lag until none is left: the windows trained meanwhile
+    record mini-batches x4 in their lineage, the learner leaves catch-up, and replay reproduces it."""
+    topic = new_topic("catchup-events", partitions=2)
+    settings = learner_settings(
+        kafka_bootstrap,
+        topic,
+        train={"device": "cpu", "deterministic": True, "batch_size": 64},
+        snapshot={"every_windows": 1, "full_every": 4},
+        catchup={
+            "enabled": True,
+            "enter_records": 1,
+            "exit_records": 0,
+            "exit_seconds": 0,
+            "batch_multiplier": 4,
+            "snapshot_factor": 2,
+        },
+    )
+    produce_synthetic(settings.kafka, topic, 30_000, rate=1500, backfill=True, config=SyntheticConfig(seed=8))
+    with AppThread(settings, exit_when_idle=True) as run:
+        run.join(300)
+    assert run.app.registry.get_sample_value("stream_learner_catchup_mode") == 0  # caught up
+    snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
+    multipliers = {
+        s.meta.version: {w["batch_multiplier"] for w in s.meta.state_dict()["lineage"]["windows"]}
+        for s in snapshots
+    }
+    caught_up = [v for v, m in multipliers.items() if 4 in m]
+    assert caught_up, multipliers
+    report = replay(settings, caught_up[-1])
+    assert report.identical and report.windows >= 1, report
