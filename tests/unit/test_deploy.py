@@ -71,6 +71,11 @@ DASHBOARD_METRICS = {
     "stream_learner_model_version",
     "stream_learner_paused_partitions",
     "stream_learner_active",
+    "stream_learner_snapshots_held_total",
+    "stream_learner_gate_held",
+    "stream_learner_rollbacks_total",
+    "stream_learner_catchup_mode",
+    "stream_learner_catchup_eta_seconds",
 }
 
 # Alerts the runbook promises (docs/operations.md).
@@ -88,6 +93,9 @@ EXPECTED_ALERTS = {
     "StreamLearnerValidationAUCDrop",
     "StreamLearnerFrequentDrift",
     "StreamLearnerRestoreRefusedSnapshots",
+    "StreamLearnerSnapshotsHeld",
+    "StreamLearnerRollbackRefused",
+    "StreamLearnerCatchUpSlow",
 }
 
 _SUFFIXES = {
