@@ -239,7 +239,7 @@ def catch_up(
         produce(s.kafka, topic, stream, int(outage * rate), end_ms, rate)
         producer = live_producer(address, topic, rate, 6 * outage + 600)
         run = Running(s)
-        deadline = time.time() + 5 * outage + 300
+        deadline = time.time() + 3 * outage + 300
         modes: list[tuple[float, float]] = []
         while time.time() < deadline and run.thread.is_alive():
             time.sleep(1.0)
@@ -262,10 +262,14 @@ def catch_up(
             producer.kill()
         delete_topics(address, [topic, s.snapshot.topic, s.dead_letter.topic])
     trace = run.trace
+    assert trace.first_consumed is not None, "nothing consumed"
     done = trace.caught_up()
-    assert done is not None and trace.first_consumed is not None, "never caught up"
+    if done is None:  # not within the deadline: the time so far is a lower bound
+        print(f"  did not catch up within {modes[-1][0] - trace.first_consumed:.0f} s", flush=True)
+        done = modes[-1][0]
     in_mode = [t for t, on in modes if on]
     return {
+        "caught_up": trace.caught_up() is not None,
         "catch_up_seconds": round(done - trace.first_consumed, 1),
         "events_until_caught_up": trace.events(done),
         "events_per_second_until_caught_up": round(trace.events(done) / (done - trace.first_consumed)),
@@ -298,6 +302,7 @@ def main() -> None:
                 address, copy.deepcopy(stream), warm, rate, args.outage_seconds, mode == "adaptive"
             )
             print(mode, runs[mode], flush=True)
+    # a fixed run cut off at its deadline caught up later than that: the ratio is then an upper bound
     ratio = runs["adaptive"]["catch_up_seconds"] / runs["fixed"]["catch_up_seconds"]
     auc_loss = runs["fixed"]["outage_auc"] - runs["adaptive"]["outage_auc"]
     result = {
@@ -310,7 +315,7 @@ def main() -> None:
         "catch_up_time_ratio": round(ratio, 3),
         "outage_auc_loss": round(auc_loss, 4),
         "targets": {"catch_up_time_ratio": 0.5, "outage_auc_loss": 0.01},
-        "meets_target": ratio <= 0.5 and auc_loss <= 0.01,
+        "meets_target": runs["adaptive"]["caught_up"] and ratio <= 0.5 and auc_loss <= 0.01,
         "settings": {
             "model": "dnn (defaults)",
             "train_batch_size": BATCH_SIZE,

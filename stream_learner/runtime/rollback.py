@@ -74,6 +74,8 @@ class Rollbacks:
         self._checked = 0.0
         self._queue: deque[tuple[int, ControlRequest | str]] = deque()
         self._awaiting: int | None = None  # control position a rollback in progress publishes
+        if publisher.control_next is None:  # the first start: from now on, every snapshot records it
+            publisher.control_next = publisher.control_published = reader.position
 
     def step(self) -> None:
         """Take the requests that arrived (at most every `CHECK_EVERY` seconds), in order; after a
