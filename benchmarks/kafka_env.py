@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -23,10 +24,18 @@ def bootstrap() -> str:
 
 
 def new_topic(address: str, prefix: str, partitions: int) -> str:
+    """A new topic, once every partition has a leader (a producer created at once may not see it)."""
     name = f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": address})
     admin.create_topics([NewTopic(name, partitions)])[name].result(30)
-    return name
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(name, timeout=10).topics.get(name)
+        ready = meta is not None and meta.error is None and len(meta.partitions) == partitions
+        if ready and all(p.leader >= 0 for p in meta.partitions.values()):
+            return name
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {name} has no leader for every partition after 30 s")
 
 
 def delete_topics(address: str, names: list[str]) -> None:

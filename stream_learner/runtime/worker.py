@@ -130,7 +130,10 @@ class Worker:
                 self.learner.trainer.batch_multiplier = job.batch_multiplier
                 result = self.learner.process(job.window) if job.window is not None else None
                 state = self.copier.copy() if job.snapshot else None
-                self._outbox.put(Output(job.window, result, state, None, rollback, job.batch_multiplier))
+                out = Output(
+                    job.window, result, state, rollback=rollback, batch_multiplier=job.batch_multiplier
+                )
+                self._outbox.put(out)
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return
