@@ -6,11 +6,12 @@
 Scenario. A learner that has been running (warmed up on earlier events of the same stream) is down
 for ``--outage-seconds`` while events keep arriving at ``--load`` (0.5) of its capacity; it restarts
 from its last snapshot (``warm_start.source = "file"``) and catches up with a backlog of that many
-seconds of events while live events keep coming. The settings are the defaults (DeepFM, 2^18-row
-tables, Adagrad, snapshot every window) with ten-second windows (a finer measure of the catch-up
-than the default minute) and mini-batches of 256 events: the training thread is then the
-bottleneck, which is when catch-up matters (with the default 1024 on this two-core machine, decoding
-on the polling thread limits the rate; see docs/operations.md).
+seconds of events while live events keep coming. The settings are the defaults (a factorization
+machine with per-id count inputs, 2^18-row tables, Adagrad, snapshot every window) with ten-second
+windows (a finer measure of the catch-up than the default minute) and mini-batches of at most 256
+events: the training thread is then the bottleneck, which is when catch-up matters (with the default
+1024 on this two-core machine, decoding on the polling thread limits the rate; see
+docs/operations.md).
 
 1. Warm-up: the fixed learner trains ``--warm-events`` backfilled events; its final full snapshot is
    the model both runs restart from.
@@ -48,7 +49,7 @@ from typing import Any
 
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
-from stream_learner.config import KafkaSettings, Settings
+from stream_learner.config import KafkaSettings, ModelSettings, Settings
 from stream_learner.ingest.codec import encode_event
 from stream_learner.ingest.windowing import Window
 from stream_learner.kafka.producer import EventProducer
@@ -317,7 +318,7 @@ def main() -> None:
         "targets": {"catch_up_time_ratio": 0.5, "outage_auc_loss": 0.01},
         "meets_target": runs["adaptive"]["caught_up"] and ratio <= 0.5 and auc_loss <= 0.01,
         "settings": {
-            "model": "dnn (defaults)",
+            "model": f"{ModelSettings().kind} (defaults)",
             "train_batch_size": BATCH_SIZE,
             "window_seconds": WINDOW_SECONDS,
             "caught_up_within_seconds": CAUGHT_UP,

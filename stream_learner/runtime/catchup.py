@@ -6,11 +6,12 @@ event read; counted only while records wait, so a quiet topic is not "behind"). 
 either exceeds ``catchup.enter_*`` and ends once both are at or below ``catchup.exit_*``: the gap
 between the two pairs keeps the mode from flapping at the boundary.
 
-While catching up, the learner trains with mini-batches ``catchup.batch_multiplier`` times
-``train.batch_size``, each weighted as that many mini-batches (fewer optimiser steps per window, as
-much learning per event: the trainer's `batch_multiplier`, the only knob this touches in learning,
-set per window by the worker) and snapshots ``catchup.snapshot_factor``
-times less often (each snapshot copies the state on the training thread). Each window's multiplier is
+While catching up, the learner trains with mini-batches ``catchup.batch_multiplier`` times their
+ordinary size (`stream_learner.learning.trainer.mini_batch_size`), each weighted as that many
+mini-batches (fewer optimiser steps per window, as much learning per event: the trainer's
+`batch_multiplier`, the only knob this touches in learning, set per window by the worker) and
+snapshots ``catchup.snapshot_factor`` times less often (each snapshot copies the state on the
+training thread). Each window's multiplier is
 recorded in the snapshot's lineage, so a replay trains it the same way.
 
 Exported: ``stream_learner_catchup_mode`` (1 while catching up) and

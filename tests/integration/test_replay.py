@@ -19,7 +19,8 @@ from tests.support import AppThread, learner_settings, read_snapshots
 
 EVENTS = 12_000
 PARTITIONS = 3
-TAMPERED = "model.mlp.0.bias"
+TAMPERED = "model.count_head.weight"  # the default model (fm with count inputs) has few dense weights
+COUNTS = tuple(f"features.{f}.{a}" for f in ("user", "item") for a in ("events", "positives"))
 
 
 def test_versions_replay_byte_for_byte_and_differences_name_the_tensor(
@@ -44,8 +45,12 @@ def test_versions_replay_byte_for_byte_and_differences_name_the_tensor(
     delta = next(s for s in trained if s.meta.kind == "DELTA")
     full = next(s for s in trained if s.meta.kind == "FULL" and s.meta.version > 1)
     assert len({r.partition for r in delta.meta.offsets if r.last >= r.first}) == PARTITIONS
+    assert float(full.tensors()["features.user.events"].sum()) > 0  # counted: model.count_features
 
     for snap in (delta, full, snapshots[0]):
+        # the per-id counts are state too: the payloads compared hold them (sliced by rows in deltas)
+        names = snap.tensors()
+        assert all(any(n == c or n.endswith(f"/{c}") for n in names) for c in COUNTS), sorted(names)
         report = replay(settings, snap.meta.version)
         assert report.identical, report
         assert report.windows == len(lineages[snap.meta.version]["windows"]) > 0
