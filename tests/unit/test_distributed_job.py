@@ -151,6 +151,7 @@ def test_loss_and_auc_add_up_over_ranks() -> None:
         ("window", {"kind": "count"}, "window.kind"),
         ("model", {"table": "dynamic"}, "model.table"),
         ("warm_start", {"pretrained": "tables.safetensors"}, "warm_start.pretrained"),
+        ("catchup", {"enabled": True}, "catchup.enabled"),
     ],
 )
 def test_settings_a_distributed_job_does_not_support_fail_naming_the_setting(

@@ -242,6 +242,7 @@ class RankApp:
                 checkpoint=Checkpoints(folder, s.model.name, verifier).write if folder else None,
                 window_end_ms=restored.meta.window_end_ms if restored.meta else None,
                 newest_event_ms=restored.meta.newest_event_ms if restored.meta else 0,
+                restored=restored.meta,  # the gate's reference and the lineage's base go on from it
             )
         coordinator = Coordinator(
             settings=s,

@@ -25,6 +25,8 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("model.table", "a distributed job shards hashed tables only (dynamic: one process)")
     if settings.warm_start.pretrained is not None:
         raise ConfigError("warm_start.pretrained", "not supported by a distributed job (restore a snapshot)")
+    if settings.catchup.enabled:
+        raise ConfigError("catchup.enabled", "not supported by a distributed job (ranks train in lockstep)")
 
 
 def check_partitions(settings: Settings, partitions: int, ranks: int, setting: str) -> None:
