@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
+from benchmarks.kafka_env import bootstrap, delete_topics, new_topic, outputs
 from benchmarks.results import record
 from stream_learner.config import KafkaSettings, ModelSettings, Settings
 from stream_learner.ingest.codec import encode_event
@@ -200,7 +200,7 @@ def warm_up(address: str, stream: SyntheticStream, events: int, folder: Path) ->
         run.thread.join(1800)
         run.stop()
     finally:
-        delete_topics(address, [topic, s.snapshot.topic, s.dead_letter.topic])
+        delete_topics(address, [topic, *outputs(s)])
     (newest,) = sorted((folder / s.model.name).glob("*.snapshot"))[-1:]
     return newest, rate_of(run.trace)
 
@@ -224,7 +224,8 @@ def capacity(address: str, stream: SyntheticStream, warm: Path, rate_alone: floa
     finally:
         if producer is not None:
             producer.kill()
-        delete_topics(address, [topic, elsewhere, s.snapshot.topic, s.dead_letter.topic])
+            producer.wait(30)
+        delete_topics(address, [topic, elsewhere, *outputs(s)])
     return rate_of(run.trace)
 
 
@@ -261,7 +262,8 @@ def catch_up(
     finally:
         if producer is not None:
             producer.kill()
-        delete_topics(address, [topic, s.snapshot.topic, s.dead_letter.topic])
+            producer.wait(30)
+        delete_topics(address, [topic, *outputs(s)])
     trace = run.trace
     assert trace.first_consumed is not None, "nothing consumed"
     done = trace.caught_up()

@@ -4,7 +4,7 @@ rank, and the bytes each rank sends per training step.
     .venv/bin/python -m benchmarks.distributed                 # all three, about 8 minutes on 2 cores
     .venv/bin/python -m benchmarks.distributed --only memory
 
-- **throughput**: one backfilled topic (4 partitions, the default model: dnn, 2^18 rows per table),
+- **throughput**: one backfilled topic (4 partitions, the default model, 2^18 rows per table),
   learned end to end by ``stream-learner run`` as one process, as a 1-rank job and as a 2-rank job
   (torchrun, as ``--workers N`` spawns it), and one process and two ranks again with a global
   mini-batch of 8192; three times, in turns (the best is the figure: the machine is shared). The
@@ -39,7 +39,7 @@ from typing import Any
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
 from benchmarks.timing import produce_trailer
-from stream_learner.config import Settings
+from stream_learner.config import ModelSettings, Settings
 from stream_learner.tools.produce import produce_synthetic
 
 PARTITIONS = 4
@@ -96,7 +96,7 @@ def job_rate(address: str, topic: str, events: int, how: str, workdir: Path) -> 
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
     finally:
-        delete_topics(address, [f"{name}.snapshots", f"{name}.dlq"])
+        delete_topics(address, [f"{name}.snapshots", f"{name}.dlq", f"{name}.snapshots.control"])
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stderr.splitlines()
     active = [_at(m[1]) for line in lines if (m := ACTIVE_LINE.match(line))]
@@ -134,7 +134,8 @@ def throughput(address: str, events: int) -> dict[str, Any]:
     return {
         "events": events,
         "partitions": PARTITIONS,
-        "model": "dnn, 2^18 rows per table, window 1 s, snapshot every 10 windows, batch 1024 unless /B",
+        "model": f"{ModelSettings().kind}, 2^18 rows per table, window 1 s, snapshot every 10 windows, "
+        "batch 1024 unless /B",
         "events_per_second": {how: max(r["events_per_second"] for r in done) for how, done in runs.items()},
         "rounds": runs,
     }

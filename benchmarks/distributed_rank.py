@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream_learner.config import TrainSettings
+from stream_learner.config import ModelSettings, TrainSettings
 from stream_learner.learning.collective import Group
 from stream_learner.learning.models import FieldSpec, ModelSpec
 from stream_learner.learning.models.optim import is_row_state
@@ -21,8 +21,11 @@ DEFAULT_ROWS = 1 << 18  # model.user_buckets and item_buckets
 
 
 def _spec(rows: int) -> ModelSpec:
-    """The default model (dnn, 16-dim embeddings, MLP 64-32, user and item fields)."""
-    return ModelSpec("dnn", (FieldSpec("user", rows), FieldSpec("item", rows)), 16, (64, 32), 0.1)
+    """The default model's kind and widths on user and item fields (without count inputs: the id
+    tables are what is measured)."""
+    m = ModelSettings()
+    fields = (FieldSpec("user", rows), FieldSpec("item", rows))
+    return ModelSpec(m.kind, fields, m.embedding_dim, tuple(m.hidden), m.dropout)
 
 
 def _rss() -> int:

@@ -21,7 +21,7 @@ import torch
 from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.ingest import ingest
-from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
+from benchmarks.kafka_env import bootstrap, delete_topics, new_topic, outputs
 from benchmarks.results import record
 from benchmarks.stages import StageProfile
 from benchmarks.timing import learner_rate
@@ -92,7 +92,7 @@ def main() -> None:
         with StageProfile().active() as profile:
             learner = learner_rate(settings, args.events, PARTITIONS, profile)
     finally:
-        delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
+        delete_topics(address, [topic, *outputs(settings)])
     rate = learner["events_per_second"]
     result = {
         "events": args.events,

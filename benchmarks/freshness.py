@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Producer
 
-from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
+from benchmarks.kafka_env import bootstrap, delete_topics, new_topic, outputs
 from benchmarks.results import record
 from benchmarks.timing import learner_rate
 from stream_learner.config import Settings
@@ -69,7 +69,7 @@ def max_rate(address: str, events: int) -> float:
         produce_synthetic(settings.kafka, topic, events, rate=events / (8 * WINDOW_SECONDS), backfill=True)
         return learner_rate(settings, events, PARTITIONS)["events_per_second"]
     finally:
-        delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
+        delete_topics(address, [topic, *outputs(settings)])
 
 
 def toml(parts: dict[str, dict[str, object]]) -> str:
@@ -119,7 +119,7 @@ def live(address: str, rate: float, seconds: float) -> dict[str, object]:
             learner.send_signal(signal.SIGTERM)
             learner.wait(120)
             subscriber.close()
-            delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
+            delete_topics(address, [topic, *outputs(settings)])
     start = chunks[0][0] + 2 * WINDOW_SECONDS  # skip the start-up windows
     measured = [(t, n) for t, n in chunks if start <= t < start + seconds]
     ends = [end for _, end, _ in served]

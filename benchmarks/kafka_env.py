@@ -10,6 +10,9 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream_learner.config import Settings
+from stream_learner.kafka.control import control_topic
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,6 +39,11 @@ def new_topic(address: str, prefix: str, partitions: int) -> str:
             return name
         time.sleep(0.1)
     raise TimeoutError(f"topic {name} has no leader for every partition after 30 s")
+
+
+def outputs(settings: Settings) -> list[str]:
+    """The topics a learner with ``settings`` creates for itself: snapshots, dead letters, control."""
+    return [settings.snapshot.topic, settings.dead_letter.topic, control_topic(settings)]
 
 
 def delete_topics(address: str, names: list[str]) -> None:

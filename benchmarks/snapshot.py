@@ -19,7 +19,7 @@ import uuid
 import numpy as np
 from confluent_kafka import Consumer
 
-from benchmarks.kafka_env import bootstrap, delete_topics
+from benchmarks.kafka_env import bootstrap, delete_topics, outputs
 from benchmarks.results import record
 from stream_learner.config import Settings
 from stream_learner.ingest.events import EventBatch, hash_id
@@ -109,7 +109,7 @@ def measure(address: str, log2_rows: int) -> dict[str, object]:
     finally:
         sink.close(60)
         group.close()
-        delete_topics(address, [settings.snapshot.topic, settings.dead_letter.topic, settings.input.topic])
+        delete_topics(address, [settings.input.topic, *outputs(settings)])
     full, part = out["full"], out["delta"]
     out["delta_vs_full_bytes"] = round(part["bytes"] / full["bytes"], 5)  # type: ignore[index]
     out["delta_vs_full_publish"] = round(part["publish_seconds"] / full["publish_seconds"], 4)  # type: ignore[index]

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.freshness import max_rate, sections, toml
-from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
+from benchmarks.kafka_env import bootstrap, delete_topics, new_topic, outputs
 from benchmarks.results import RESULTS, record
 from stream_learner.config import Settings
 from stream_learner.tools.produce import produce_synthetic
@@ -106,7 +106,7 @@ def soak(address: str, rate: float, minutes: float) -> list[dict[str, Any]]:
             producer.join(60)
             learner.send_signal(signal.SIGTERM)
             learner.wait(120)
-            delete_topics(address, [topic, settings.snapshot.topic, settings.dead_letter.topic])
+            delete_topics(address, [topic, *outputs(settings)])
     return samples
 
 
