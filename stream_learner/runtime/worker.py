@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner, WindowResult
@@ -108,14 +109,7 @@ class Worker:
 
     def outputs(self, timeout: float | None = None) -> list[Output]:
         """Outputs ready now; with a timeout, wait that long for the first one."""
-        out: list[Output] = []
-        try:
-            if timeout is not None:
-                out.append(self._outbox.get(timeout=timeout))
-            while True:
-                out.append(self._outbox.get_nowait())
-        except queue.Empty:
-            return out
+        return drain(self._outbox, timeout)
 
     def _take(self) -> _Job | None:
         job = self._inbox.get()
@@ -137,3 +131,18 @@ class Worker:
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return
+
+
+T = TypeVar("T")
+
+
+def drain(box: queue.Queue[T], timeout: float | None = None) -> list[T]:
+    """The items in ``box`` now; with a timeout, wait that long for the first one."""
+    out: list[T] = []
+    try:
+        if timeout is not None:
+            out.append(box.get(timeout=timeout))
+        while True:
+            out.append(box.get_nowait())
+    except queue.Empty:
+        return out

@@ -40,6 +40,7 @@ from stream_learner.learning.learner import Learner, WindowResult
 from stream_learner.runtime.dead_letters import DeadLetter
 from stream_learner.runtime.distributed import letters
 from stream_learner.runtime.distributed.status import Facts, LocalStatus, decide, frontier
+from stream_learner.runtime.worker import drain
 from stream_learner.snapshots.shards import ShardCopier, assemble, decode_part, encode_part
 from stream_learner.snapshots.state import StateCopy
 
@@ -128,14 +129,7 @@ class Coordinator:
 
     def outputs(self, timeout: float | None = None) -> list[Output]:
         """Outputs ready now; with a timeout, wait that long for the first one."""
-        out: list[Output] = []
-        try:
-            if timeout is not None:
-                out.append(self._outbox.get(timeout=timeout))
-            while True:
-                out.append(self._outbox.get_nowait())
-        except queue.Empty:
-            return out
+        return drain(self._outbox, timeout)
 
     # -- the training thread -------------------------------------------------------------------
     def _run(self) -> None:
