@@ -168,8 +168,11 @@ class Trainer:
         """Fresh optimisers (no state) at rate ``lr``."""
         s = self.settings
         self.sparse_opt = sparse_optimizer(s.sparse_optimizer, [t.weight for t in self.tables.values()], lr)
-        self.dense_opt = torch.optim.Adam(
-            list(self.dense_params.values()), lr=lr * s.dense_lr_ratio, weight_decay=s.weight_decay
+        self.dense_opt = torch.optim.Adam(  # fused: one kernel for every dense tensor (half the time)
+            list(self.dense_params.values()),
+            lr=lr * s.dense_lr_ratio,
+            weight_decay=s.weight_decay,
+            fused=True,
         )
 
     # -- data movement -------------------------------------------------------------------------
@@ -336,30 +339,35 @@ class Trainer:
         is multiplied by m after clipping (each of the m would have been clipped on its own mean)."""
         for param in self._params:
             param.grad = None
-        loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x, inputs), y)
-        loss.backward()
-        sparse: dict[str, torch.Tensor] = {}
-        for name, table in self.tables.items():
-            if table.weight.grad is not None:
-                sparse[name] = table.weight.grad.coalesce()
+        closed = None if self.autocast else self.model.closed_form(x, y, inputs)
+        if closed is not None:
+            loss, sparse = closed.loss, closed.tables
+        else:
+            loss = nn.functional.binary_cross_entropy_with_logits(self._forward(x, inputs), y)
+            loss.backward()
+            sparse = {}
+            for name, table in self.tables.items():
+                if table.weight.grad is not None:
+                    grad = table.weight.grad.coalesce()
+                    sparse[name] = (grad._indices()[0], grad._values())
         dense = [p.grad for p in self.dense_params.values() if p.grad is not None]
-        squares = [g._values().pow(2).sum() for g in sparse.values()] + [g.pow(2).sum() for g in dense]
-        norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+        grads = [g for _, g in sparse.values()] + dense
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
         m = self.batch_multiplier
         if dense:
             torch._foreach_mul_(dense, factor * m if m != 1 else factor)
         scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor * m
-        for name, grad in sparse.items():
+        for name, (rows, grad) in sparse.items():
             weight = self.tables[name].weight
             weight.grad = torch.sparse_coo_tensor(
-                grad._indices(), grad._values() * scale, grad.shape, is_coalesced=True
+                rows.unsqueeze(0), grad * scale, weight.shape, is_coalesced=True
             )
         self.sparse_opt.step()
         self.dense_opt.step()
         if self.settings.weight_decay > 0:
-            self._decay_rows({name: g._indices()[0] for name, g in sparse.items()}, lr)
+            self._decay_rows({name: rows for name, (rows, _) in sparse.items()}, lr)
         return loss.detach(), norm
 
     @torch.no_grad()

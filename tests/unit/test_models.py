@@ -100,3 +100,51 @@ def test_spec_round_trips_through_json() -> None:
 def test_unknown_kind_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown model kind 'svm'"):
         build_model(ModelSpec("svm", (FieldSpec("user", 3),)))
+
+
+@pytest.mark.parametrize("fields", [1, 2, 3])
+@pytest.mark.parametrize("counts", [0, 4])
+def test_fm_closed_form_gradients_equal_autograd(fields: int, counts: int) -> None:
+    """The FM's hand-worked loss and gradients (what the trainer steps on) are autograd's: per
+    table the rows used and their summed gradients, and the bias and count head's gradients."""
+    names = ("user", "item", "ctx.d")[:fields]
+    spec = ModelSpec(
+        "fm", tuple(FieldSpec(n, 30) for n in names), 4, extra={"count_inputs": counts} if counts else {}
+    )
+    torch.manual_seed(0)
+    model = build_model(spec)
+    with torch.no_grad():  # non-zero first-order weights and head, so every term shows
+        for table in model.tables().values():
+            table.weight.add_(torch.randn_like(table.weight) * 0.3)
+        if model.count_head is not None:
+            model.count_head.weight.add_(torch.randn_like(model.count_head.weight))
+    rows = torch.randint(0, 12, (40, fields))  # repeated ids: gradients of a row add up
+    labels = (torch.rand(40) < 0.4).float()
+    inputs = torch.randn(40, counts) if counts else None
+
+    closed = model.closed_form(rows, labels, inputs)
+    assert closed is not None
+    assert all(table.weight.grad is None for table in model.tables().values())  # left to the trainer
+    dense = {"bias": model.bias.grad.clone()}
+    if model.count_head is not None:
+        dense["count_head.weight"] = model.count_head.weight.grad.clone()
+
+    model.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(rows, inputs), labels)
+    loss.backward()
+    torch.testing.assert_close(closed.loss, loss.detach())
+    assert set(closed.tables) == set(model.tables())
+    for name, table in model.tables().items():
+        grad = table.weight.grad.coalesce()
+        used, got = closed.tables[name]
+        torch.testing.assert_close(used, grad.indices()[0])
+        torch.testing.assert_close(got, grad.values())
+    params = dict(model.named_parameters())
+    for name, grad in dense.items():
+        torch.testing.assert_close(grad, params[name].grad)
+
+
+@pytest.mark.parametrize("kind", ["dnn", "logistic"])
+def test_other_models_leave_their_gradients_to_autograd(kind: str) -> None:
+    model = build_model(ModelSpec(kind, (FieldSpec("user", 10), FieldSpec("item", 7)), 4, (8,)))
+    assert model.closed_form(torch.tensor([[1, 2]]), torch.tensor([1.0])) is None

@@ -197,3 +197,28 @@ def test_a_table_rows_step_does_not_depend_on_who_else_shares_its_mini_batch() -
         sums.append(t.sparse_opt.state[t.tables["linear.weights.user"].weight]["sum"][:8, 0])
     assert torch.all(sums[0] > 1e-3)
     torch.testing.assert_close(sums[0], sums[1])
+
+
+def test_fm_steps_on_its_closed_form_and_ends_where_autograd_would(monkeypatch) -> None:
+    """The FM's steps use its hand-worked gradients (two windows: weights, Adagrad sums, Adam state)
+    and end where the same steps through autograd end, up to float rounding."""
+    spec = ModelSpec("fm", SPEC.fields, 4, extra={"count_inputs": 2})
+    rows, labels = data()
+    inputs = np.random.default_rng(1).standard_normal((len(rows), 2)).astype(np.float32)
+    states, calls = [], []
+    for closed in (True, False):
+        torch.manual_seed(0)
+        t = Trainer(build_model(spec), TrainSettings(device="cpu", batch_size=64), 0.1)
+        real = t.model.closed_form
+        monkeypatch.setattr(
+            t.model,
+            "closed_form",
+            lambda *a, real=real, on=closed: calls.append(on) or (real(*a) if on else None),
+        )
+        for seed in (1, 2):
+            t.train(rows, labels, 0.1, seed=seed, inputs=inputs)
+        states.append(t.state_tensors())
+    assert calls.count(True) == calls.count(False) > 2
+    assert states[0].keys() == states[1].keys()
+    for name, value in states[0].items():
+        torch.testing.assert_close(value, states[1][name], rtol=1e-4, atol=1e-6, msg=name)

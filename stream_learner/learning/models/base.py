@@ -52,6 +52,15 @@ class ModelSpec:
         )
 
 
+@dataclass(frozen=True)
+class Gradients:
+    """A mini-batch's mean loss and, per table (``embeddings.<field>``, ...), the rows it used
+    (sorted, unique) and the gradient of each of those rows."""
+
+    loss: torch.Tensor
+    tables: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 def table_name(field_name: str) -> str:
     """Module-safe name of a field's table (dots are not allowed in module names)."""
     return field_name.replace(".", "_")
@@ -123,6 +132,13 @@ class RecModel(nn.Module):
         if inputs is None:
             raise ValueError("the model takes count inputs (model.count_features) and none were given")
         return self.count_head(inputs).squeeze(1)
+
+    def closed_form(
+        self, rows: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> Gradients | None:
+        """The mean log loss of a mini-batch and its gradients worked out by hand, for a model that
+        can (None: the trainer uses autograd). Sets ``.grad`` of the dense parameters."""
+        return None
 
     def forward(
         self, rows: torch.Tensor, inputs: torch.Tensor | None = None

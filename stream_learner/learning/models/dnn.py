@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_learner.learning.models.base import ModelSpec
+from stream_learner.learning.models.base import Gradients, ModelSpec
 from stream_learner.learning.models.fm import FM, fm_interaction
 
 
@@ -25,3 +25,9 @@ class DeepFM(FM):
         vectors = self.embed(rows)
         deep = self.mlp(vectors.flatten(1)).squeeze(1)
         return self.bias + self.first_order(rows) + fm_interaction(vectors) + deep + self.count_logit(inputs)
+
+    def closed_form(
+        self, rows: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> Gradients | None:
+        """None: the network's gradients come from autograd."""
+        return None

@@ -38,10 +38,12 @@ class SparseAdagrad(torch.optim.Optimizer):
                 state = self.state[param]
                 state["step"] += 1
                 rows, values = grad._indices()[0], grad._values()
-                acc = state["sum"]
-                acc.index_add_(0, rows, values * values)
-                std = acc.index_select(0, rows).sqrt_().add_(group["eps"])
-                param.index_add_(0, rows, values / std, alpha=-group["lr"])
+                # The rows of a coalesced gradient are unique: read, update and write back each row
+                # (cheaper than index_add_, and the same arithmetic).
+                summed = state["sum"].index_select(0, rows).add_(values * values)
+                state["sum"].index_copy_(0, rows, summed)
+                step = values / summed.sqrt_().add_(group["eps"])
+                param.index_copy_(0, rows, param.index_select(0, rows).sub_(step, alpha=group["lr"]))
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
