@@ -93,7 +93,8 @@ class Learner:
         events = window.events
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
         scored_rows = self.features.rows(events)
-        evaluation, probs = self.trainer.score(scored_rows, events.label, self.features.inputs(scored_rows))
+        scored_inputs = self.features.inputs(scored_rows)
+        evaluation, probs = self.trainer.score(scored_rows, events.label, scored_inputs)
         common: dict[str, Any] = dict(
             start_ms=window.start_ms,
             end_ms=window.end_ms,
@@ -119,7 +120,10 @@ class Learner:
             fresh = dict(fresh)
             for i, r in drifted.items():
                 fresh[i] = np.union1d(fresh.get(i, r), r)
-        inputs = self.features.inputs(placement.rows, fresh)
+        if not fresh and len(train) == len(events) and np.array_equal(placement.rows, scored_rows):
+            inputs = scored_inputs  # the same rows and counts: the same inputs
+        else:
+            inputs = self.features.inputs(placement.rows, fresh)
         step = self.trainer.train(
             placement.rows, train.label, update.lr, self._seed(window), fresh=fresh, inputs=inputs
         )

@@ -256,22 +256,23 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         self._reset_rows(fresh_t, generator)
         torch.manual_seed(seed)  # dropout
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        steps = 0
         self.model.train()
         s = self.settings
         size = mini_batch_size(n, s.min_batch_size, s.batch_size, s.window_steps) * self.batch_multiplier
+        losses, norms = [], []  # checked and summed once per window: no per-step synchronisation
         for _ in range(s.passes):
             order = torch.randperm(n, generator=generator).to(self.device)
+            x, y = x_all[order], y_all[order]
+            d = None if d_all is None else d_all[order]
             for lo in range(0, n, size):
-                idx = order[lo : lo + size]
-                loss, norm = self._step(x_all[idx], y_all[idx], lr, None if d_all is None else d_all[idx])
-                finite &= torch.isfinite(loss) & torch.isfinite(norm)
-                total += loss.double() * len(idx)
-                steps += 1
-        mean_loss = float(total.item()) / (n * self.settings.passes)
-        if not bool(finite.item()):
+                part = slice(lo, lo + size)
+                loss, norm = self._step(x[part], y[part], lr, None if d is None else d[part])
+                losses.append(loss)
+                norms.append(norm)
+        steps = len(losses)
+        sizes = torch.tensor([min(size, n - lo) for lo in range(0, n, size)] * s.passes, dtype=torch.float64)
+        mean_loss = float((torch.stack(losses).double().cpu() * sizes).sum()) / (n * s.passes)
+        if not bool(torch.isfinite(torch.stack(losses + norms)).all()):
             rollback.restore(self)
             return StepResult(False, mean_loss, steps, time.perf_counter() - started, "non_finite")
         on_host = {i: rows_touched.cpu() for i, rows_touched in per_field.items()}
@@ -359,11 +360,10 @@ class Trainer:
         if dense:
             torch._foreach_mul_(dense, factor * m if m != 1 else factor)
         scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor * m
+        torch._foreach_mul_([grad for _, grad in sparse.values()], scale)
         for name, (rows, grad) in sparse.items():
             weight = self.tables[name].weight
-            weight.grad = torch.sparse_coo_tensor(
-                rows.unsqueeze(0), grad * scale, weight.shape, is_coalesced=True
-            )
+            weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, weight.shape, is_coalesced=True)
         self.sparse_opt.step()
         self.dense_opt.step()
         if self.settings.weight_decay > 0:

@@ -31,19 +31,21 @@ class SparseAdagrad(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
+            stepped = [p for p in group["params"] if p.grad is not None]
+            if stepped:
+                torch._foreach_add_([self.state[p]["step"] for p in stepped], 1.0)
+            for param in stepped:
                 grad = param.grad if param.grad.is_coalesced() else param.grad.coalesce()
                 state = self.state[param]
-                state["step"] += 1
                 rows, values = grad._indices()[0], grad._values()
                 # The rows of a coalesced gradient are unique: read, update and write back each row
-                # (cheaper than index_add_, and the same arithmetic).
-                summed = state["sum"].index_select(0, rows).add_(values * values)
+                # (cheaper than index_add_).
+                summed = state["sum"].index_select(0, rows).addcmul_(values, values)
                 state["sum"].index_copy_(0, rows, summed)
-                step = values / summed.sqrt_().add_(group["eps"])
-                param.index_copy_(0, rows, param.index_select(0, rows).sub_(step, alpha=group["lr"]))
+                std = summed.sqrt_().add_(group["eps"])
+                param.index_copy_(
+                    0, rows, param.index_select(0, rows).addcdiv_(values, std, value=-group["lr"])
+                )
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
