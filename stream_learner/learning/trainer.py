@@ -26,6 +26,7 @@ from stream_learner.learning.cpus import cpu_threads
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.models.base import RecModel
 from stream_learner.learning.models.optim import (
+    SparseAdagrad,
     is_row_state,
     restore_rows,
     scale_second_moments,
@@ -351,6 +352,7 @@ class Trainer:
                 if table.weight.grad is not None:
                     grad = table.weight.grad.coalesce()
                     sparse[name] = (grad._indices()[0], grad._values())
+                    table.weight.grad = None  # what the step applies is `sparse`, scaled below
         dense = [p.grad for p in self.dense_params.values() if p.grad is not None]
         grads = [g for _, g in sparse.values()] + dense
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
@@ -361,10 +363,15 @@ class Trainer:
             torch._foreach_mul_(dense, factor * m if m != 1 else factor)
         scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor * m
         torch._foreach_mul_([grad for _, grad in sparse.values()], scale)
-        for name, (rows, grad) in sparse.items():
-            weight = self.tables[name].weight
-            weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, weight.shape, is_coalesced=True)
-        self.sparse_opt.step()
+        if isinstance(self.sparse_opt, SparseAdagrad):
+            self.sparse_opt.step_rows([(self.tables[n].weight, rows, g) for n, (rows, g) in sparse.items()])
+        else:
+            for name, (rows, grad) in sparse.items():
+                weight = self.tables[name].weight
+                weight.grad = torch.sparse_coo_tensor(
+                    rows.unsqueeze(0), grad, weight.shape, is_coalesced=True
+                )
+            self.sparse_opt.step()
         self.dense_opt.step()
         if self.settings.weight_decay > 0:
             self._decay_rows({name: rows for name, (rows, _) in sparse.items()}, lr)

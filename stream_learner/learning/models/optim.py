@@ -30,22 +30,29 @@ class SparseAdagrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            stepped = [p for p in group["params"] if p.grad is not None]
-            if stepped:
-                torch._foreach_add_([self.state[p]["step"] for p in stepped], 1.0)
-            for param in stepped:
+        updates = []
+        for param in (p for group in self.param_groups for p in group["params"]):
+            if param.grad is not None:
                 grad = param.grad if param.grad.is_coalesced() else param.grad.coalesce()
-                state = self.state[param]
-                rows, values = grad._indices()[0], grad._values()
-                # The rows of a coalesced gradient are unique: read, update and write back each row
-                # (cheaper than index_add_).
-                summed = state["sum"].index_select(0, rows).addcmul_(values, values)
-                state["sum"].index_copy_(0, rows, summed)
-                std = summed.sqrt_().add_(group["eps"])
-                param.index_copy_(
-                    0, rows, param.index_select(0, rows).addcdiv_(values, std, value=-group["lr"])
-                )
+                updates.append((param, grad._indices()[0], grad._values()))
+        self.step_rows(updates)
+
+    @torch.no_grad()
+    def step_rows(self, updates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """`step` for gradients given as (table, its unique rows, their gradients) instead of sparse
+        tensors (what a trainer that computes row gradients itself has: no sparse tensor to build)."""
+        if not updates:
+            return
+        groups = {id(param): group for group in self.param_groups for param in group["params"]}
+        torch._foreach_add_([self.state[param]["step"] for param, _, _ in updates], 1.0)
+        for param, rows, values in updates:
+            # Unique rows: read, update and write back each one (cheaper than index_add_).
+            acc = self.state[param]["sum"]
+            summed = acc.index_select(0, rows).addcmul_(values, values)
+            acc.index_copy_(0, rows, summed)
+            group = groups[id(param)]
+            std = summed.sqrt_().add_(group["eps"])
+            param.index_copy_(0, rows, param.index_select(0, rows).addcdiv_(values, std, value=-group["lr"]))
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
