@@ -61,12 +61,15 @@ def samples_per_second(kind: str, batch_size: int, device: str, precision: str, 
 WINDOWS = (1_000, 10_000, 100_000)
 
 
-def window_cost(kind: str, device: str, adaptive: bool) -> dict[str, dict[str, float]]:
+def window_cost(
+    kind: str, device: str, adaptive: bool, closed_form: bool = True
+) -> dict[str, dict[str, float]]:
     """Seconds and events/s of `Trainer.train` per window of each size in WINDOWS, with the default
     mini-batches (adapted to the window: train.min_batch_size, window_steps) or fixed ones of
     train.batch_size (min_batch_size = batch_size), one training thread, count inputs as the
     learner feeds them. Windows are consecutive slices of one synthetic stream; the first is not
-    timed."""
+    timed. ``closed_form=False`` makes the model's steps go through autograd (as the FM's did before
+    its closed form), for comparison in the same run."""
     mapper = FeatureMapper.from_settings(ModelSettings(context_fields=CONTEXT))
     batch = SyntheticStream(SyntheticConfig(users=100_000, items=20_000)).batch(250_000, 0, 1)
     rows, labels = mapper.rows(batch.events(CONTEXT)), batch.label
@@ -76,6 +79,8 @@ def window_cost(kind: str, device: str, adaptive: bool) -> dict[str, dict[str, f
     settings = TrainSettings(device=device, threads=1, **fixed)  # type: ignore[arg-type]
     spec = ModelSpec(kind, mapper.specs(), extra=mapper.spec_extra())
     trainer = Trainer(build_model(spec), settings, lr=0.1)
+    if not closed_form:
+        trainer.model.closed_form = lambda *args: None  # type: ignore[method-assign]
     trainer.train(rows[:4096], labels[:4096], 0.1, seed=0, inputs=inputs[:4096])
     out = {}
     for n in WINDOWS:
@@ -114,12 +119,13 @@ def main() -> None:
         kind: {mode: window_cost(kind, args.device, mode == "adaptive") for mode in ("adaptive", "fixed")}
         for kind in ("fm", "dnn")
     }
+    cost["fm through autograd"] = {"adaptive": window_cost("fm", args.device, True, closed_form=False)}
     for kind, modes in cost.items():
         for mode, sizes in modes.items():
             line = ", ".join(
                 f"{n}: {v['seconds'] * 1000:.1f} ms ({v['steps']} steps)" for n, v in sizes.items()
             )
-            print(f"{kind:4s} {mode:8s} per window {line}", flush=True)
+            print(f"{kind} {mode} per window {line}", flush=True)
     name = "train_speed_cuda" if device.type == "cuda" else "train_speed_cpu"
     record(
         name,
@@ -131,7 +137,8 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "window_cost": cost,
             "window_cost_note": "Trainer.train per window, one thread, default settings: mini-batches "
-            "adapted to the window (adaptive) or fixed at train.batch_size (fixed)",
+            "adapted to the window (adaptive) or fixed at train.batch_size (fixed); 'fm through "
+            "autograd': the FM's steps without its closed-form gradients",
         },
     )
 
