@@ -4,7 +4,9 @@
 adds up the wall time spent in them, by the thread that ran them. Stages nest (decode runs inside the
 intake step); each is reported on its own, and ``other`` is what a thread's wall time holds beyond
 its outermost stages (waiting on queues, polling, bookkeeping). CPU seconds per thread come from
-/proc (Linux), so the utilisation of the machine's cores shows beside the wall times.
+/proc (Linux), so the utilisation of the machine's cores shows beside the wall times, and so does
+how much of the wall time the Python threads kept running between them (``python_threads_busy``: near
+1 means they take turns under the GIL, and the job is as fast as their CPU time adds up to).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ TIMED: list[tuple[Any, str, str, bool]] = [
 TRAINING_THREAD_WORK = ("feature mapping", "prequential scoring", "training", "state copy")
 
 
+#: The threads Python did not start (librdkafka's, torch's), together.
+NATIVE = "native (librdkafka, torch)"
+
+
 def _thread_cpu_seconds() -> dict[str, float]:
     """CPU seconds (user + system) of each live thread of this process, by thread name."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -65,7 +71,7 @@ def _thread_cpu_seconds() -> dict[str, float]:
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
             continue  # the thread ended meanwhile
-        name = names.get(int(tid), "native (librdkafka, torch)")
+        name = names.get(int(tid), NATIVE)
         out[name] += (int(fields[11]) + int(fields[12])) / ticks
     return dict(out)
 
@@ -123,10 +129,14 @@ class StageProfile:
             for name in cpu_after
         }
         total_cpu = sum(cpu_after.values()) - sum(cpu_before.values())
+        native = cpu_after.get(NATIVE, 0.0) - cpu_before.get(NATIVE, 0.0)
         return {
             "seconds_per_100k_events": dict(threads),
             "cpu_seconds_per_100k_events": {k: v for k, v in cpu.items() if v > 0},
             "wall_seconds_per_100k_events": round(wall * scale, 4),
             "cores_busy": round(total_cpu / wall, 3) if wall > 0 else 0.0,
+            # Near 1: the Python threads take turns (the GIL), whatever the cores; see
+            # docs/decisions/closed-form-fm.md.
+            "python_threads_busy": round((total_cpu - native) / wall, 3) if wall > 0 else 0.0,
             "cores": os.cpu_count(),
         }

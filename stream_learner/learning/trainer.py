@@ -333,8 +333,10 @@ class Trainer:
         self, x: torch.Tensor, y: torch.Tensor, lr: float, inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One mini-batch step; returns its loss and gradient norm (before clipping). The gradients
-        are clipped as ``clip_grad_norm_`` does, with each table's sparse gradient coalesced once and
-        its clip factor and per-event scale (see `mini_batch_size`) folded into one multiplication.
+        come from the model's `closed_form` when it has one, else from autograd (each table's sparse
+        gradient coalesced once); either way as rows and their gradients per table. They are clipped
+        as ``clip_grad_norm_`` does, the tables' clip factor and per-event scale (see
+        `mini_batch_size`) folded into one multiplication.
 
         A mini-batch `batch_multiplier` (m) times the ordinary size counts as m ordinary ones: the
         table gradients, per-event sums, already add up as theirs would; the dense gradient, a mean,
@@ -362,7 +364,8 @@ class Trainer:
         if dense:
             torch._foreach_mul_(dense, factor * m if m != 1 else factor)
         scale = factor * float(len(y)) if PER_EVENT_TABLE_GRADIENTS else factor * m
-        torch._foreach_mul_([grad for _, grad in sparse.values()], scale)
+        if sparse:
+            torch._foreach_mul_([grad for _, grad in sparse.values()], scale)
         if isinstance(self.sparse_opt, SparseAdagrad):
             self.sparse_opt.step_rows([(self.tables[n].weight, rows, g) for n, (rows, g) in sparse.items()])
         else:
