@@ -182,7 +182,13 @@ class App:
         warmstart.initialise(s, learner, restored)
         starts = source.start(restored.resume)
         windower.assign(source.partitions, self.clock())
-        copier = StateCopier(learner, s.snapshot.full_every, restored.since_full, dict(restored.layout))
+        copier = StateCopier(
+            learner,
+            s.snapshot.full_every,
+            restored.since_full,
+            dict(restored.layout),
+            delta_first=s.snapshot.full_every > 1,  # a full snapshot is also sent as a delta before it
+        )
         worker = Worker(learner, copier)
         worker.start()
         stack.callback(lambda: worker.close(self._remaining()))

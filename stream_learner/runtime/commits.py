@@ -19,6 +19,7 @@ from stream_learner.ingest.windowing import Window, Windower
 from stream_learner.runtime.report import Reporter
 from stream_learner.runtime.worker import Output, Worker
 from stream_learner.snapshots.publisher import Publisher, Rollback
+from stream_learner.snapshots.state import StateCopy
 
 log = logging.getLogger(__name__)
 
@@ -162,5 +163,10 @@ class Commits:
         assert out.state is not None
         windowing = self.windower.state(self.publisher.window_end_ms)
         resume = {"windowing": windowing, "consumed": {str(p): o for p, o in self.source.positions.items()}}
-        self.publisher.publish(out.state, self.frontier(), resume, self.source.group_metadata(), rollback)
+        frontier, group = self.frontier(), self.source.group_metadata()
+        self.publisher.publish(out.state, frontier, resume, group, rollback)
         self.reporter.snapshot_published(self.publisher.version)
+        if out.state.full is not None:  # the whole state after its delta, as a version of its own
+            whole = StateCopy(out.state.full, out.state.learner_state)
+            self.publisher.publish(whole, frontier, resume, group)
+            self.reporter.snapshot_published(self.publisher.version)

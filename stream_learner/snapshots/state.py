@@ -4,6 +4,11 @@
 next one: a full copy clones every tensor; a delta slices only the rows touched since the previous
 copy (`stream_learner.snapshots.delta`), so that the training thread never stops long for a large
 model. It remembers the layout (the shape of every tensor) of the state the next delta applies to.
+
+With ``delta_first`` a full copy that has a base to continue is cut as a delta as well: the delta is
+published first, and reaches subscribers in milliseconds, and the whole state right after it as a
+snapshot of its own (it adds no window), whose encoding, commit and load take a second or more for a
+large model (docs/decisions/delta-before-full.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class StateCopy:
     tensors: dict[str, torch.Tensor]
     learner_state: dict[str, Any]
     kind: SnapshotKind = "FULL"
+    full: dict[str, torch.Tensor] | None = None  # with a delta: the whole state, published after it
 
 
 @dataclass
@@ -36,14 +42,22 @@ class StateCopier:
     since_full: int | None = None
     #: The shape of every tensor of the state the next delta applies to.
     layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: A full copy that has a base is also cut as the delta from it (`StateCopy.full` holds the whole).
+    delta_first: bool = False
 
     def copy(self) -> StateCopy:
-        """The state now (call it on the training thread): whole, or as the delta from the previous copy."""
+        """The state now (call it on the training thread): whole, or as the delta from the previous
+        copy, or both (``delta_first``)."""
         touched = self.learner.trainer.take_touched()
-        full = self.since_full is None or self.since_full + 1 >= self.full_every
+        since = self.since_full
+        full = since is None or since + 1 >= self.full_every
         tensors = self.learner.tensors(copy=full)  # a delta copies only what it takes
-        copied = tensors if full else delta.extract(tensors, touched, self.learner.spec.fields, self.layout)
+        cut = since is not None and (not full or self.delta_first)
+        copied = delta.extract(tensors, touched, self.learner.spec.fields, self.layout) if cut else tensors
         shapes = {n: tuple(t.shape) for n, t in tensors.items()}
         self.layout = shapes if full else {**self.layout, **shapes}
-        self.since_full = 0 if full else (self.since_full or 0) + 1
-        return StateCopy(copied, self.learner.state(), "FULL" if full else "DELTA")
+        self.since_full = 0 if full or since is None else since + 1
+        state = self.learner.state()
+        if cut:
+            return StateCopy(copied, state, "DELTA", full=tensors if full else None)
+        return StateCopy(copied, state, "FULL")

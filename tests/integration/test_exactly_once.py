@@ -79,6 +79,18 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
     state = newest_state(snapshots)
     for name, tensor in learner.tensors().items():
         assert torch.equal(state[name], tensor), name
+    # after the first, a full snapshot comes right after the delta of the same state (it adds no
+    # window): subscribers that follow take the delta, new ones start from the full
+    by_version = {s.meta.version: s for s in snapshots}
+    fulls = [s for s in snapshots if s.meta.kind == "FULL" and s.meta.version > 1]
+    assert fulls
+    for full in fulls:
+        before = by_version[full.meta.version - 1]
+        assert before.meta.kind == "DELTA" and before.meta.window_end_ms == full.meta.window_end_ms
+        through_delta = newest_state([s for s in snapshots if s.meta.version < full.meta.version])
+        whole = full.tensors()
+        assert through_delta.keys() == whole.keys()
+        assert all(torch.equal(through_delta[n], t) for n, t in whole.items())
 
     # a checkpoint folder that ends before the topic is passed over for the topic
     newest = max((tmp_path / settings.model.name).glob("*.snapshot"))

@@ -97,6 +97,22 @@ def test_full_plus_deltas_equals_the_state_exactly(model):
     _assert_chain_is_exact(copies)
 
 
+def test_delta_first_cuts_a_due_full_copy_as_a_delta_too():
+    """With ``delta_first`` every copy after the first is a delta, and the one a full is due at
+    carries the whole state as well: the chain through the deltas and the full agree exactly."""
+    learner = Learner(_settings())
+    rng = np.random.default_rng(4)
+    copier = StateCopier(learner, full_every=3, delta_first=True)
+    copies = _run(learner, Worker(learner, copier), [_window(rng, k) for k in range(7)])
+    assert [c.kind for c, _ in copies] == ["FULL"] + ["DELTA"] * 6
+    assert [c.full is not None for c, _ in copies] == [False, False, False, True, False, False, True]
+    _assert_chain_is_exact(copies)  # the deltas alone continue the first full
+    for copy, truth in copies:
+        if copy.full is not None:  # and the whole state is the state after that window
+            assert copy.full.keys() == truth.keys()
+            assert all(torch.equal(copy.full[n], t) for n, t in truth.items())
+
+
 def test_the_optimiser_state_forgotten_after_a_drift_reaches_the_next_delta():
     """After a drift the learner scales the table optimiser's state of the rows it trains next; those
     changes must reach the next delta, or a restore from full + deltas is not exact."""
