@@ -224,6 +224,13 @@ class WindowSettings(_Section):
         "drop", description="What happens to events for windows already closed (always counted)."
     )
     max_queued: int = Field(4, gt=0, description="Closed windows waiting for training before input pauses.")
+    hold_input_while_training: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Read no input while windows train, unless more than they hold waits in the "
+        "input, and catch up after: a window's model comes out sooner (auto: when training on the "
+        "CPU, where reading and training contend for Python's interpreter lock; on a GPU reading "
+        "goes on).",
+    )
 
 
 class DeadLetterSettings(_Section):

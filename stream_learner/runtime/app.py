@@ -117,7 +117,7 @@ class App:
                     self._beat = time.monotonic()
                     self._check_lease(p.lease)
                     p.commits.submit(p.intake.step())
-                    p.intake.backpressure(p.worker)
+                    p.intake.backpressure(p.worker, p.commits.pending_events)
                     p.commits.collect()
                     p.commits.snapshot_if_due()
                     p.rollbacks.step()
@@ -219,6 +219,7 @@ class App:
             metrics=self.metrics,
             summary=self.summary,
             clock=self.clock,
+            hold_for=worker if _holds_input(s.window.hold_input_while_training, learner) else None,
         )
         commits = Commits(
             settings=s,
@@ -280,3 +281,8 @@ class App:
     def _check_lease(lease: Lease) -> None:
         if not lease.poll():
             raise OwnershipLost(lease.why_not_owned())
+
+
+def _holds_input(setting: str, learner: Learner) -> bool:
+    """window.hold_input_while_training: on, off, or (auto) when the model trains on the CPU."""
+    return setting == "on" or (setting == "auto" and learner.trainer.device.type == "cpu")

@@ -76,6 +76,11 @@ class Commits:
             self.pending.append(window)
             self.worker.submit(window, snapshot=due, batch_multiplier=self.batch_multiplier)
 
+    @property
+    def pending_events(self) -> int:
+        """Events of the windows queued or in training."""
+        return sum(len(w) for w in self.pending)
+
     def collect(self, timeout: float | None = None) -> None:
         """Apply the worker's outputs: results to the reporter, state copies to the publisher."""
         for out in self.worker.outputs(timeout):

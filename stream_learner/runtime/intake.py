@@ -36,6 +36,7 @@ class EventSource(Protocol):
     def consume(self, timeout: float) -> tuple[list[Any], list[int]]: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+    def lag(self) -> dict[int, int]: ...
     @property
     def paused(self) -> bool: ...
 
@@ -46,6 +47,16 @@ class TrainingQueue(Protocol):
     @property
     def queued(self) -> int: ...
     def wait_for_room(self, bound: int, timeout: float) -> bool: ...
+
+
+class TrainingThread(Protocol):
+    """The thread that trains the windows (`stream_learner.runtime.worker.Worker`)."""
+
+    @property
+    def queued(self) -> int: ...
+    @property
+    def busy(self) -> bool: ...
+    def wait_idle(self, timeout: float) -> bool: ...
 
 
 class DeadLetterSink(Protocol):
@@ -70,8 +81,10 @@ class Intake:
         metrics: Metrics,
         summary: Summary,
         clock: Callable[[], float],
+        hold_for: TrainingThread | None = None,
     ) -> None:
         self.settings = settings
+        self.hold_for = hold_for  # window.hold_input_while_training: the input waits for its windows
         self.source = source
         self.decoder = decoder
         self.windower = windower
@@ -101,21 +114,40 @@ class Intake:
             self.metrics.window_events.observe(len(window))
         return added.windows
 
-    def backpressure(self, training: TrainingQueue) -> None:
+    def backpressure(self, training: TrainingQueue, training_events: int = 0) -> None:
         """Hold the input back while ``window.max_queued`` closed windows wait for training, and
-        resume as soon as one is taken. While held, wait for room up to the poll timeout (the loop
-        then polls the lease and the sink, and comes back); a held partition never counts as idle."""
+        resume as soon as one is taken. With ``hold_for`` (window.hold_input_while_training), also
+        while its windows train or wait to (``training_events`` events), as long as less than that
+        waits in the input: the polling thread leaves the interpreter lock to the training thread and
+        catches up after it, which shortens the time from a window's close to its model; further
+        behind, reading goes on (throughput first). While held, wait up to the poll timeout (the
+        loop then polls the lease and the sink, and comes back); a held partition never counts as
+        idle. Only holds for room count as paused partitions (training cannot keep up)."""
         bound = self.settings.window.max_queued
-        if training.queued >= bound:
+        full, yielding = training.queued >= bound, self._yields(training_events)
+        if full or yielding:
             if not self.source.paused:
                 self.source.pause()
                 self.windower.mark_paused()
-                log.debug("input held back: %d windows wait for training", training.queued)
-            training.wait_for_room(bound, self.settings.input.poll_timeout_seconds)
-        if self.source.paused and training.queued < bound:
+                if full:
+                    log.debug("input held back: %d windows wait for training", training.queued)
+            timeout = self.settings.input.poll_timeout_seconds
+            if full:
+                training.wait_for_room(bound, timeout)
+            elif self.hold_for is not None:
+                self.hold_for.wait_idle(timeout)
+            full, yielding = training.queued >= bound, self._yields(training_events)
+        if self.source.paused and not (full or yielding):
             self.source.resume()
             self.windower.mark_resumed()
-        self.metrics.paused_partitions.set(len(self.source.partitions) if self.source.paused else 0)
+        self.metrics.paused_partitions.set(len(self.source.partitions) if full else 0)
+
+    def _yields(self, training_events: int) -> bool:
+        """Whether to hold the input while windows train: on, and less than them waits in the input."""
+        t = self.hold_for
+        if t is None or not (t.busy or t.queued):
+            return False
+        return sum(self.source.lag().values()) < training_events
 
     def _late(self, decoded: DecodeResult, late: np.ndarray) -> None:
         n = int(late.sum())

@@ -52,6 +52,7 @@ class Worker:
     _outbox: queue.Queue[Output] = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
     _taken: threading.Condition = field(default_factory=threading.Condition)  # a job left the inbox
+    _idle: threading.Event = field(default_factory=threading.Event)  # no job in progress
 
     def __enter__(self) -> Worker:
         self.start()
@@ -61,6 +62,7 @@ class Worker:
         self.close(JOIN_TIMEOUT)
 
     def start(self) -> None:
+        self._idle.set()
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
 
@@ -97,6 +99,15 @@ class Worker:
         with self._taken:
             return self._taken.wait_for(lambda: self.queued < bound, timeout)
 
+    @property
+    def busy(self) -> bool:
+        """A job (training a window, copying or restoring state) is in progress."""
+        return not self._idle.is_set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no job is in progress."""
+        return self._idle.wait(timeout)
+
     def drop_queued(self) -> int:
         """Forget windows not yet started (their offsets stay uncommitted); return how many."""
         dropped = 0
@@ -112,7 +123,9 @@ class Worker:
         return drain(self._outbox, timeout)
 
     def _take(self) -> _Job | None:
+        self._idle.set()
         job = self._inbox.get()
+        self._idle.clear()
         with self._taken:
             self._taken.notify_all()
         return job

@@ -4,6 +4,7 @@ windows; and properties over random interleavings of partitions, disorder and id
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -288,3 +289,46 @@ def test_backpressure_pauses_the_input_and_paused_partitions_never_close_windows
     assert len(training.waited) == 1  # no wait with room
     # the partition was at its end when held back and shows nothing new: idle again, the window closes
     assert spans(w.add(batch([]), now=1001).windows) == [(0, 60 * S)]
+
+
+class _Busy(_Training):
+    """A window in training; waiting for the worker to be idle returns at once, still busy."""
+
+    def __init__(self) -> None:
+        super().__init__(queued=0)
+        self.busy = True
+        self.waited_idle: list[float] = []
+
+    def wait_idle(self, timeout: float) -> bool:
+        self.waited_idle.append(timeout)
+        return not self.busy
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_the_input_is_held_while_a_window_trains_unless_more_than_it_waits(hold: bool) -> None:
+    settings_ = Settings.model_validate({"window": {"max_queued": 2}})
+    source, registry = _Source(), CollectorRegistry()
+    source.lag = lambda: {0: lag}  # type: ignore[attr-defined]
+    w = windower(partitions=1, idle=1.0)
+    training, lag = _Busy(), 100
+    intake = Intake(
+        settings=settings_,
+        source=source,
+        decoder=None,
+        windower=w,
+        dead_letters=None,
+        metrics=Metrics(registry),
+        summary=Summary(),
+        clock=lambda: 0.0,
+        hold_for=training if hold else None,
+    )  # type: ignore[arg-type]
+    intake.backpressure(training, training_events=5000)  # live: less waits than the window holds
+    assert source.paused is hold
+    assert training.waited_idle == ([settings_.input.poll_timeout_seconds] if hold else [])
+    assert registry.get_sample_value("stream_learner_paused_partitions") == 0  # not "cannot keep up"
+    training.busy = False
+    intake.backpressure(training, training_events=0)  # trained: the input reads again
+    assert not source.paused
+    training.busy, lag = True, 50_000  # far behind: throughput first, reading goes on
+    intake.backpressure(training, training_events=5000)
+    assert not source.paused and len(training.waited_idle) == (1 if hold else 0)
