@@ -122,7 +122,7 @@ def equivalence(group: Group) -> dict[str, Any]:
     found: dict[str, Any] = {"loss": 0.0, "variance": 0.0, "auc": 0.0, "train_loss": 0.0, "state": 0.0}
     found["counts"] = 0.0
     found["copies"] = []
-    for kind in ("adagrad", "adam", "rowwise_adagrad"):
+    for kind, delta_first in (("adagrad", False), ("adam", True), ("rowwise_adagrad", True)):
         settings = TrainSettings(
             device="cpu", batch_size=1 << 20, window_steps=1, grad_clip=0.05, sparse_optimizer=kind
         )
@@ -131,8 +131,10 @@ def equivalence(group: Group) -> dict[str, Any]:
         sharded = ShardedTrainer(SPEC, settings, 0.1, group)
         sharded.load_state_tensors(ref.state_tensors())
         ref_features, features = _features(), _features()
-        ref_copier = StateCopier(_Learner(ref, ref_features), full_every=2)  # type: ignore[arg-type]
-        copier = ShardCopier(sharded, full_every=2, counts=features.counts)
+        ref_copier = StateCopier(  # type: ignore[arg-type]
+            _Learner(ref, ref_features), full_every=2, delta_first=delta_first
+        )
+        copier = ShardCopier(sharded, full_every=2, counts=features.counts, delta_first=delta_first)
         for w, (rows, labels, _) in enumerate(_windows(5, 3, 301)):
             mine = slice(0, 100) if group.rank == 0 else slice(100, None)
             inputs, ref_inputs = features.inputs(rows[mine]), ref_features.inputs(rows)
@@ -154,14 +156,18 @@ def equivalence(group: Group) -> dict[str, Any]:
             found["variance"] = max(found["variance"], abs(evaluation.variance - expected.variance))
             found["auc"] = max(found["auc"], abs(evaluation.auc - expected.auc))
             found["train_loss"] = max(found["train_loss"], abs(step.loss - ref_step.loss))
-            copy_kind, part = copier.copy()
+            copy_kind, part, whole_part = copier.copy()
             reference = ref_copier.copy()
-            parts = group.gather_bytes(encode_part(part, {}))
-            if parts is not None:
-                joined = assemble(copy_kind, [decode_part(p)[0] for p in parts])
-                same = joined.keys() == reference.tensors.keys()
-                worst = max(_diff(joined[k], v) for k, v in reference.tensors.items()) if same else None
-                found["copies"].append([copy_kind, reference.kind, same, worst])
+            copies = [(copy_kind, part, reference.kind, reference.tensors)]
+            if whole_part is not None or reference.full is not None:  # a full cut after its delta
+                copies.append(("FULL", whole_part or {}, "FULL", reference.full or {}))
+            for kind_, part_, ref_kind, ref_tensors in copies:
+                parts = group.gather_bytes(encode_part(part_, {}))
+                if parts is not None:
+                    joined = assemble(kind_, [decode_part(p)[0] for p in parts])
+                    same = joined.keys() == ref_tensors.keys()
+                    worst = max(_diff(joined[k], v) for k, v in ref_tensors.items()) if same else None
+                    found["copies"].append([kind_, ref_kind, same, worst])
         whole = ref.state_tensors()
         for name, tensor in sharded.state_tensors().items():
             expected_t = (

@@ -60,17 +60,23 @@ class ShardCopier:
     layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: The per-id counts, whole on every rank (None for a model without count inputs).
     counts: IdCounts | None = None
+    #: A full copy that has a base is also cut as the delta from it (as `StateCopier.delta_first`).
+    delta_first: bool = False
 
-    def copy(self) -> tuple[SnapshotKind, dict[str, torch.Tensor]]:
+    def copy(self) -> tuple[SnapshotKind, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """This rank's part of the state now (call it on the training thread, on every rank after
-        the same window): the kind of snapshot, and the part's tensors (CPU copies)."""
+        the same window): the kind of snapshot, the part's tensors (CPU copies), and with a delta cut
+        where a full copy was due (``delta_first``), the whole part too."""
         t = self.trainer
         touched = t.take_touched()
-        full = self.since_full is None or self.since_full + 1 >= self.full_every
+        since = self.since_full
+        full = since is None or since + 1 >= self.full_every
+        cut = since is not None and (not full or self.delta_first)
         shard_rows = {name: table.weight.shape[0] for name, table in t.tables.items()}
         field_of = {name: table_name(t.model.spec.fields[i].name) for name, i in t.table_field.items()}
         rows = {field_of[name]: local for name, local in touched.items()}  # a field's tables share rows
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}  # the part of the delta when cut, else the whole part
+        whole: dict[str, torch.Tensor] = {}  # the whole part beside a delta (a full copy was due)
         shapes: dict[str, tuple[int, ...]] = {}
         for name, tensor in t.state_tensors(copy=False).items():
             table = row_table(name, tuple(tensor.shape), shard_rows)
@@ -80,8 +86,10 @@ class ShardCopier:
                     out[WHOLE + name] = tensor.detach().to("cpu", copy=True)
                 continue
             shapes[name] = (t.full_rows[table], *tensor.shape[1:])
-            if full or self.layout.get(name) != shapes[name]:
-                out[SHARD + name] = tensor.detach().to("cpu", copy=True)
+            if full:
+                whole[SHARD + name] = tensor.detach().to("cpu", copy=True)
+            if not cut or self.layout.get(name) != shapes[name]:
+                out[SHARD + name] = whole[SHARD + name] if full else tensor.detach().to("cpu", copy=True)
                 continue
             key = field_of[table]
             index = rows[key].to(tensor.device)
@@ -91,15 +99,20 @@ class ShardCopier:
         for name, array in counts.items():  # whole on every rank: each sends its rows
             key = table_name(name.removeprefix("features.").rpartition(".")[0])
             shapes[name] = array.shape
-            if full or self.layout.get(name) != shapes[name]:
-                out[SHARD + name] = t.sharding.shard(torch.from_numpy(array))
+            if full:
+                whole[SHARD + name] = t.sharding.shard(torch.from_numpy(array))
+            if not cut or self.layout.get(name) != shapes[name]:
+                out[SHARD + name] = whole[SHARD + name] if full else t.sharding.shard(torch.from_numpy(array))
                 continue
             changed = t.sharding.to_global(rows[key].to("cpu", torch.int64))
             out[f"{PART}{key}/{name}"] = torch.from_numpy(array[changed.numpy()])
             out[ROWS + key] = changed
         self.layout = shapes if full else {**self.layout, **shapes}
-        self.since_full = 0 if full else (self.since_full or 0) + 1
-        return ("FULL" if full else "DELTA"), out
+        self.since_full = 0 if full or since is None else since + 1
+        if not cut:
+            return "FULL", out, None
+        whole.update({n: v for n, v in out.items() if n.startswith(WHOLE)})
+        return "DELTA", out, whole if full else None
 
 
 def encode_part(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> bytes:

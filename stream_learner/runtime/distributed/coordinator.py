@@ -219,7 +219,7 @@ class Coordinator:
 
     def _snapshot(self, status: LocalStatus) -> None:
         """Copy this rank's part of the state and gather it to rank 0 (see the module's docstring)."""
-        kind, tensors = self.copier.copy()
+        kind, tensors, whole = self.copier.copy()
         mine = frontier(status, list(self._waiting))
         info: dict[str, Any] = {
             "frontier": {str(p): o for p, o in mine.items()},
@@ -229,12 +229,17 @@ class Coordinator:
             "letters": letters.to_json(self._letters),
         }
         parts = self.group.gather_bytes(encode_part(tensors, info))
+        wholes = None if whole is None else self.group.gather_bytes(encode_part(whole, {}))
         self.committed = mine
         self._letters = []
         self._trained_since = 0
         self._unpublished_since = None
         if parts is not None:
-            self._outbox.put(Output(publication=self._join(kind, [decode_part(p) for p in parts])))
+            publication = self._join(kind, [decode_part(p) for p in parts])
+            if wholes is not None:  # the whole state after its delta (`ShardCopier.delta_first`)
+                full = assemble("FULL", [decode_part(p)[0] for p in wholes])
+                publication = replace(publication, state=replace(publication.state, full=full))
+            self._outbox.put(Output(publication=publication))
 
     def _join(self, kind: Any, parts: list[tuple[dict[str, Any], dict[str, Any]]]) -> Publication:
         """Rank 0: the snapshot of the whole job from every rank's part."""
