@@ -19,7 +19,6 @@ from stream_learner.ingest.windowing import Window, Windower
 from stream_learner.runtime.report import Reporter
 from stream_learner.runtime.worker import Output, Worker
 from stream_learner.snapshots.publisher import Publisher, Rollback
-from stream_learner.snapshots.state import StateCopy
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +167,8 @@ class Commits:
         assert out.state is not None
         windowing = self.windower.state(self.publisher.window_end_ms)
         resume = {"windowing": windowing, "consumed": {str(p): o for p, o in self.source.positions.items()}}
-        frontier, group = self.frontier(), self.source.group_metadata()
-        self.publisher.publish(out.state, frontier, resume, group, rollback)
-        self.reporter.snapshot_published(self.publisher.version)
-        if out.state.full is not None:  # the whole state after its delta, as a version of its own
-            whole = StateCopy(out.state.full, out.state.learner_state)
-            self.publisher.publish(whole, frontier, resume, group)
-            self.reporter.snapshot_published(self.publisher.version)
+        versions = self.publisher.publish(
+            out.state, self.frontier(), resume, self.source.group_metadata(), rollback
+        )
+        for version in versions:
+            self.reporter.snapshot_published(version)

@@ -129,11 +129,29 @@ class Publisher:
         resume_state: dict[str, Any],
         group_metadata: object,
         rollback: Rollback | None = None,
-    ) -> None:
+    ) -> list[int]:
         """Hand ``state`` to the sink as the next version, to be committed with ``frontier`` (next
-        offset per partition). With no window trained since the last snapshot, the new version only
-        moves the offsets on (past dead letters, late events and replays). ``rollback``: the state
-        is that of an older version, restored on request (it passes the gate)."""
+        offset per partition); a delta that carries the whole state too (`StateCopy.full`) is
+        followed by the whole as a version of its own that adds no window
+        (docs/decisions/delta-before-full.md). With no window trained since the last snapshot, the
+        new version only moves the offsets on (past dead letters, late events and replays).
+        ``rollback``: the state is that of an older version, restored on request (it passes the
+        gate). Returns the versions handed out."""
+        self._publish(state, frontier, resume_state, group_metadata, rollback)
+        if state.full is None:
+            return [self.version]
+        whole = StateCopy(state.full, state.learner_state)
+        self._publish(whole, frontier, resume_state, group_metadata, None)
+        return [self.version - 1, self.version]
+
+    def _publish(
+        self,
+        state: StateCopy,
+        frontier: dict[int, int],
+        resume_state: dict[str, Any],
+        group_metadata: object,
+        rollback: Rollback | None,
+    ) -> None:
         extra: dict[str, Any] = {}
         evidence: dict[str, float] = {}
         if rollback is not None:

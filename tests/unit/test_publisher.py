@@ -157,3 +157,17 @@ def test_a_checkpoint_folder_keeps_the_chain_from_the_newest_full_snapshot(tmp_p
     path = tmp_path / "pub-test" / "v000000000005.snapshot"
     path.write_bytes(path.read_bytes()[:-3])
     assert [[s.meta.version for s in c] for c in checkpoints.chains()] == [[3, 4]]
+
+
+def test_a_delta_with_the_whole_state_is_followed_by_the_whole_as_its_own_version():
+    sink, registry = RecordingSink(), CollectorRegistry()
+    pub = _publisher(sink, registry, version=4, committed_next={0: 100})
+    pub.trained(_result(0, 999))
+    copy = StateCopy({"w": torch.arange(2.0)}, {"events_trained": 5}, "DELTA", full={"w": torch.arange(4.0)})
+    assert pub.publish(copy, {0: 120}, {}, None) == [5, 6]
+    delta, whole = (_meta(messages) for messages, _, _ in sink.published)
+    assert (delta.kind, delta.base_version, whole.kind, whole.base_version) == ("DELTA", 4, "FULL", None)
+    assert delta.window_end_ms == whole.window_end_ms == 1000
+    assert "validation_loss" in delta.metrics and "validation_loss" not in whole.metrics  # adds no window
+    assert [offsets for _, _, offsets in sink.published] == [{0: 120}, {0: 120}]  # the same offsets
+    assert pub.publish(_copy("DELTA"), {0: 130}, {}, None) == [7]

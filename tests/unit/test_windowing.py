@@ -262,20 +262,32 @@ class _Training:
         return self.queued < bound
 
 
-def test_backpressure_pauses_the_input_and_paused_partitions_never_close_windows_on_the_wall_clock() -> None:
-    settings_ = Settings.model_validate({"window": {"max_queued": 2, "idle_timeout_seconds": 1.0}})
-    w = windower(partitions=1, idle=1.0)
-    registry = CollectorRegistry()
-    intake = Intake(
+def _intake(
+    settings_: Settings,
+    source: _Source,
+    w: EventTimeWindower,
+    registry: CollectorRegistry,
+    hold_for: _Training | None = None,
+) -> Intake:
+    """An Intake for backpressure alone: no decoder, no dead letters."""
+    return Intake(
         settings=settings_,
-        source=_Source(),
+        source=source,
         decoder=None,
         windower=w,
         dead_letters=None,
         metrics=Metrics(registry),
         summary=Summary(),
         clock=lambda: 0.0,
+        hold_for=hold_for,
     )  # type: ignore[arg-type]
+
+
+def test_backpressure_pauses_the_input_and_paused_partitions_never_close_windows_on_the_wall_clock() -> None:
+    settings_ = Settings.model_validate({"window": {"max_queued": 2, "idle_timeout_seconds": 1.0}})
+    w = windower(partitions=1, idle=1.0)
+    registry = CollectorRegistry()
+    intake = _intake(settings_, _Source(), w, registry)
     w.add(batch([(10 * S, 0, 0)]), now=1)
     w.mark_at_end(0)
     training = _Training(queued=2)
@@ -311,17 +323,7 @@ def test_the_input_is_held_while_a_window_trains_unless_more_than_it_waits(hold:
     source.lag = lambda: {0: lag}  # type: ignore[attr-defined]
     w = windower(partitions=1, idle=1.0)
     training, lag = _Busy(), 100
-    intake = Intake(
-        settings=settings_,
-        source=source,
-        decoder=None,
-        windower=w,
-        dead_letters=None,
-        metrics=Metrics(registry),
-        summary=Summary(),
-        clock=lambda: 0.0,
-        hold_for=training if hold else None,
-    )  # type: ignore[arg-type]
+    intake = _intake(settings_, source, w, registry, hold_for=training if hold else None)
     intake.backpressure(training, training_events=5000)  # live: less waits than the window holds
     assert source.paused is hold
     assert training.waited_idle == ([settings_.input.poll_timeout_seconds] if hold else [])

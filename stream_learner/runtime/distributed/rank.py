@@ -54,7 +54,6 @@ from stream_learner.snapshots import signing, warmstart
 from stream_learner.snapshots.checkpoints import Checkpoints
 from stream_learner.snapshots.publisher import Publisher
 from stream_learner.snapshots.shards import ShardCopier
-from stream_learner.snapshots.state import StateCopy
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +175,10 @@ class RankApp:
                     "windowing": p.windower.state(p.publisher.window_end_ms),
                     "consumed": {str(k): v for k, v in sorted(pub.consumed.items())},
                 }
-                group = p.source.group_metadata()
-                p.publisher.publish(pub.state, pub.frontier, resume, group)
-                p.reporter.snapshot_published(p.publisher.version)
-                if pub.state.full is not None:  # the whole state after its delta, as its own version
-                    whole = StateCopy(pub.state.full, pub.state.learner_state)
-                    p.publisher.publish(whole, pub.frontier, resume, group)
-                    p.reporter.snapshot_published(p.publisher.version)
+                for version in p.publisher.publish(
+                    pub.state, pub.frontier, resume, p.source.group_metadata()
+                ):
+                    p.reporter.snapshot_published(version)
             if out.stopped:
                 return True
         return False
