@@ -440,16 +440,55 @@ def rolling(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     )
 
 
-def new_user_share(data: Ratings, bounds: list[tuple[int, int, int, int]]) -> float:
-    """The share of the scored events (after the warm-up) whose user has no event before its window:
-    for those, nothing about the user can be known when the window is scored."""
+def new_user_mask(data: Ratings, bounds: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Per event: its user has no event before its window, so nothing about the user can be known
+    when the window is scored."""
     _, users = np.unique(data.user_id.astype(str), return_inverse=True)
     seen = np.zeros(users.max() + 1, bool)
     new = np.zeros(len(data), bool)
     for _, _, lo, hi in bounds:
         new[lo:hi] = ~seen[users[lo:hi]]
         seen[users[lo:hi]] = True
-    return round(float(new[int(len(data) * WARMUP_FRACTION) :].mean()), 4)
+    return new
+
+
+def _logit(p: np.ndarray | float) -> Any:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
+def margin_analysis(
+    data: Ratings,
+    bounds: list[tuple[int, int, int, int]],
+    probs: dict[str, np.ndarray],
+    ours: str,
+) -> dict[str, Any]:
+    """Where the learners differ (issue 14's margin): every learner's AUC on the scored events of
+    users new to their window and on the rest; and two hindsight figures that use what no learner
+    has, to size what is missing: ours with each window's logits shifted so that their mean matches
+    the window's true positive rate, and the best mix (chosen afterwards) of ours with VW linear."""
+    y = data.label
+    scored = np.arange(len(data)) >= int(len(data) * WARMUP_FRACTION)
+    new = new_user_mask(data, bounds)
+    out: dict[str, Any] = {
+        group: {k: round(roc_auc(y[scored & mask], p[scored & mask]), 4) for k, p in probs.items()}
+        for group, mask in (("auc_users_new_to_their_window", new), ("auc_users_seen_before", ~new))
+    }
+    z, shifted = _logit(probs[ours]), _logit(probs[ours])
+    for _, _, lo, hi in bounds:
+        rate = (y[lo:hi].sum() + 1) / (hi - lo + 2)
+        shifted[lo:hi] += _logit(rate) - _logit(probs[ours][lo:hi].mean())
+    hindsight: dict[str, Any] = {
+        "ours_knowing_each_windows_positive_rate": round(roc_auc(y[scored], shifted[scored]), 4)
+    }
+    if "vw_linear" in probs:
+        mixes = {
+            w: roc_auc(y[scored], ((1 - w) * z + w * _logit(probs["vw_linear"]))[scored])
+            for w in (0.1, 0.2, 0.3, 0.5)
+        }
+        best = max(mixes, key=mixes.__getitem__)
+        hindsight["best_logit_mix_of_ours_and_vw_linear"] = {"vw_weight": best, "auc": round(mixes[best], 4)}
+    return out | {"hindsight": hindsight}
 
 
 def targets(learners: dict[str, dict[str, Any]], ours: str) -> dict[str, Any]:
@@ -527,6 +566,8 @@ def run_setting(
         )
         print(f"{variant:28s} shuffled: {json.dumps(detectors[variant]['shuffled_order'])}", flush=True)
     curves[name] = {learner: rolling(data.label, p) for learner, p in probs.items()}
+    analysis = margin_analysis(data, bounds, probs, next(iter(variants)))
+    print(f"margin analysis: {json.dumps(analysis)}", flush=True)
     out: dict[str, Any] = {
         "windows": len(bounds),
         "events_per_window": {
@@ -535,8 +576,11 @@ def run_setting(
             "max": int(sizes.max()),
             "under_20": int((sizes < 20).sum()),
         },
-        "scored_events_of_users_new_to_their_window": new_user_share(data, bounds),
+        "scored_events_of_users_new_to_their_window": round(
+            float(new_user_mask(data, bounds)[int(len(data) * WARMUP_FRACTION) :].mean()), 4
+        ),
         "learners": learners,
+        "margin_analysis": analysis,
         "detector": detectors,
         "targets": {v: targets(learners, v) for v in variants},
     }
