@@ -35,7 +35,7 @@ from stream_learner.learning.trainer import resolve_device
 from stream_learner.metrics import CollectorRegistry, Metrics, MetricsServer
 from stream_learner.runtime.catchup import CatchUp
 from stream_learner.runtime.commits import Commits
-from stream_learner.runtime.intake import Intake
+from stream_learner.runtime.intake import Intake, holds_input
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.runtime.rollback import Rollbacks
 from stream_learner.runtime.worker import Worker
@@ -219,7 +219,9 @@ class App:
             metrics=self.metrics,
             summary=self.summary,
             clock=self.clock,
-            hold_for=worker if _holds_input(s.window.hold_input_while_training, learner) else None,
+            hold_for=worker
+            if holds_input(s.window.hold_input_while_training, learner.trainer.device.type)
+            else None,
         )
         commits = Commits(
             settings=s,
@@ -281,8 +283,3 @@ class App:
     def _check_lease(lease: Lease) -> None:
         if not lease.poll():
             raise OwnershipLost(lease.why_not_owned())
-
-
-def _holds_input(setting: str, learner: Learner) -> bool:
-    """window.hold_input_while_training: on, off, or (auto) when the model trains on the CPU."""
-    return setting == "on" or (setting == "auto" and learner.trainer.device.type == "cpu")

@@ -67,6 +67,11 @@ class DeadLetterSink(Protocol):
     def dead_letter(self, value: bytes | None, key: bytes | None, headers: Headers) -> None: ...
 
 
+def holds_input(setting: str, device_type: str) -> bool:
+    """window.hold_input_while_training: on, off, or (auto) when the model trains on the CPU."""
+    return setting == "on" or (setting == "auto" and device_type == "cpu")
+
+
 class Intake:
     """Consumes, decodes and windows one batch of input per `step`."""
 

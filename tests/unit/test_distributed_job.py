@@ -5,6 +5,7 @@ window quality that adds up over ranks, the launcher's command, and what the job
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from stream_learner.errors import ConfigError
 from stream_learner.ingest.job_windows import JobWindower
 from stream_learner.ingest.windowing import NO_TIME, Window
 from stream_learner.learning import quality_sums
+from stream_learner.learning.learner import Learner, WindowResult
 from stream_learner.learning.quality import log_loss, roc_auc
 from stream_learner.runtime.dead_letters import DeadLetter
 from stream_learner.runtime.distributed import letters
+from stream_learner.runtime.distributed.coordinator import Coordinator, Turn
 from stream_learner.runtime.distributed.launch import children, torchrun_command
 from stream_learner.runtime.distributed.start import check_settings
 from stream_learner.runtime.distributed.status import NEVER, Facts, LocalStatus, decide, frontier
@@ -183,3 +186,45 @@ def test_the_launcher_finds_torchruns_ranks_by_their_parent(tmp_path: Path) -> N
     (tmp_path / "self").mkdir()
     assert children(10, tmp_path) == [11, 12]
     assert children(99, tmp_path) == []
+
+
+class _OneRank:
+    """The collectives of a job of one rank (pure logic: what every rank sends comes back)."""
+
+    rank, world = 0, 1
+
+    def gather_ints(self, values: list[int]) -> np.ndarray:
+        return np.array([list(values)], np.int64)
+
+
+def test_a_rank_is_busy_while_it_trains_and_counts_the_events_it_has_not_trained() -> None:
+    """What lets a rank hold its input while its window trains (window.hold_input_while_training)."""
+    s = Settings.model_validate({"train": {"device": "cpu"}, "snapshot": {"every_windows": 1000}})
+    learner = Learner(s)
+    started, release = threading.Event(), threading.Event()
+    process = learner.process
+
+    def held(window: Window) -> WindowResult:
+        started.set()
+        assert release.wait(10)
+        return process(window)
+
+    learner.process = held  # type: ignore[method-assign]
+    coordinator = Coordinator(s, _OneRank(), learner, copier=None, close_ms=SIZE, committed={})  # type: ignore[arg-type]
+    coordinator.start()
+    try:
+        assert not coordinator.busy and coordinator.pending_events == 0
+        window = Window(0, SIZE, batch([(k * S, 0, k) for k in range(5)]), {0: (0, 4)}, "watermark")
+        coordinator.submit(Turn([window], [], status(closed_ms=SIZE, positions={0: 5})))
+        assert coordinator.pending_events == 5
+        assert started.wait(10)
+        assert coordinator.busy and not coordinator.wait_idle(0.05)
+        assert coordinator.pending_events == 5  # the window in training still counts
+        release.set()
+        assert coordinator.wait_idle(10)
+        outputs = coordinator.outputs(10)
+        assert [o.result.events for o in outputs if o.result is not None] == [5]
+        assert coordinator.pending_events == 0 and not coordinator.busy
+    finally:
+        release.set()
+        coordinator.close(10)

@@ -28,7 +28,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,6 +94,9 @@ class Coordinator:
     _status: LocalStatus | None = None
     _submitted: int = 0
     _done: int = 0
+    _events_submitted: int = 0  # written by the polling loop only
+    _events_done: int = 0  # written by the training thread only
+    _idle: threading.Event = field(default_factory=threading.Event)  # no training or copy in progress
     _taken: threading.Condition = field(default_factory=threading.Condition)  # a window left the queue
     _trained_since: int = 0  # windows trained since the last snapshot
     _windows_since: int = 0  # towards snapshot.every_windows
@@ -102,6 +106,7 @@ class Coordinator:
 
     # -- the polling loop's side ---------------------------------------------------------------
     def start(self) -> None:
+        self._idle.set()
         self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
         self._thread.start()
 
@@ -115,12 +120,27 @@ class Coordinator:
 
     def submit(self, turn: Turn) -> None:
         self._submitted += len(turn.windows)
+        self._events_submitted += sum(len(w) for w in turn.windows)
         self._inbox.put(turn)
 
     @property
     def queued(self) -> int:
         """Windows handed over and not trained yet."""
         return self._submitted - self._done
+
+    @property
+    def pending_events(self) -> int:
+        """Events of this rank's windows handed over and not trained yet (the one in training too)."""
+        return self._events_submitted - self._events_done
+
+    @property
+    def busy(self) -> bool:
+        """A window's training or a snapshot's copy is in progress on this rank."""
+        return not self._idle.is_set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no training or copy is in progress."""
+        return self._idle.wait(timeout)
 
     def wait_for_room(self, bound: int, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until fewer than ``bound`` windows are queued."""
@@ -208,17 +228,34 @@ class Coordinator:
         else:
             empty = EventBatch.empty(len(self.settings.model.context_fields))
             window = Window(start_ms, start_ms + self._size_ms, empty, {}, "watermark")
-        result = self.learner.process(window)
-        mine = [result.events, result.newest_event_ms if result.events else NO_TIME]
-        job = self.group.gather_ints(mine)
+        with self._working():
+            try:
+                result = self.learner.process(window)
+                mine = [result.events, result.newest_event_ms if result.events else NO_TIME]
+                job = self.group.gather_ints(mine)
+            finally:
+                self._events_done += len(window)
         self._outbox.put(
             Output(result=replace(result, events=int(job[:, 0].sum()), newest_event_ms=int(job[:, 1].max())))
         )
         self._trained_since += 1
         self._windows_since += 1
 
+    @contextmanager
+    def _working(self) -> Iterator[None]:
+        """Mark this rank's training thread `busy` for the duration."""
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
     def _snapshot(self, status: LocalStatus) -> None:
         """Copy this rank's part of the state and gather it to rank 0 (see the module's docstring)."""
+        with self._working():
+            self._gather_snapshot(status)
+
+    def _gather_snapshot(self, status: LocalStatus) -> None:
         kind, tensors, whole = self.copier.copy()
         mine = frontier(status, list(self._waiting))
         info: dict[str, Any] = {

@@ -48,7 +48,7 @@ from stream_learner.runtime.distributed.start import (
     restore_rank,
 )
 from stream_learner.runtime.distributed.status import LocalStatus
-from stream_learner.runtime.intake import Intake
+from stream_learner.runtime.intake import Intake, holds_input
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.snapshots import signing, warmstart
 from stream_learner.snapshots.checkpoints import Checkpoints
@@ -124,7 +124,7 @@ class RankApp:
                     p.windower.close_until(p.coordinator.close_ms)
                     windows = p.intake.step()
                     p.coordinator.submit(Turn(windows, p.letters.take(), self._status(p, exit_when_idle)))
-                    p.intake.backpressure(p.coordinator)
+                    p.intake.backpressure(p.coordinator, p.coordinator.pending_events)
                     if self._apply(p, p.coordinator.outputs()):
                         break
                     if p.sink is not None:
@@ -273,6 +273,9 @@ class RankApp:
             metrics=self.metrics,
             summary=self.summary,
             clock=self.clock,
+            hold_for=coordinator
+            if holds_input(s.window.hold_input_while_training, learner.trainer.device.type)
+            else None,
         )
         log.info(
             "active: model %s v%d, rank %d of %d (pid %d), input %s partitions %s from %s",
