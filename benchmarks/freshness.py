@@ -16,6 +16,12 @@
 
 Target: p99 <= window size + 2 s at both loads. For comparison, the highest load runs once more with
 ``window.hold_input_while_training = "off"`` (the input read on while windows train).
+
+    .venv/bin/python -m benchmarks.freshness --workers 2 --rate 15000 25000
+
+runs instead a distributed job of 2 ranks live at 15,000 and 25,000 events/s (about 40% and 70% of
+what two ranks train from a backlog here, section ``distributed_throughput``), each with the ranks
+holding their input while their windows train and then reading on (section ``freshness_distributed``).
 """
 
 from __future__ import annotations
@@ -84,9 +90,14 @@ def toml(parts: dict[str, dict[str, object]]) -> str:
 
 
 def live(
-    address: str, rate: float, seconds: float, window: dict[str, object] | None = None
+    address: str,
+    rate: float,
+    seconds: float,
+    window: dict[str, object] | None = None,
+    workers: int = 1,
 ) -> dict[str, object]:
-    """Freshness live at ``rate``; ``window``: settings of the [window] section beside the defaults."""
+    """Freshness live at ``rate``; ``window``: settings of the [window] section beside the defaults;
+    ``workers`` > 1: the learner runs as a distributed job of that many ranks (``--workers``)."""
     topic = new_topic(address, "fresh-live", PARTITIONS)
     name = f"bench-fresh-{uuid.uuid4().hex[:8]}"
     config_sections = sections(address, topic, name)
@@ -107,6 +118,7 @@ def live(
                 "run",
                 "--config",
                 str(config),
+                *(["--workers", str(workers)] if workers > 1 else []),
             ]
         )
 
@@ -116,7 +128,7 @@ def live(
         subscriber = ModelSubscriber(settings.kafka, settings.snapshot.topic, name, on_update=on_update)
         subscriber.start()
         try:
-            time.sleep(8)  # the learner starts and takes its lease
+            time.sleep(8 if workers == 1 else 20)  # the learner starts (the ranks meet), takes its lease
             total = seconds + 3 * WINDOW_SECONDS + 3
             chunks = _produce(settings, topic, rate, total)
             time.sleep(3)
@@ -209,8 +221,21 @@ def main() -> None:
     parser.add_argument(
         "--loads", type=float, nargs="+", default=[0.5, 0.9], help="live rates as fractions of the maximum"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="N > 1: instead, a distributed job of N ranks live at --rate, with and without the "
+        "input held while windows train (records freshness_distributed)",
+    )
+    parser.add_argument("--rate", type=float, nargs="+", help="events/s of the --workers runs")
     args = parser.parse_args()
     address = bootstrap()
+    if args.workers > 1:
+        if args.rate is None:
+            parser.error("--workers needs --rate")
+        distributed(address, args.workers, args.rate, args.seconds)
+        return
     maximum = max_rate(address, args.max_events)
     print(f"maximum rate {maximum:.0f} events/s", flush=True)
     loads = measure(address, maximum, args.loads, args.seconds)
@@ -230,6 +255,28 @@ def main() -> None:
     }
     record("freshness", result)
     print(result)
+
+
+def distributed(address: str, workers: int, rates: list[float], seconds: float) -> None:
+    """A distributed job live at each of ``rates``: with its ranks holding their input while their
+    windows train (the default on the CPU), then reading on (``hold_input_while_training = "off"``)."""
+    runs: dict[str, dict[str, object]] = {}
+    for rate in rates:
+        for hold in ("auto", "off"):
+            runs.setdefault(f"{rate:.0f}/s", {})[f"hold_input_while_training={hold}"] = result = live(
+                address, rate, seconds, {"hold_input_while_training": hold}, workers=workers
+            )
+            print(f"{workers} ranks at {rate:.0f}/s, hold {hold}: {result}", flush=True)
+    record(
+        "freshness_distributed",
+        {
+            "workers": workers,
+            "window_seconds": WINDOW_SECONDS,
+            "allowed_lateness_seconds": LATENESS_SECONDS,
+            "snapshot": "every window, full every 10th; default settings otherwise",
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":
