@@ -23,7 +23,7 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check stream_learner tests benchmarks
 	$(BIN)/ruff format --check stream_learner tests benchmarks
-	$(BIN)/mypy stream_learner
+	$(BIN)/mypy stream_learner benchmarks
 	$(BIN)/lint-imports
 
 bench: $(STAMP)

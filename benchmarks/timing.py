@@ -72,7 +72,7 @@ def _instrumented(events: int, marks: dict[str, Any], profile: StageProfile | No
         return result
 
     Source.consume, Learner.process = timed_consume, timed_process  # type: ignore[method-assign]
-    Lease.wait = timed_wait  # type: ignore[method-assign]
+    Lease.wait = timed_wait  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

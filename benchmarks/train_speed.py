@@ -40,6 +40,7 @@ def samples_per_second(kind: str, batch_size: int, device: str, precision: str, 
     rows, labels, mapper = rows_and_labels(events)
     spec = ModelSpec(kind, mapper.specs(), extra=mapper.spec_extra())  # with the count inputs
     inputs = mapper.inputs(rows)
+    assert inputs is not None  # the default model has count inputs
     torch.manual_seed(0)
     settings = TrainSettings(  # training alone: every core (the job leaves one to polling)
         device=device,
@@ -74,6 +75,7 @@ def window_cost(
     batch = SyntheticStream(SyntheticConfig(users=100_000, items=20_000)).batch(250_000, 0, 1)
     rows, labels = mapper.rows(batch.events(CONTEXT)), batch.label
     inputs = mapper.inputs(rows)
+    assert inputs is not None  # the default model has count inputs
     torch.manual_seed(0)
     fixed = {} if adaptive else {"min_batch_size": TrainSettings().batch_size}
     settings = TrainSettings(device=device, threads=1, **fixed)  # type: ignore[arg-type]
