@@ -34,10 +34,8 @@ def new_topic(address: str, prefix: str, partitions: int) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         meta = admin.list_topics(name, timeout=10).topics.get(name)
-        if meta is None or meta.error is not None or len(meta.partitions) != partitions:
-            time.sleep(0.1)
-            continue
-        if all(p.leader >= 0 for p in meta.partitions.values()):
+        ready = meta is not None and meta.error is None and len(meta.partitions) == partitions
+        if ready and meta is not None and all(p.leader >= 0 for p in meta.partitions.values()):
             return name
         time.sleep(0.1)
     raise TimeoutError(f"topic {name} has no leader for every partition after 30 s")
