@@ -63,9 +63,17 @@ def _toml(settings: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def job_rate(address: str, topic: str, events: int, how: str, workdir: Path) -> dict[str, float]:
+def job_rate(
+    address: str,
+    topic: str,
+    events: int,
+    how: str,
+    workdir: Path,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, float]:
     """Events/s of one run over ``topic`` (``how``: process, 1-rank or 2-ranks, with ``/B`` the
-    global mini-batch B instead of the default), from its log."""
+    global mini-batch B instead of the default), from its log; ``overrides``: settings (section ->
+    values) over this benchmark's."""
     how, _, batch = how.partition("/")
     name = f"bench-dist-{uuid.uuid4().hex[:8]}"
     values: dict[str, dict[str, Any]] = {
@@ -78,6 +86,8 @@ def job_rate(address: str, topic: str, events: int, how: str, workdir: Path) -> 
         "train": {"batch_size": int(batch or 1024)},
         "metrics": {"port": 0},
     }
+    for section, changes in (overrides or {}).items():
+        values[section].update(changes)
     config = workdir / f"{name}.toml"
     config.write_text(_toml(values))
     base = [sys.executable, "-m", "stream_learner", "run", "--config", str(config), "--exit-when-idle"]

@@ -17,11 +17,11 @@
 Target: p99 <= window size + 2 s at both loads. For comparison, the highest load runs once more with
 ``window.hold_input_while_training = "off"`` (the input read on while windows train).
 
-    .venv/bin/python -m benchmarks.freshness --workers 2 --rate 15000 25000
+    .venv/bin/python -m benchmarks.freshness --workers 2
 
-runs instead a distributed job of 2 ranks live at 15,000 and 25,000 events/s (about 40% and 70% of
-what two ranks train from a backlog here, section ``distributed_throughput``), each with the ranks
-holding their input while their windows train and then reading on (section ``freshness_distributed``).
+measures instead a distributed job of 2 ranks (torchrun): its maximum rate with these settings from
+a backfilled topic (timed from its log), then live at the same loads, each with the ranks holding
+their input while their windows train and then reading on (section ``freshness_distributed``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Producer
 
+from benchmarks.distributed import job_rate
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic, outputs
 from benchmarks.results import record
-from benchmarks.timing import learner_rate
+from benchmarks.timing import learner_rate, produce_trailer
 from stream_learner.config import Settings
 from stream_learner.ingest.codec import encode_event
 from stream_learner.serving.subscriber import ModelSubscriber
@@ -225,16 +226,13 @@ def main() -> None:
         "--workers",
         type=int,
         default=1,
-        help="N > 1: instead, a distributed job of N ranks live at --rate, with and without the "
-        "input held while windows train (records freshness_distributed)",
+        help="N > 1: instead, a distributed job of N ranks at the loads, with and without the input "
+        "held while windows train (records freshness_distributed)",
     )
-    parser.add_argument("--rate", type=float, nargs="+", help="events/s of the --workers runs")
     args = parser.parse_args()
     address = bootstrap()
     if args.workers > 1:
-        if args.rate is None:
-            parser.error("--workers needs --rate")
-        distributed(address, args.workers, args.rate, args.seconds)
+        distributed(address, args.workers, args.loads, args.seconds, args.max_events)
         return
     maximum = max_rate(address, args.max_events)
     print(f"maximum rate {maximum:.0f} events/s", flush=True)
@@ -257,20 +255,44 @@ def main() -> None:
     print(result)
 
 
-def distributed(address: str, workers: int, rates: list[float], seconds: float) -> None:
-    """A distributed job live at each of ``rates``: with its ranks holding their input while their
-    windows train (the default on the CPU), then reading on (``hold_input_while_training = "off"``)."""
+def max_rate_distributed(address: str, events: int, workers: int) -> float:
+    """Events/s a job of ``workers`` ranks trains with these settings from a backfilled topic, timed
+    from its log (`benchmarks.distributed.job_rate`)."""
+    topic = new_topic(address, "fresh-max", PARTITIONS)
+    settings = Settings.model_validate(sections(address, topic, f"bench-fresh-{uuid.uuid4().hex[:8]}"))
+    overrides: dict[str, dict[str, object]] = {
+        "window": {"size_seconds": WINDOW_SECONDS, "allowed_lateness_seconds": LATENESS_SECONDS},
+        "snapshot": {"every_windows": 1, "full_every": 10},
+    }
+    try:
+        produce_synthetic(settings.kafka, topic, events, rate=events / (8 * WINDOW_SECONDS), backfill=True)
+        produce_trailer(settings, PARTITIONS)
+        with tempfile.TemporaryDirectory() as tmp:
+            rate = job_rate(address, topic, events, f"{workers}-ranks", Path(tmp), overrides)
+        return float(rate["events_per_second"])
+    finally:
+        delete_topics(address, [topic])
+
+
+def distributed(address: str, workers: int, loads: list[float], seconds: float, events: int) -> None:
+    """A distributed job live at each of ``loads`` of its maximum rate: with its ranks holding their
+    input while their windows train (the default on the CPU), then reading on
+    (``hold_input_while_training = "off"``)."""
+    maximum = max_rate_distributed(address, events, workers)
+    print(f"{workers} ranks: maximum rate {maximum:.0f} events/s", flush=True)
     runs: dict[str, dict[str, object]] = {}
-    for rate in rates:
+    for load in loads:
+        at = runs.setdefault(f"{round(load * 100)}%", {"events_per_second": round(maximum * load)})
         for hold in ("auto", "off"):
-            runs.setdefault(f"{rate:.0f}/s", {})[f"hold_input_while_training={hold}"] = result = live(
-                address, rate, seconds, {"hold_input_while_training": hold}, workers=workers
+            at[f"hold_input_while_training={hold}"] = result = live(
+                address, maximum * load, seconds, {"hold_input_while_training": hold}, workers=workers
             )
-            print(f"{workers} ranks at {rate:.0f}/s, hold {hold}: {result}", flush=True)
+            print(f"{workers} ranks at {load:.0%}, hold {hold}: {result}", flush=True)
     record(
         "freshness_distributed",
         {
             "workers": workers,
+            "max_events_per_second": round(maximum),
             "window_seconds": WINDOW_SECONDS,
             "allowed_lateness_seconds": LATENESS_SECONDS,
             "snapshot": "every window, full every 10th; default settings otherwise",

@@ -27,7 +27,7 @@ ALL = [
     "catchup",
 ]
 #: Benchmarks that are a module run with arguments (the others: ``python -m benchmarks.NAME``).
-ARGS = {"freshness_distributed": ["benchmarks.freshness", "--workers", "2", "--rate", "15000", "25000"]}
+ARGS = {"freshness_distributed": ["benchmarks.freshness", "--workers", "2"]}
 
 
 def main() -> int:
