@@ -259,10 +259,12 @@ def max_rate_distributed(address: str, events: int, workers: int) -> float:
     """Events/s a job of ``workers`` ranks trains with these settings from a backfilled topic, timed
     from its log (`benchmarks.distributed.job_rate`)."""
     topic = new_topic(address, "fresh-max", PARTITIONS)
-    settings = Settings.model_validate(sections(address, topic, f"bench-fresh-{uuid.uuid4().hex[:8]}"))
-    overrides: dict[str, dict[str, object]] = {
-        "window": {"size_seconds": WINDOW_SECONDS, "allowed_lateness_seconds": LATENESS_SECONDS},
-        "snapshot": {"every_windows": 1, "full_every": 10},
+    ours = sections(address, topic, f"bench-fresh-{uuid.uuid4().hex[:8]}")
+    settings = Settings.model_validate(ours)
+    # this benchmark's window and snapshot schedule; job_rate names the topics and the group
+    overrides = {
+        "window": ours["window"],
+        "snapshot": {k: ours["snapshot"][k] for k in ("every_windows", "full_every")},
     }
     try:
         produce_synthetic(settings.kafka, topic, events, rate=events / (8 * WINDOW_SECONDS), backfill=True)
