@@ -38,15 +38,38 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-#: Words in a librdkafka property name that say its value is a secret (``kafka.extra``).
-SECRET_WORDS = (
-    "password", "passphrase", "secret", "token", "key", "credential", "oauthbearer.config", "jaas",
-)  # fmt: skip
+#: librdkafka properties whose values are shown (`stream-learner config`, reprs) when set under
+#: ``kafka.extra``: tuning and addressing that carries no credential. The value of any other property
+#: is a secret: the properties librdkafka marks sensitive (``sasl.password``, ``ssl.key.pem``,
+#: ``sasl.oauthbearer.client.secret``, ...) and those it does not (``sasl.oauthbearer.extensions``,
+#: ``sasl.oauthbearer.token.endpoint.url``), or that a later librdkafka adds.
+SHOWN_PROPERTIES = frozenset({
+    "acks", "allow.auto.create.topics", "api.version.request", "batch.num.messages", "batch.size",
+    "broker.address.family", "check.crcs", "client.dns.lookup", "client.rack", "compression.codec",
+    "compression.level", "compression.type", "connections.max.idle.ms", "debug", "enable.idempotence",
+    "enable.ssl.certificate.verification", "fetch.error.backoff.ms", "fetch.max.bytes",
+    "fetch.min.bytes", "fetch.wait.max.ms", "heartbeat.interval.ms", "isolation.level", "linger.ms",
+    "log.connection.close", "log_level", "max.in.flight.requests.per.connection",
+    "max.partition.fetch.bytes", "max.poll.interval.ms", "message.max.bytes",
+    "message.send.max.retries", "message.timeout.ms", "metadata.max.age.ms",
+    "partition.assignment.strategy", "queue.buffering.max.kbytes", "queue.buffering.max.messages",
+    "queue.buffering.max.ms", "queued.max.messages.kbytes", "queued.min.messages",
+    "receive.message.max.bytes", "reconnect.backoff.max.ms", "reconnect.backoff.ms",
+    "request.timeout.ms", "retries", "retry.backoff.max.ms", "retry.backoff.ms",
+    "sasl.kerberos.service.name", "sasl.oauthbearer.method", "sasl.oauthbearer.scope",
+    "session.timeout.ms", "socket.connection.setup.timeout.ms", "socket.keepalive.enable",
+    "socket.nagle.disable", "socket.receive.buffer.bytes", "socket.send.buffer.bytes",
+    "socket.timeout.ms", "ssl.ca.location", "ssl.certificate.location", "ssl.cipher.suites",
+    "ssl.curves.list", "ssl.endpoint.identification.algorithm", "ssl.sigalgs.list",
+    "statistics.interval.ms", "sticky.partitioning.linger.ms", "topic.metadata.propagation.max.ms",
+    "topic.metadata.refresh.interval.ms",
+})  # fmt: skip
 
 
 def names_a_secret(key: str) -> bool:
-    """Whether a librdkafka property named ``key`` carries a secret (its value is never shown)."""
-    return any(word in key.lower() for word in SECRET_WORDS)
+    """Whether the value of librdkafka property ``key`` is kept secret (never shown): all but
+    `SHOWN_PROPERTIES`."""
+    return key not in SHOWN_PROPERTIES
 
 
 def _without_credentials(url: str) -> str:
@@ -93,9 +116,9 @@ class KafkaSettings(_Section):
     ssl_key_password: SecretStr | None = Field(None, description="ssl.key.password; through the environment.")
     extra: dict[str, str | SecretStr] = Field(
         default_factory=dict,
-        description="Further librdkafka properties passed to every client as they are; the values of those "
-        "whose name says they are secret (password, secret, token, key, oauthbearer.config, ...) are never "
-        "shown or logged.",
+        description="Further librdkafka properties passed to every client as they are. Their values are "
+        "never shown or logged, except those of tuning properties that carry no credential (timeouts, sizes, "
+        "acks, compression, ...: `config.SHOWN_PROPERTIES`).",
     )
     startup_timeout_seconds: float = Field(
         15.0,
@@ -651,8 +674,9 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
-def _check_env_names(environ: Mapping[str, str]) -> None:
-    """Reject ``STREAM_LEARNER_<SECTION>__<KEY>`` variables that name no setting."""
+def _env_name_problems(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``STREAM_LEARNER_<SECTION>__<KEY>`` variables that name no setting, as (setting, problem)."""
+    problems = []
     for name in environ:
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or ENV_DELIMITER not in upper:
@@ -660,15 +684,18 @@ def _check_env_names(environ: Mapping[str, str]) -> None:
         section, _, key = upper[len(ENV_PREFIX) :].lower().partition(ENV_DELIMITER)
         field = Settings.model_fields.get(section)
         if field is None:
-            raise ConfigError(section, f"unknown section (from environment variable {name})")
+            problems.append((section, f"unknown section (from environment variable {name})"))
+            continue
         sub = field.annotation
         top_key = key.split(ENV_DELIMITER)[0]
         if isinstance(sub, type) and issubclass(sub, BaseModel) and top_key not in sub.model_fields:
-            raise ConfigError(f"{section}.{top_key}", f"unknown setting (from environment variable {name})")
+            problems.append((f"{section}.{top_key}", f"unknown setting (from environment variable {name})"))
+    return problems
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read the TOML file at `path` (optional) overlaid with ``STREAM_LEARNER_*`` environment variables."""
+    """Read the TOML file at `path` (optional) overlaid with ``STREAM_LEARNER_*`` environment variables.
+    A `ConfigError` names every invalid or unknown setting, not only the first."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -677,10 +704,15 @@ def load_settings(path: Path | None = None) -> Settings:
             raise ConfigError("--config", f"file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
-    _check_env_names(os.environ)
+    problems = _env_name_problems(os.environ)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        setting = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise ConfigError(setting, err["msg"]) from None
+        named = {setting for setting, _ in problems}
+        for err in exc.errors():
+            setting = ".".join(str(p) for p in err["loc"]) or "settings"
+            if setting not in named:
+                problems.append((setting, err["msg"]))
+    if problems:
+        raise ConfigError(*problems[0], others=problems[1:])
+    return settings

@@ -19,6 +19,7 @@ reason and the original message, which is what its dead letter needs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 #: Why a snapshot is refused: `SnapshotError.reason`, and the ``reason`` label of
@@ -45,12 +46,18 @@ class StreamLearnerError(Exception):
 
 
 class ConfigError(StreamLearnerError):
-    """A setting is invalid. `setting` is its dotted name, e.g. ``window.size_seconds``."""
+    """A setting is invalid. `setting` is its dotted name, e.g. ``window.size_seconds``; ``others``
+    are more invalid settings found at the same time, as (setting, problem): `problems` has them all."""
 
-    def __init__(self, setting: str, problem: str) -> None:
+    def __init__(self, setting: str, problem: str, others: Sequence[tuple[str, str]] = ()) -> None:
         self.setting = setting
         self.problem = problem
-        super().__init__(f"invalid setting {setting}: {problem}")
+        self.problems = [(setting, problem), *others]
+        if others:
+            lines = "".join(f"\n  {s}: {p}" for s, p in self.problems)
+            super().__init__(f"{len(self.problems)} invalid settings:{lines}")
+        else:
+            super().__init__(f"invalid setting {setting}: {problem}")
 
 
 class WarmStartError(ConfigError):

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -65,3 +69,22 @@ def test_readme_and_image_document_both_torch_builds():
     assert "\"torch==$(sed -n 's/^torch==//p' constraints.txt)+cpu\"" in dockerfile
     assert "grep -qi '^nvidia-'" in dockerfile  # the CPU image is checked for CUDA packages
     assert "LICENSE" in dockerfile
+
+
+def test_the_wheel_ships_the_schemas_and_py_typed(tmp_path):
+    """Built from a copy of the sources (the checkout stays clean), as pip builds it for users."""
+    source = tmp_path / "src"
+    shutil.copytree(
+        REPO / "stream_learner", source / "stream_learner", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(source)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("stream_learner-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "stream_learner/py.typed" in names  # type checkers use the package's annotations
+    assert {"stream_learner/schemas/user_event.avsc", "stream_learner/schemas/model_snapshot.avsc"} <= names
