@@ -1,7 +1,9 @@
 """``stream-learner rollback``: ask the active learner to return to an older version's model (or to
 accept the model it has), and wait until a committed version says it did.
 
-The request travels on the model's control topic (`stream_learner.kafka.control`); the command then
+The request travels on the model's control topic (`stream_learner.kafka.control`), signed with
+``snapshot.signing_key`` when it is set (a learner that verifies snapshots verifies requests the same
+way, and with ``snapshot.require_signature`` refuses unsigned ones); the command then
 follows the snapshot topic from where it ended when the request was sent. The first version that
 records a control position past the request tells the outcome: it carries the rollback (applied),
 or the learner took the request without rolling back (accepted, or refused: the learner's log says
@@ -19,7 +21,7 @@ import time
 
 from stream_learner.cli.common import EXIT_NOT_FOUND
 from stream_learner.config import Settings
-from stream_learner.errors import SnapshotError
+from stream_learner.errors import ConfigError, SnapshotError
 from stream_learner.kafka.control import ControlRequest, control_topic, send
 from stream_learner.snapshots import history, signing
 from stream_learner.snapshots.format import SnapshotMeta
@@ -35,7 +37,12 @@ def with_model(settings: Settings, name: str | None) -> Settings:
 
 def rollback(settings: Settings, args: argparse.Namespace) -> int:
     s = with_model(settings, args.model)
-    verify = signing.verifier(s.snapshot)
+    verify, sign = signing.verifier(s.snapshot), signing.signer(s.snapshot)
+    if sign is None and s.snapshot.require_signature:
+        raise ConfigError(
+            "snapshot.signing_key",
+            "the learner requires signed requests; set STREAM_LEARNER_SNAPSHOT__SIGNING_KEY",
+        )
     if args.accept:
         request = ControlRequest.new("accept", args.expires_after)
         asked = "accept the model as it is"
@@ -50,7 +57,7 @@ def rollback(settings: Settings, args: argparse.Namespace) -> int:
     timeout = s.kafka.startup_timeout_seconds
     with SnapshotLog(s.kafka, s.snapshot.topic, s.model.name, timeout=timeout, verify=verify) as snapshots:
         _, end = snapshots.bounds()
-        offset = send(s, request)
+        offset = send(s, request, sign)
         print(f"request {request.request} ({asked}) sent to {control_topic(s)} at offset {offset}")
         if args.wait <= 0:
             return 0

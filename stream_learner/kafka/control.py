@@ -9,10 +9,16 @@ what a request asks for.
 
 A record's key is the model name; its value is JSON:
 ``{"action": "rollback" | "accept", "to_version": V, "request": id, "requested_ms": t,
-"expires_ms": t}`` (``to_version`` for a rollback only). Nothing is unpickled: a record that is not
-such an object is reported and skipped. The topic is not signed: whoever may write to it can ask for
-a rollback to any committed version (never to a state the learner did not publish); restrict it by
-ACL as the snapshot topic.
+"expires_ms": t}`` (``to_version`` for a rollback only), at most `MAX_REQUEST_BYTES`. Nothing is
+unpickled, and no record can stop the reader: one that is too large, not such an object, or nested
+too deep is returned as `Refused` with the reason, and the learner skips it.
+
+Requests are signed whenever snapshots are: with a signing key (``snapshot.signing_key``) `send`
+puts an Ed25519 signature of `signed_message` (a context string, the key and the value) in the
+header `SIGNATURE_HEADER`; the reader checks it with the ``verify`` it is given
+(`stream_learner.snapshots.signing.Verifier.problem`), which refuses a bad signature, and an unsigned
+request when signatures are required. Without signing, whoever may write to the topic can ask for a
+rollback to any committed version (never to a state the learner did not publish): restrict it by ACL.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_learner.config import Settings
@@ -33,6 +40,18 @@ from stream_learner.errors import BrokerError
 log = logging.getLogger(__name__)
 
 Action = Literal["rollback", "accept"]
+#: Why a control record is not applied (the ``reason`` label of
+#: stream_learner_control_requests_refused_total): the record itself (`ControlReader`), or what it
+#: asks for (`stream_learner.runtime.rollback`).
+ControlRefusal = Literal[
+    "too_large", "malformed", "signature", "expired", "unknown_version", "unrestorable", "spec"
+]
+#: The largest request value read (a request is about 150 bytes); larger ones are refused unparsed.
+MAX_REQUEST_BYTES = 4096
+#: The record header that carries a request's signature.
+SIGNATURE_HEADER = "stream-learner.signature"
+#: Checks a request's signature: (signed message, signature or None) -> None, or what is wrong.
+Verify = Callable[[bytes, bytes | None], str | None]
 
 
 def control_topic(settings: Settings) -> str:
@@ -55,11 +74,12 @@ class ControlRequest:
 
     @staticmethod
     def parse(value: bytes | None) -> ControlRequest:
-        """The request in a record's value; `ValueError` saying what is wrong with it."""
+        """The request in a record's value; `ValueError` saying what is wrong with it, whatever the
+        bytes are (not UTF-8 JSON, nested too deep, not a request)."""
         try:
             data: Any = json.loads(value or b"")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and int-size errors are ValueErrors
+            raise ValueError(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         action, version = data.get("action"), data.get("to_version")
@@ -82,6 +102,37 @@ class ControlRequest:
         return now_ms > self.expires_ms
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A control record that is not a request the learner may apply, and why."""
+
+    reason: ControlRefusal
+    detail: str
+
+
+def signed_message(key: bytes, value: bytes) -> bytes:
+    """What a request's signature covers: a context string (so that no snapshot signature can pass
+    for one), the model name it is keyed by and the value."""
+    return b"stream-learner control request\0" + len(key).to_bytes(4, "big") + key + value
+
+
+def read_record(
+    key: bytes, value: bytes | None, signature: bytes | None, verify: Verify | None
+) -> ControlRequest | Refused:
+    """The request a control record of model ``key`` holds, or why it is refused: too large,
+    malformed, or (with ``verify``) not signed as it must be. Never raises on the record's bytes."""
+    if value is not None and len(value) > MAX_REQUEST_BYTES:
+        return Refused("too_large", f"{len(value)} bytes, more than a request's {MAX_REQUEST_BYTES}")
+    if verify is not None:
+        problem = verify(signed_message(key, value or b""), signature)
+        if problem is not None:
+            return Refused("signature", problem)
+    try:
+        return ControlRequest.parse(value)
+    except ValueError as exc:
+        return Refused("malformed", str(exc))
+
+
 def ensure_control_topic(settings: Settings) -> str:
     """Create the control topic (one partition) when it is missing; return its name."""
     topic, timeout = control_topic(settings), settings.kafka.startup_timeout_seconds
@@ -97,15 +148,18 @@ def ensure_control_topic(settings: Settings) -> str:
     return topic
 
 
-def send(settings: Settings, request: ControlRequest) -> int:
-    """Write ``request`` for the active learner of ``model.name``; return its offset."""
+def send(settings: Settings, request: ControlRequest, sign: Callable[[bytes], bytes] | None = None) -> int:
+    """Write ``request`` for the active learner of ``model.name``, signed with ``sign`` when given
+    (`stream_learner.snapshots.signing.Signer`); return its offset."""
     topic = ensure_control_topic(settings)
     producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
     delivered: list[Any] = []
+    key, value = settings.model.name.encode(), json.dumps(asdict(request)).encode()
     producer.produce(
         topic,
-        key=settings.model.name.encode(),
-        value=json.dumps(asdict(request)).encode(),
+        key=key,
+        value=value,
+        headers=[(SIGNATURE_HEADER, sign(signed_message(key, value)))] if sign is not None else None,
         on_delivery=lambda err, msg: delivered.append(err or msg),
     )
     producer.flush(settings.kafka.startup_timeout_seconds)
@@ -117,12 +171,22 @@ def send(settings: Settings, request: ControlRequest) -> int:
     return offset
 
 
-class ControlReader:
-    """Reads the requests for one model from its control topic, from ``start`` (default: the end)."""
+def _signature(msg: Message) -> bytes | None:
+    """The first signature header of a record (None when it has none)."""
+    headers = msg.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    value = next((v for name, v in pairs if name == SIGNATURE_HEADER), None)
+    return value if isinstance(value, bytes) else None
 
-    def __init__(self, settings: Settings, start: int | None) -> None:
+
+class ControlReader:
+    """Reads the requests for one model from its control topic, from ``start`` (default: the end);
+    with ``verify``, only requests whose signature it accepts."""
+
+    def __init__(self, settings: Settings, start: int | None, verify: Verify | None = None) -> None:
         self.topic = control_topic(settings)
         self.key = settings.model.name.encode()
+        self.verify = verify
         timeout = settings.kafka.startup_timeout_seconds
         self._consumer = Consumer(
             {
@@ -140,10 +204,10 @@ class ControlReader:
         self.position = high if start is None else max(start, low)
         self._consumer.assign([TopicPartition(self.topic, 0, self.position)])
 
-    def poll(self) -> list[tuple[int, ControlRequest | str]]:
-        """Records read since the last call, without waiting: (offset, the request, or what is wrong
-        with the record). Other models' records are passed over."""
-        out: list[tuple[int, ControlRequest | str]] = []
+    def poll(self) -> list[tuple[int, ControlRequest | Refused]]:
+        """Records read since the last call, without waiting: (offset, the request, or why the
+        record is refused). Other models' records are passed over."""
+        out: list[tuple[int, ControlRequest | Refused]] = []
         for msg in self._consumer.consume(100, 0):
             err = msg.error()
             if err is not None:
@@ -155,10 +219,7 @@ class ControlReader:
             self.position = offset + 1
             if msg.key() != self.key:
                 continue
-            try:
-                out.append((offset, ControlRequest.parse(msg.value())))
-            except ValueError as exc:
-                out.append((offset, str(exc)))
+            out.append((offset, read_record(self.key, msg.value(), _signature(msg), self.verify)))
         return out
 
     def close(self) -> None:

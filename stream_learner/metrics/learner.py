@@ -137,6 +137,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.control_requests_refused = Counter(
+            f"{P}control_requests_refused",
+            "Control-topic records the learner skipped, by reason (too large, malformed, not signed as "
+            "required, expired, or asking for what it cannot do).",
+            ["reason"],
+            registry=r,
+        )
         self.catchup_mode = Gauge(
             f"{P}catchup_mode",
             "1 while the learner trains in catch-up mode (far behind its input).",
@@ -175,6 +182,7 @@ class Metrics:
         table_fields: Iterable[str] = (),
         reset_fields: Iterable[str] = (),
         rollback_results: Iterable[str] = (),
+        control_refusals: Iterable[str] = (),
     ) -> None:
         """Create the labelled counters for every label value they can take, at 0: a series that
         appears only at its first increment hides that increment from ``rate()`` and ``increase()``,
@@ -192,6 +200,7 @@ class Metrics:
             (self.feature_ids_unplaced, table_fields),
             (self.drift_rows_reset, reset_fields),
             (self.rollbacks, rollback_results),
+            (self.control_requests_refused, control_refusals),
         ):
             for value in values:
                 counter.labels(value)

@@ -233,7 +233,7 @@ class App:
             clock=self.clock,
         )
         rollbacks = Rollbacks(
-            reader=ControlReader(s, publisher.control_next),
+            reader=ControlReader(s, publisher.control_next, verifier.problem if verifier else None),
             publisher=publisher,
             worker=worker,
             learner=learner,

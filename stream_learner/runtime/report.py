@@ -17,6 +17,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import SnapshotRefusal
 from stream_learner.ingest.events import RejectReason
 from stream_learner.ingest.windowing import Windower
+from stream_learner.kafka.control import ControlRefusal
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.learner import WindowResult
 from stream_learner.metrics import Metrics
@@ -171,4 +172,5 @@ def start_metrics_at_zero(metrics: Metrics, settings: Settings) -> None:
         table_fields=ids if settings.model.table == "dynamic" else (),
         reset_fields=ids if settings.lr.policy == "drift" and settings.lr.drift_reset_z > 0 else (),
         rollback_results=get_args(RollbackResult),
+        control_refusals=get_args(ControlRefusal),
     )

@@ -18,9 +18,11 @@ Requests are taken in order, one at a time: the position after a request goes in
 snapshot's ``control.next`` once it is handled, and for a rollback only with the rollback's own
 version, so a crash before that commits leaves the request to the next active instance (until it
 expires: a request that keeps failing cannot keep a learner restarting). One that cannot be applied
-(an unknown version, one the topic no longer holds, another model spec, expired) is refused with the
-reason in the log and ``stream_learner_rollbacks_total{result}``; the command line tells its
-operator either way, from the first version that records a position past the request.
+(a record too large or malformed, or not signed as ``[snapshot]`` requires; an unknown version, one
+the topic no longer holds or whose state does not restore, another model spec; expired) is skipped:
+the reason goes to the log, ``stream_learner_rollbacks_total{result="refused"}`` and
+``stream_learner_control_requests_refused_total{reason}``. No record stops the learner. The command
+line tells its operator either way, from the first version that records a position past the request.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from stream_learner.errors import SnapshotError
-from stream_learner.kafka.control import ControlReader, ControlRequest
+from stream_learner.kafka.control import ControlReader, ControlRefusal, ControlRequest, Refused
 from stream_learner.learning.learner import Learner
 from stream_learner.metrics import Metrics
 from stream_learner.runtime.worker import Worker
@@ -72,7 +74,7 @@ class Rollbacks:
         self.metrics = metrics
         self.clock = clock
         self._checked = 0.0
-        self._queue: deque[tuple[int, ControlRequest | str]] = deque()
+        self._queue: deque[tuple[int, ControlRequest | Refused]] = deque()
         self._awaiting: int | None = None  # control position a rollback in progress publishes
         if publisher.control_next is None:  # the first start: from now on, every snapshot records it
             publisher.control_next = publisher.control_published = reader.position
@@ -87,10 +89,12 @@ class Rollbacks:
         self._queue.extend(self.reader.poll())
         while self._queue and (self.publisher.control_next or 0) >= (self._awaiting or 0):
             offset, request = self._queue.popleft()
-            if isinstance(request, str):
-                self._refused(f"control record at offset {offset} is not a request: {request}")
+            if isinstance(request, Refused):
+                self._refused(request.reason, f"control record at offset {offset}: {request.detail}")
             elif request.expired(int(now * 1000)):
-                self._refused(f"request {request.request} expired before an active instance read it")
+                self._refused(
+                    "expired", f"request {request.request} expired before an active instance read it"
+                )
             elif request.action == "accept":
                 self.publisher.gate.accept()
                 self.metrics.rollbacks.labels("accepted").inc()
@@ -108,15 +112,16 @@ class Rollbacks:
         version = request.to_version
         assert version is not None
         if version > self.publisher.version:
-            self._refused(f"request {request.request}: v{version} is newer than v{self.publisher.version}")
+            why = f"v{version} is newer than v{self.publisher.version}"
+            self._refused("unknown_version", f"request {request.request}: {why}")
             return False
         try:
             fold, spec = history.state_at(self.history_to(version), version)
         except SnapshotError as err:
-            self._refused(f"request {request.request}: v{version} cannot be restored: {err}")
+            self._refused("unrestorable", f"request {request.request}: v{version} cannot be restored: {err}")
             return False
         if spec != self.learner.spec:
-            self._refused(f"request {request.request}: v{version} is another model ({spec})")
+            self._refused("spec", f"request {request.request}: v{version} is another model ({spec})")
             return False
         state = fold.meta.state_dict()
         learner_state, gate_state = state.get("learner", {}), state.get("gate", {})
@@ -136,9 +141,10 @@ class Rollbacks:
         )
         return True
 
-    def _refused(self, why: str) -> None:
+    def _refused(self, reason: ControlRefusal, why: str) -> None:
         self.metrics.rollbacks.labels("refused").inc()
-        log.error("refused a control request: %s", why)
+        self.metrics.control_requests_refused.labels(reason).inc()
+        log.error("refused a control request (%s): %s", reason, why)
 
     def close(self) -> None:
         self.reader.close()

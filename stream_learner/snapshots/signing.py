@@ -105,23 +105,24 @@ class Verifier:
     def __call__(self, chunk: Chunk) -> None:
         """Raise `SnapshotError` ("signature") when ``chunk`` is signed but not by the key, or is not
         signed and a signature is required."""
-        version = chunk.meta.version
-        if chunk.signature is None:
-            if self.required:
-                raise SnapshotError("signature", f"v{version} is not signed, and a signature is required")
-            return
         message = signed_message(chunk.meta, chunk.sha256, chunk.size)
+        problem = self.problem(message, chunk.signature, "its metadata and payload")
+        if problem is not None:
+            raise SnapshotError("signature", f"v{chunk.meta.version}: {problem}")
+
+    def problem(self, message: bytes, signature: bytes | None, what: str = "the request") -> str | None:
+        """None when ``signature`` is one of the keys' over ``message`` (or absent and not required);
+        else what is wrong, naming ``what`` was signed. Control requests are checked with it too
+        (`stream_learner.kafka.control`)."""
+        if signature is None:
+            return "not signed, and a signature is required" if self.required else None
         for key in self.keys:
             try:
-                key.verify(chunk.signature, message)
-                return
+                key.verify(signature, message)
+                return None
             except InvalidSignature:
                 continue
-        raise SnapshotError(
-            "signature",
-            f"v{version}: the signature does not match its metadata and payload (forged, relabelled, "
-            "or signed with another key)",
-        )
+        return f"the signature does not match {what} (forged, relabelled, or signed with another key)"
 
     @staticmethod
     def of(verify_key: str | None, required: bool = False) -> Verifier | None:

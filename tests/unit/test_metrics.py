@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_learner.config import KafkaSettings, Settings
 from stream_learner.errors import SnapshotRefusal
 from stream_learner.ingest.events import RejectReason
+from stream_learner.kafka.control import ControlRefusal
 from stream_learner.learning.guard import SkipReason
 from stream_learner.metrics import Metrics, MetricsServer
 from stream_learner.metrics.http import BoundedHTTPServer
@@ -233,6 +234,7 @@ def test_every_labelled_counter_starts_at_zero_for_every_value_it_can_take():
     assert values("stream_learner_windows_skipped", "reason") == set(get_args(SkipReason))
     assert values("stream_learner_snapshot_published", "kind") == {"full", "delta"}
     assert values("stream_learner_events_consumed", "topic") == {"events"}
+    assert values("stream_learner_control_requests_refused", "reason") == set(get_args(ControlRefusal))
     for name in ("feature_ids_admitted", "feature_rows_expired", "feature_ids_unplaced", "drift_rows_reset"):
         assert values(f"stream_learner_{name}", "field") == {"user", "item"}
     # and no labelled counter was forgotten: each has its series before anything happened
