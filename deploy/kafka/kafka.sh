@@ -11,6 +11,9 @@
 #   bootstrap  Print the bootstrap address 127.0.0.1:PORT.
 #   logs       Tail server.log (-f to follow).
 #
+# Topics: .venv/bin/stream-learner topics create --bootstrap-server "$(deploy/kafka/kafka.sh bootstrap)" \
+#   --topic NAME --partitions N  (or --config FILE: the input, snapshot and dead-letter topics it names).
+#
 # Environment:
 #   STREAM_LEARNER_KAFKA_HOME             jars, data, logs, pid file (default: <repo>/.cache/kafka)
 #   STREAM_LEARNER_KAFKA_PORT             client port (default 39092)

@@ -1,5 +1,5 @@
-"""Command line: ``stream-learner run | produce synthetic | demo | snapshots list|inspect|keygen |
-recommend | rollback | replay | config``.
+"""Command line: ``stream-learner run | produce synthetic | demo | topics create |
+snapshots list|inspect|keygen | recommend | rollback | replay | config``.
 
 The arguments are declared in `stream_learner.cli.parser` (each flag shows its default and the
 environment variable it can also come from); settings of the job itself come from the TOML file and
@@ -12,8 +12,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from stream_learner.cli import logs
 from stream_learner.cli.common import (
     EXIT_CONFIG,
     EXIT_NOT_DELIVERED,
@@ -21,6 +22,7 @@ from stream_learner.cli.common import (
     EXIT_UNAVAILABLE,
     install_signal_handlers,
     watch_leaving,
+    with_flags,
 )
 from stream_learner.cli.demo import demo
 from stream_learner.cli.parser import parse
@@ -28,6 +30,7 @@ from stream_learner.cli.reference import render
 from stream_learner.cli.replay import replay_command
 from stream_learner.cli.rollback import rollback
 from stream_learner.cli.snapshots import keygen, recommend, snapshots
+from stream_learner.cli.topics import create_topics
 from stream_learner.config import Settings, load_settings
 from stream_learner.errors import BrokerError, ConfigError, OwnershipLost
 from stream_learner.runtime.app import App
@@ -41,20 +44,16 @@ log = logging.getLogger("stream_learner")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(argv) if argv is not None else None)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
+    settings: Settings | None = None
     try:
         if args.command == "run":
-            return _run(load_settings(args.config), args)
-        if args.command == "produce":
-            return _produce(load_settings(args.config), args)
-        if args.command == "snapshots":
-            return keygen() if args.action == "keygen" else snapshots(load_settings(args.config), args)
-        if args.command == "recommend":
-            return recommend(load_settings(args.config), args)
-        if args.command == "rollback":
-            return rollback(load_settings(args.config), args)
-        if args.command == "replay":
-            return replay_command(load_settings(args.config), args)
+            return _run(with_flags(load_settings(args.config), args), args)
+        if args.command == "snapshots" and args.action == "keygen":
+            return keygen()
+        if args.command in COMMANDS:
+            settings = with_flags(load_settings(args.config), args)
+            return COMMANDS[args.command](settings, args)
         if args.command == "config":
             print(render() if args.reference else _shown(load_settings(args.config)))
             return 0
@@ -66,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("stopping: %s", err)
         return EXIT_OWNERSHIP
     except BrokerError as err:
-        log.error("stopping: %s; a restart resumes from the last commit", err)
+        if settings is None:  # the job: it has commits to resume from
+            log.error("stopping: %s; a restart resumes from the last commit", err)
+        else:  # a command that only reads or writes a little
+            log.error("failed: %s (brokers %s)", err, settings.kafka.bootstrap_servers)
         return EXIT_UNAVAILABLE
 
 
@@ -79,8 +81,7 @@ def _shown(settings: Settings) -> str:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     """One process; one rank of a job under torchrun; or a job of ``--workers`` ranks here."""
     if not launched() and args.workers > 1:
-        a = args
-        return launch(settings, a.workers, a.max_restarts, a.config, a.exit_when_idle, a.log_level)
+        return launch(settings, args.workers, args.max_restarts, rank_argv(args))
     app = RankApp(settings) if launched() else App(settings)
     install_signal_handlers(app)
     watching = watch_leaving(app)
@@ -88,19 +89,29 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         summary = app.run(exit_when_idle=args.exit_when_idle)
     finally:
         watching.set()
-    log.info("stopped: %s", summary)
+    log.info("stopped: %s", summary.line())
     return 0
+
+
+def rank_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of each rank of a job that ``run --workers N`` launches: this one's, less
+    the launching flags."""
+    options = ["--log-level", args.log_level, "--log-format", args.log_format]
+    flags = {
+        "--config": args.config,
+        "--bootstrap-server": args.bootstrap_server,
+        "--topic": args.input_topic,
+    }
+    given = [str(part) for flag, value in flags.items() if value for part in (flag, value)]
+    return [*options, "run", *given, *(["--exit-when-idle"] * args.exit_when_idle)]
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 only when the broker acknowledged every event; 1 with what was delivered otherwise."""
-    kafka = settings.kafka
-    if args.bootstrap_server:
-        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_server})
-    topic = args.topic or settings.input.topic
+    topic = settings.input.topic
     config = SyntheticConfig(users=args.users, items=args.items, seed=args.seed)
     try:
-        stats = produce_synthetic(kafka, topic, args.events, args.rate, args.backfill, config)
+        stats = produce_synthetic(settings.kafka, topic, args.events, args.rate, args.backfill, config)
     except BrokerError as err:
         print(f"stream-learner: nothing produced: {err}", file=sys.stderr)
         return EXIT_NOT_DELIVERED
@@ -112,6 +123,17 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
         f"(best possible AUC {stats.best_auc:.4f})"
     )
     return 0
+
+
+#: Commands that read settings and talk to Kafka, and what each runs.
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "produce": _produce,
+    "topics": create_topics,
+    "snapshots": snapshots,
+    "recommend": recommend,
+    "rollback": rollback,
+    "replay": replay_command,
+}
 
 
 if __name__ == "__main__":

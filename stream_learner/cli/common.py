@@ -1,8 +1,9 @@
-"""What the CLI's commands share: exit codes, the signal handlers of a running job, and the deadline
-by which a leaving job is gone."""
+"""What the CLI's commands share: exit codes, the settings with the command line's flags on top, the
+signal handlers of a running job, and the deadline by which a leaving job is gone."""
 
 from __future__ import annotations
 
+import argparse
 import faulthandler
 import logging
 import os
@@ -12,7 +13,10 @@ import threading
 import time
 from typing import Protocol
 
-from stream_learner.config import Settings
+from pydantic import ValidationError
+
+from stream_learner.config import ModelSettings, Settings
+from stream_learner.errors import ConfigError
 
 log = logging.getLogger("stream_learner")
 
@@ -23,6 +27,35 @@ EXIT_OWNERSHIP = 3
 #: Kafka failed the running job (a commit stalled, a transactional call failed), or it did not
 #: leave within ``delivery.shutdown_timeout_seconds``: a restart resumes from the last commit.
 EXIT_UNAVAILABLE = 4
+
+
+def with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` with the flags of a command that talks to Kafka on top: ``--bootstrap-server``
+    (kafka.bootstrap_servers), ``--topic`` (input.topic or snapshot.topic, whichever the command
+    reads) and ``--model`` (model.name). Says so when the broker is nobody's choice but the default."""
+    kafka, given = settings.kafka, vars(args)
+    if given.get("bootstrap_server"):
+        kafka = kafka.model_copy(update={"bootstrap_servers": given["bootstrap_server"]})
+    elif "bootstrap_servers" not in kafka.model_fields_set:
+        log.warning(
+            "no --bootstrap-server, --config or STREAM_LEARNER_KAFKA__BOOTSTRAP_SERVERS names the "
+            "brokers: using the default, %s",
+            kafka.bootstrap_servers,
+        )
+    update: dict[str, object] = {"kafka": kafka}
+    for section in ("input", "snapshot"):
+        if given.get(f"{section}_topic"):
+            update[section] = getattr(settings, section).model_copy(
+                update={"topic": given[f"{section}_topic"]}
+            )
+    if given.get("model"):
+        try:
+            update["model"] = ModelSettings.model_validate(
+                {**settings.model.model_dump(), "name": args.model}
+            )
+        except ValidationError as exc:
+            raise ConfigError("--model", exc.errors()[0]["msg"]) from None
+    return settings.model_copy(update=update)
 
 
 class Job(Protocol):

@@ -1,8 +1,10 @@
 """The command line's arguments: every command, its flags with their defaults and variables.
 
-Global options (``--log-level``) are accepted before or after the command; a bad value is a usage
-error (exit 2, with the usage line), never a traceback. Every flag shows its default and, where it
-has one, the environment variable it can also come from.
+Global options (``--log-level``, ``--log-format``) are accepted before or after the command; a bad
+value is a usage error (exit 2, with the usage line), never a traceback. Every flag shows its default
+and, where it has one, the environment variable it can also come from. Every command that talks to
+Kafka takes ``--bootstrap-server`` and ``--topic`` (and ``--model`` where it reads a model's
+snapshots), which override the settings (`stream_learner.cli.common.with_flags`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from stream_learner import __version__
+from stream_learner.cli.logs import LOG_FORMATS
 from stream_learner.tools.synthetic import SyntheticConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_ENV = "STREAM_LEARNER_LOG_LEVEL"
+LOG_FORMAT_ENV = "STREAM_LEARNER_LOG_FORMAT"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,6 +49,12 @@ def _global_options(default: Any) -> argparse.ArgumentParser:
         default=default if default is argparse.SUPPRESS else os.environ.get(LOG_LEVEL_ENV, "INFO"),
         help=f"logging level [env: {LOG_LEVEL_ENV}]",
     )
+    options.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default if default is argparse.SUPPRESS else os.environ.get(LOG_FORMAT_ENV, "text"),
+        help=f"text lines, or one JSON object per line for a log collector [env: {LOG_FORMAT_ENV}]",
+    )
     return options
 
 
@@ -68,6 +78,7 @@ def build() -> argparse.ArgumentParser:
 
     run = command(sub, "run", "run the learner as a streaming job")
     _env_flag(run, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file", type=Path)
+    _kafka_flags(run, "input")
     run.add_argument(
         "--exit-when-idle",
         action="store_true",
@@ -95,10 +106,7 @@ def build() -> argparse.ArgumentParser:
     _env_flag(
         syn, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file (for kafka and input.topic)", type=Path
     )
-    syn.add_argument(
-        "--bootstrap-server", help="brokers, host:port[,host:port] (default: kafka.bootstrap_servers)"
-    )
-    syn.add_argument("--topic", help="topic to produce to (default: input.topic)")
+    _kafka_flags(syn, "input")
     syn.add_argument("--events", type=int, default=10_000, help="how many events")
     syn.add_argument("--rate", type=float, default=1_000.0, help="events per second (of event time)")
     syn.add_argument(
@@ -126,6 +134,20 @@ def build() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=40.0, help="how long events are produced")
     demo.add_argument("--rate", type=float, default=5_000.0, help="events per second")
     demo.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics, /healthz, /readyz")
+
+    topics = command(sub, "topics", "the topics of the settings")
+    tsub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = command(
+        tsub,
+        "create",
+        "create the input topic, the snapshot topic and the dead-letter topic where missing, each with "
+        "the configs it needs",
+    )
+    _env_flag(create, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file", type=Path)
+    _kafka_flags(create, "input")
+    create.add_argument(
+        "--partitions", type=int, default=6, help="partitions of the input topic, when it is created"
+    )
 
     snaps = command(sub, "snapshots", "the committed snapshots of a model")
     ssub = snaps.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -184,7 +206,16 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     _env_flag(
         parser, "--config", "STREAM_LEARNER_CONFIG", "TOML settings file (kafka, snapshot.topic)", type=Path
     )
+    _kafka_flags(parser, "snapshot")
     parser.add_argument("--model", help="model name (default: model.name from the settings)")
+
+
+def _kafka_flags(parser: argparse.ArgumentParser, topic: str) -> None:
+    """``--bootstrap-server`` and ``--topic``, the latter naming the input or the snapshot topic."""
+    parser.add_argument(
+        "--bootstrap-server", help="brokers, host:port[,host:port] (default: kafka.bootstrap_servers)"
+    )
+    parser.add_argument("--topic", dest=f"{topic}_topic", help=f"the {topic} topic (default: {topic}.topic)")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -193,4 +224,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.log_level not in LOG_LEVELS:  # from the environment: argparse checks only the command line
         parser.error(f"{LOG_LEVEL_ENV}={args.log_level}: choose from {', '.join(LOG_LEVELS)}")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"{LOG_FORMAT_ENV}={args.log_format}: choose from {', '.join(LOG_FORMATS)}")
     return args

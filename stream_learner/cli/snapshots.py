@@ -24,7 +24,8 @@ from stream_learner.snapshots.log import Entry, SnapshotLog
 def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
     name = args.model or settings.model.name
     verify = signing.verifier(settings.snapshot)
-    return SnapshotLog(settings.kafka, settings.snapshot.topic, name, verify=verify)
+    timeout = settings.kafka.startup_timeout_seconds
+    return SnapshotLog(settings.kafka, settings.snapshot.topic, name, timeout=timeout, verify=verify)
 
 
 def snapshots(settings: Settings, args: argparse.Namespace) -> int:
@@ -34,7 +35,8 @@ def snapshots(settings: Settings, args: argparse.Namespace) -> int:
             for entry in reversed(entries):
                 print(_entry_line(entry))
             if not entries:
-                print(f"no snapshots of {snapshots.key.decode()} on {settings.snapshot.topic}")
+                where = f"{settings.snapshot.topic} at {settings.kafka.bootstrap_servers}"
+                print(f"no snapshots of {snapshots.key.decode()} on {where}")
             return 0
         for entry in snapshots.newest_first():
             snap = entry.snapshot

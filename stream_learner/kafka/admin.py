@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stream_learner.config import KafkaSettings, Settings
 from stream_learner.errors import BrokerError, StartupError
+from stream_learner.kafka.clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def check_cluster(settings: Settings) -> int:
     address or the topic). Returns the input topic's partition count. The probe's own librdkafka
     logging is off: the error says it all."""
     kafka, timeout = settings.kafka, settings.kafka.startup_timeout_seconds
-    admin = AdminClient({**kafka.client_config(), "log_level": 0})
+    admin = AdminClient({**client_config(kafka), "log_level": 0})
     try:
         topics = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
@@ -44,7 +45,7 @@ def check_cluster(settings: Settings) -> int:
 def max_message_bytes(settings: Settings, topic: str) -> int:
     """The largest message ``topic`` takes: its ``max.message.bytes`` (the broker's
     ``message.max.bytes`` unless the topic overrides it)."""
-    admin = AdminClient(settings.kafka.client_config())
+    admin = AdminClient(client_config(settings.kafka))
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     timeout = settings.kafka.startup_timeout_seconds
     try:
@@ -63,31 +64,42 @@ def snapshot_topic_config(settings: Settings) -> dict[str, str]:
     }
 
 
-def ensure_topics(settings: Settings, input_partitions: int | None = None) -> None:
+def ensure_topics(settings: Settings, input_partitions: int | None = None) -> list[str]:
     """Create the snapshot topic (one partition: versions are ordered) and the dead-letter topic
-    when missing; create the input topic only when ``input_partitions`` is given (demo, benchmarks)."""
+    when missing; create the input topic only when ``input_partitions`` is given (`stream-learner
+    topics create`, demo, benchmarks). Returns the topics it created."""
     timeout = settings.kafka.startup_timeout_seconds
-    admin = AdminClient(settings.kafka.client_config())
+    admin = AdminClient(client_config(settings.kafka))
     wanted = [
         NewTopic(settings.snapshot.topic, 1, config=snapshot_topic_config(settings)),
         NewTopic(settings.dead_letter.topic, 1),
     ]
     if input_partitions:
         wanted.append(NewTopic(settings.input.topic, input_partitions))
-    existing = admin.list_topics(timeout=timeout).topics
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerError(
+            f"no answer from the brokers at {settings.kafka.bootstrap_servers}: {exc}"
+        ) from None
     missing = [t for t in wanted if t.topic not in existing]
+    created = []
     for topic, future in admin.create_topics(missing, operation_timeout=timeout).items() if missing else []:
         try:
             future.result(timeout)
             log.info("created topic %s", topic)
+            created.append(topic)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"creating topic {topic}: {exc.args[0].str()}") from None
+    for topic in created:
+        _partitions_once_visible(admin, topic, timeout)
     partitions = _partitions_once_visible(admin, settings.snapshot.topic, timeout)
     if partitions != 1:
         raise RuntimeError(
             f"snapshot topic {settings.snapshot.topic} has {partitions} partitions; it must have 1"
         )
+    return created
 
 
 def _partitions_once_visible(admin: AdminClient, topic: str, timeout: float) -> int:
@@ -106,7 +118,7 @@ def _partitions_once_visible(admin: AdminClient, topic: str, timeout: float) -> 
 
 def delete_topics(kafka: KafkaSettings, names: list[str], timeout: float = 30.0) -> None:
     """Delete the topics that exist and wait until they are gone (deletion completes asynchronously)."""
-    admin = AdminClient(kafka.client_config())
+    admin = AdminClient(client_config(kafka))
     existing = [n for n in names if n in admin.list_topics(timeout=timeout).topics]
     for future in admin.delete_topics(existing, operation_timeout=timeout).values() if existing else []:
         future.result(timeout)

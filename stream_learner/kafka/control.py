@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerError
+from stream_learner.kafka.clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def read_record(
 def ensure_control_topic(settings: Settings) -> str:
     """Create the control topic (one partition) when it is missing; return its name."""
     topic, timeout = control_topic(settings), settings.kafka.startup_timeout_seconds
-    admin = AdminClient(settings.kafka.client_config())
+    admin = AdminClient(client_config(settings.kafka))
     if topic not in admin.list_topics(timeout=timeout).topics:
         future = admin.create_topics([NewTopic(topic, 1)], operation_timeout=timeout)[topic]
         try:
@@ -152,7 +153,7 @@ def send(settings: Settings, request: ControlRequest, sign: Callable[[bytes], by
     """Write ``request`` for the active learner of ``model.name``, signed with ``sign`` when given
     (`stream_learner.snapshots.signing.Signer`); return its offset."""
     topic = ensure_control_topic(settings)
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+    producer = Producer({**client_config(settings.kafka), "enable.idempotence": True})
     delivered: list[Any] = []
     key, value = settings.model.name.encode(), json.dumps(asdict(request)).encode()
     producer.produce(
@@ -190,7 +191,7 @@ class ControlReader:
         timeout = settings.kafka.startup_timeout_seconds
         self._consumer = Consumer(
             {
-                **settings.kafka.client_config(),
+                **client_config(settings.kafka),
                 "group.id": f"stream-learner-control-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",  # a recorded position that retention passed

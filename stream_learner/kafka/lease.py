@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient
 
 from stream_learner.config import Settings
+from stream_learner.kafka.clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ class Lease:
         self.owned = False
         self.lost = False  # the lease went away unasked: no heartbeat reached the coordinator in time
         self._closing = False
-        self._admin_config: dict[str, str | int | float | bool] = {**settings.kafka.client_config()}
+        self._admin_config = client_config(settings.kafka)
         max_poll = settings.input.max_poll_interval_ms
         self._consumer = Consumer(
             {
-                **settings.kafka.client_config(),
+                **client_config(settings.kafka),
                 "client.id": f"{settings.kafka.client_id}.lease.{self.instance}",
                 "group.id": self.group,
                 "enable.auto.commit": False,
@@ -113,28 +114,32 @@ class Lease:
             if self.owned:
                 return True
             if time.monotonic() - last_log > log_every:
-                owner, me = self.owner(), self.instance
-                log.info(
-                    "STANDBY: model %s is owned by %s; this instance (%s) takes over when it stops",
-                    self.model,
-                    owner,
-                    me,
-                )
+                owner = self.owner()
+                if owner is None:  # a lone instance, say, before the group's first assignment
+                    log.info("waiting for the lease of model %s (group %s)", self.model, self.group)
+                else:
+                    log.info(
+                        "STANDBY: model %s is owned by %s; this instance (%s) takes over when it stops",
+                        self.model,
+                        owner,
+                        self.instance,
+                    )
                 last_log = time.monotonic()
         return False
 
-    def owner(self) -> str:
-        """Who holds the lease, as the group coordinator sees it (for the logs)."""
+    def owner(self) -> str | None:
+        """Who holds the lease, as the group coordinator sees it (for the logs); None when no member
+        holds it (the group is forming or rebalancing) or the coordinator did not say."""
         admin = AdminClient(self._admin_config)
         try:
             group = admin.describe_consumer_groups([self.group], request_timeout=5)[self.group].result(5)
         except (KafkaException, TimeoutError):
-            return "another instance"
+            return None
         for member in group.members:
             if member.assignment and member.assignment.topic_partitions:
                 name = member.client_id.rpartition(".lease.")[2]
                 return f"instance {name} (client {member.client_id} at {member.host})"
-        return "another instance (the group is rebalancing)"
+        return None
 
     def close(self) -> None:
         self._closing = True

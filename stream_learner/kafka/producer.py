@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import BrokerError, ConfigError
+from stream_learner.kafka.clients import client_config
 
 #: Seconds `close` waits for outstanding deliveries.
 FLUSH_TIMEOUT = 60.0
@@ -52,7 +53,7 @@ class EventProducer:
         self.deliveries = Deliveries()
         self._producer = Producer(
             {
-                **kafka.client_config(),
+                **client_config(kafka),
                 "linger.ms": 20,
                 "batch.num.messages": 10_000,
                 "enable.idempotence": True,

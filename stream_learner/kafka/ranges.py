@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerError, StreamLearnerError
+from stream_learner.kafka.clients import client_config
 
 BATCH = 10_000
 
@@ -30,7 +31,7 @@ def read_ranges(settings: Settings, ranges: dict[int, tuple[int, int]]) -> Itera
     wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
     consumer = Consumer(
         {
-            **settings.kafka.client_config(),
+            **client_config(settings.kafka),
             "group.id": f"stream-learner-replay-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

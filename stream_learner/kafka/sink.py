@@ -36,6 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerError, CommitStalled, OwnershipLost
+from stream_learner.kafka.clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Sink:
         #: The largest dead letter the producer and the dead-letter topic take, framing included.
         self.max_dead_letter_bytes = dead_letter_bytes or message_max
         conf: dict[str, object] = {
-            **settings.kafka.client_config(),
+            **client_config(settings.kafka),
             "enable.idempotence": True,
             "message.max.bytes": message_max,
             "queue.buffering.max.kbytes": max(MIN_QUEUE_KBYTES, 4 * message_max >> 10),

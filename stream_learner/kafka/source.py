@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerError
+from stream_learner.kafka.clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Source:
         self._max_batch = settings.input.max_batch
         self._timeout = settings.kafka.startup_timeout_seconds
         conf = {
-            **settings.kafka.client_config(),
+            **client_config(settings.kafka),
             "group.id": settings.input.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

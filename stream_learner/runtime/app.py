@@ -178,6 +178,7 @@ class App:
             on_refused=self._refused,
         )
         learner, windower = restored.learner, restored.windower
+        self.summary.started_from(restored.version, restored.meta)
         self.learner = learner
         warmstart.initialise(s, learner, restored)
         starts = source.start(restored.resume)

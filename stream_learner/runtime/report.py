@@ -41,13 +41,33 @@ class Summary:
     windows_skipped: int = 0
     events_skipped: int = 0
     snapshots: int = 0
-    version: int = 0
+    version: int = 0  # the model's newest version: restored, then published
+    restored_version: int | None = None  # the version restored at start; None: a fresh model
     first_validation_loss: float = math.nan
     last_validation_loss: float = math.nan
     last_validation_auc: float = math.nan
     lag: int = 0
     metrics_url: str = ""
     events_per_second: float = 0.0
+
+    def started_from(self, version: int, restored: SnapshotMeta | None) -> None:
+        """The model the run starts with: ``restored`` (None: a fresh one), ``version`` the newest."""
+        self.version = version
+        self.restored_version = restored.version if restored is not None else None
+
+    def line(self) -> str:
+        """The run in one line, for the log."""
+        start = f"restored v{self.restored_version}" if self.restored_version is not None else "fresh"
+        skipped = f", {self.windows_skipped} skipped ({self.events_skipped:,} events)" * bool(
+            self.windows_skipped
+        )
+        loss = f"{self.first_validation_loss:.4f} -> {self.last_validation_loss:.4f}"
+        return (
+            f"model v{self.version} ({start}, {self.snapshots} snapshots published); "
+            f"{self.events:,} events ({self.invalid:,} invalid, {self.late:,} late) at "
+            f"{self.events_per_second:,.0f}/s; {self.windows_trained} windows trained{skipped}; "
+            f"validation loss {loss}, AUC {self.last_validation_auc:.4f}; lag {self.lag:,} records"
+        )
 
 
 class LagSource(Protocol):

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import BrokerError, SnapshotError
+from stream_learner.kafka.clients import client_config
 from stream_learner.snapshots.chain import continuing
 from stream_learner.snapshots.format import Assembler, Chunk, Snapshot, decode_chunk
 
@@ -119,7 +120,7 @@ class SnapshotLog:
         self._position = 0
         self._consumer = Consumer(
             {
-                **kafka.client_config(),
+                **client_config(kafka),
                 "group.id": f"stream-learner-reader-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,

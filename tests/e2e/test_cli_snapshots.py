@@ -14,7 +14,7 @@ from tests.snapshot_support import produce_raw
 from tests.support import AppThread, learner_settings, read_snapshots
 
 
-def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, config: Path | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -23,8 +23,7 @@ def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
             "--log-level",
             "WARNING",
             *args,
-            "--config",
-            str(config),
+            *(["--config", str(config)] if config else []),
         ],
         capture_output=True,
         text=True,
@@ -57,6 +56,9 @@ def test_list_inspect_and_recommend(kafka_bootstrap, new_topic, tmp_path):
         f"v{v}" for v in range(newest.version - 2, newest.version + 1)
     ]
     assert any(" delta <-v" in line for line in lines) and any(" full " in line for line in lines)
+    named = ("--bootstrap-server", kafka_bootstrap, "--topic", settings.snapshot.topic)
+    by_flags = _cli("snapshots", "list", "--last", "4", *named, "--model", settings.model.name, config=None)
+    assert by_flags.returncode == 0 and by_flags.stdout == listing.stdout, by_flags.stderr
 
     inspect = _cli("snapshots", "inspect", config=config)
     assert inspect.returncode == 0, inspect.stderr

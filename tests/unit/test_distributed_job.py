@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream_learner.cli import rank_argv
+from stream_learner.cli.parser import parse
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
 from stream_learner.ingest.job_windows import JobWindower
@@ -166,12 +168,16 @@ def test_settings_a_distributed_job_does_not_support_fail_naming_the_setting(
 
 
 def test_workers_on_one_host_are_torchruns_standalone_job() -> None:
-    cmd = torchrun_command(3, 5, Path("l.toml"), True, "INFO")
+    args = parse(["--log-format", "json", "run", "--config", "l.toml", "--workers", "3", "--exit-when-idle"])
+    cmd = torchrun_command(3, 5, rank_argv(args))
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert {"--standalone", "--nproc-per-node=3", "--max-restarts=5"} <= set(cmd)
     assert cmd[cmd.index("-m", 3) :] == [
-        "-m", "stream_learner", "--log-level", "INFO", "run", "--config", "l.toml", "--exit-when-idle",
+        "-m", "stream_learner", "--log-level", "INFO", "--log-format", "json",
+        "run", "--config", "l.toml", "--exit-when-idle",
     ]  # fmt: skip
+    flags = parse(["run", "--workers", "2", "--bootstrap-server", "b:9092", "--topic", "t"])
+    assert rank_argv(flags)[4:] == ["run", "--bootstrap-server", "b:9092", "--topic", "t"]
 
 
 def test_the_launcher_finds_torchruns_ranks_by_their_parent(tmp_path: Path) -> None:

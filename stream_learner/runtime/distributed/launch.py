@@ -49,10 +49,8 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def torchrun_command(
-    workers: int, max_restarts: int, config: Path | None, exit_when_idle: bool, log_level: str
-) -> list[str]:
-    run = ["run", *(["--config", str(config)] if config else []), *(["--exit-when-idle"] * exit_when_idle)]
+def torchrun_command(workers: int, max_restarts: int, rank_argv: list[str]) -> list[str]:
+    """torchrun's command line; each rank runs ``python -m stream_learner`` with ``rank_argv``."""
     return [
         sys.executable,
         "-m",
@@ -62,27 +60,19 @@ def torchrun_command(
         f"--max-restarts={max_restarts}",
         "-m",
         "stream_learner",
-        "--log-level",
-        log_level,
-        *run,
+        *rank_argv,
     ]
 
 
-def launch(
-    settings: Settings,
-    workers: int,
-    max_restarts: int,
-    config: Path | None,
-    exit_when_idle: bool,
-    log_level: str,
-) -> int:
-    """Run the job with ``workers`` ranks here; torchrun's exit status."""
+def launch(settings: Settings, workers: int, max_restarts: int, rank_argv: list[str]) -> int:
+    """Run the job with ``workers`` ranks here, each with the command line ``rank_argv``;
+    torchrun's exit status."""
     check_settings(settings)
     check_partitions(settings, check_cluster(settings), workers, "--workers")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // workers - 1)))
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-    command = torchrun_command(workers, max_restarts, config, exit_when_idle, log_level)
+    command = torchrun_command(workers, max_restarts, rank_argv)
     # a session of its own: a terminal's Ctrl-C reaches this process only, which passes it on
     proc = subprocess.Popen(command, env=env, start_new_session=True)
 

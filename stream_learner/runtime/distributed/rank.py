@@ -215,6 +215,7 @@ class RankApp:
             return None
         restored = restore_rank(s, group, device, verifier, self._refused)
         learner, windower = restored.learner, restored.windower
+        self.summary.started_from(restored.version, restored.meta)
         assert isinstance(windower, JobWindower) and isinstance(learner.trainer, ShardedTrainer)
         warmstart.initialise(s, learner, restored)
         learner.trainer.broadcast_dense()
