@@ -99,12 +99,14 @@ class Lease:
                 self._on_change(owned)
 
     def poll(self) -> bool:
-        """Keep group membership alive; return whether this instance owns the model."""
+        """Keep group membership alive; return whether this instance owns the model. Once the lease
+        was lost it stays lost, even if the group hands the partition back: the session ended, so
+        another instance may have owned the model meanwhile, and this one must restore again."""
         msg = self._consumer.poll(0)
         err = msg.error() if msg is not None else None
         if err is not None and err.fatal():
             raise KafkaException(err)
-        return self.owned
+        return self.owned and not self.lost
 
     def wait(self, should_stop: Callable[[], bool], log_every: float = 30.0) -> bool:
         """Stand by until the lease is ours (True) or a stop is requested (False)."""

@@ -57,16 +57,19 @@ class Sink:
         settings: Settings,
         commit_offsets: Callable[[dict[int, int]], None],
         dead_letter_bytes: int | None = None,
+        while_waiting: Callable[[], object] | None = None,
     ) -> None:
         """``dead_letter_bytes``: the largest message the dead-letter topic takes (its
         ``max.message.bytes``, `stream_learner.kafka.admin.max_message_bytes`); default: as large as
-        a snapshot message."""
+        a snapshot message. ``while_waiting`` is called while `publish` waits for room (to keep the
+        lease, and to raise when it is lost)."""
         self.exactly_once = settings.delivery.mode == "exactly_once"
         self.snapshot_topic = settings.snapshot.topic
         self.dead_letter_topic = settings.dead_letter.topic
         self.input_topic = settings.input.topic
         self.timeout = settings.delivery.commit_timeout_seconds
         self._commit_offsets = commit_offsets
+        self._while_waiting = while_waiting
         message_max = max(settings.snapshot.max_message_bytes + (1 << 20), dead_letter_bytes or 0)
         #: The largest dead letter the producer and the dead-letter topic take, framing included.
         self.max_dead_letter_bytes = dead_letter_bytes or message_max
@@ -86,6 +89,7 @@ class Sink:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._room = threading.Semaphore(MAX_QUEUED_SNAPSHOTS)
         self._failure: BaseException | None = None
+        self._abandoned = False
         self._reported = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -125,6 +129,8 @@ class Sink:
             if self._failure is not None and self._reported:
                 raise self._failure
             self.poll()
+            if self._while_waiting is not None:
+                self._while_waiting()
         self._submit(lambda: self._publish(chunks, key, offsets, group_metadata, committed))
 
     def poll(self) -> None:
@@ -174,6 +180,17 @@ class Sink:
             self._producer.flush(max(0.0, deadline - time.monotonic()))
         self.poll()
 
+    def abandon(self) -> None:
+        """Leave at once, committing nothing more and raising nothing (the lease was lost: another
+        instance may own the model, and its `start` aborts what this one left open). The sink's
+        thread, possibly stuck in a transactional call, is not waited for."""
+        self._abandoned = True
+        self._jobs.put(None)
+        with self._lock:
+            unfinished = self._unfinished
+        if unfinished:
+            log.warning("leaving %d queued snapshot and dead-letter jobs uncommitted", unfinished)
+
     def _submit(self, job: Callable[[], None]) -> None:
         self.poll()
         with self._lock:
@@ -196,7 +213,7 @@ class Sink:
                 continue
             if item is None:
                 return
-            if self._failure is None:
+            if self._failure is None and not self._abandoned:
                 self._guarded(item)
             with self._lock:
                 self._unfinished -= 1

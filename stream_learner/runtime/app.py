@@ -167,9 +167,14 @@ class App:
             return None
         source = Source(s)
         stack.callback(source.close)
-        sink = Sink(s, source.commit, max_message_bytes(s, s.dead_letter.topic))
+        sink = Sink(
+            s,
+            source.commit,
+            max_message_bytes(s, s.dead_letter.topic),
+            while_waiting=lambda: self._check_lease(lease),
+        )
         sink.start()
-        stack.callback(lambda: sink.close(self._remaining()))
+        stack.push(self._leaving_sink(sink))
         self._sink = sink
         restored = restore(
             s,
@@ -279,6 +284,20 @@ class App:
     def _refused(self, err: SnapshotError) -> None:
         """A snapshot the restore skipped (it is logged where it was refused)."""
         self.metrics.snapshots_refused.labels(err.reason).inc()
+
+    def _leaving_sink(self, sink: Sink) -> Callable[..., bool]:
+        """How the sink is left (an exit callback of the job's stack): after losing the lease it is
+        abandoned at once, so the job exits 3 without waiting for commits that cannot succeed;
+        otherwise it finishes its work within the shutdown budget."""
+
+        def leave(_type: object, exc: BaseException | None, _tb: object) -> bool:
+            if isinstance(exc, OwnershipLost):
+                sink.abandon()
+            else:
+                sink.close(self._remaining())
+            return False
+
+        return leave
 
     @staticmethod
     def _check_lease(lease: Lease) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from stream_learner.cli import main
@@ -10,6 +11,7 @@ from stream_learner.cli.reference import render
 from stream_learner.config import Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+CLI = Path(__file__).resolve().parents[2] / "stream_learner" / "cli"
 
 
 def test_the_configuration_reference_is_current():
@@ -37,3 +39,18 @@ def test_config_command_hides_secrets(capsys, monkeypatch, tmp_path):
     shown = json.loads(out)
     assert shown["kafka"]["extra"]["socket.timeout.ms"] == "5000"
     assert shown["kafka"]["sasl_password"] == "**********"
+
+
+def test_every_exit_code_of_the_cli_is_in_the_runbooks_table():
+    """docs/operations.md lists every code a command returns: the ``EXIT_*`` constants and literal
+    ``return N`` / ``exit(N)`` of stream_learner/cli/, 1 for an unexpected error and 128+N for
+    signals."""
+    source = "\n".join(path.read_text() for path in sorted(CLI.glob("*.py")))
+    codes = {int(c) for c in re.findall(r"^EXIT_\w+ = (\d+)", source, re.MULTILINE)}
+    codes |= {int(c) for c in re.findall(r"(?:return|exit\()\s*(\d+)\b", source)}
+    assert {0, 1, 2, 3, 4, 5} <= codes, codes  # the scan finds what is there
+    runbook = (DOCS / "operations.md").read_text()
+    table = {row.split("`")[1] for row in re.findall(r"^\| `[^`]+` \|.*$", runbook, re.MULTILINE)}
+    missing = {str(c) for c in codes} - table
+    assert not missing, f"exit codes missing from docs/operations.md's table: {sorted(missing)}"
+    assert "128+N" in table
