@@ -10,7 +10,8 @@ Where the broker comes from, first match wins:
    (``deploy/kafka/kafka.sh stop`` stops it).
 
 If none works, tests that need the broker are skipped with the reason, except under CI (``CI=true``),
-where they fail: CI must never silently skip integration tests.
+where they fail: CI must never silently skip integration tests. ``schema_registry_url`` gives a real
+Confluent-compatible Schema Registry the same way (`deploy/schema-registry/registry.sh`).
 
 The broker is only looked for when a test requests ``kafka_bootstrap`` (directly or through
 ``new_topic``), so a unit-test run never starts one. Tests under ``tests/integration/`` and
@@ -217,6 +218,41 @@ def kafka_bootstrap() -> Iterator[str]:
         reasons.append(f"local broker {bootstrap} does not answer: {error}")
 
     _no_broker(reasons)
+
+
+REGISTRY_SH = REPO_ROOT / "deploy" / "schema-registry" / "registry.sh"
+REGISTRY_ENV = "STREAM_LEARNER_TEST_SCHEMA_REGISTRY"
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """A real Confluent-compatible Schema Registry: ``STREAM_LEARNER_TEST_SCHEMA_REGISTRY`` when set,
+    else Apicurio Registry started (or reused) by ``deploy/schema-registry/registry.sh start`` and
+    left running, like the local broker. Missing: a skip, and under CI a failure."""
+    explicit = os.environ.get(REGISTRY_ENV, "").strip()
+    if explicit:
+        return explicit
+    try:
+        proc = subprocess.run(
+            ["bash", str(REGISTRY_SH), "start"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason = f"`{REGISTRY_SH} start` failed ({type(exc).__name__}: {exc})"
+    else:
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode == 0 and lines:
+            return lines[-1].strip()
+        reason = f"`{REGISTRY_SH} start` exited {proc.returncode}:\n" + proc.stderr[-3000:]
+    message = f"no Schema Registry for the tests: {reason}"
+    if _in_ci():
+        pytest.fail(message + "\n(CI=true: integration tests must not be skipped)", pytrace=False)
+    pytest.skip(message)
 
 
 NewTopicFactory = Callable[..., str]
