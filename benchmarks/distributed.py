@@ -7,7 +7,8 @@ rank, and the bytes each rank sends per training step.
 - **throughput**: one backfilled topic (4 partitions, the default model, 2^18 rows per table),
   learned end to end by ``stream-learner run`` as one process, as a 1-rank job and as a 2-rank job
   (torchrun, as ``--workers N`` spawns it), and one process and two ranks again with a global
-  mini-batch of 8192; three times, in turns (the best is the figure: the machine is shared). The
+  mini-batch of 8192; three rounds, the five jobs in turns within each, and the median round of each
+  job is its figure (benchmarks/rounds.py: the machine is shared and its speed drifts). The
   rate is the events over the time from the last rank becoming active (consuming starts) to the log
   line of the window in which the job's trained events reach the count; a trailing event per
   partition closes the last window on the watermark (benchmarks/timing.py), so the idle timeout is
@@ -38,6 +39,7 @@ from typing import Any
 
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic
 from benchmarks.results import record
+from benchmarks.rounds import median
 from benchmarks.timing import produce_trailer
 from stream_learner.config import ModelSettings, Settings
 from stream_learner.tools.produce import produce_synthetic
@@ -127,7 +129,7 @@ def job_rate(
     }
 
 
-def throughput(address: str, events: int) -> dict[str, Any]:
+def throughput(address: str, events: int, rounds: int = ROUNDS) -> dict[str, Any]:
     topic = new_topic(address, "distributed", PARTITIONS)
     settings = Settings.model_validate({"kafka": {"bootstrap_servers": address}, "input": {"topic": topic}})
     runs: dict[str, list[dict[str, float]]] = {how: [] for how in RUNS}
@@ -135,7 +137,7 @@ def throughput(address: str, events: int) -> dict[str, Any]:
         produce_synthetic(settings.kafka, topic, events, rate=10_000, backfill=True)
         produce_trailer(settings, PARTITIONS)
         with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(ROUNDS):
+            for _ in range(rounds):
                 for how, done in runs.items():
                     done.append(job_rate(address, topic, events, how, Path(tmp)))
                     print(f"{how:12s}: {done[-1]['events_per_second']:8,d} events/s", flush=True)
@@ -146,7 +148,9 @@ def throughput(address: str, events: int) -> dict[str, Any]:
         "partitions": PARTITIONS,
         "model": f"{ModelSettings().kind}, 2^18 rows per table, window 1 s, snapshot every 10 windows, "
         "batch 1024 unless /B",
-        "events_per_second": {how: max(r["events_per_second"] for r in done) for how, done in runs.items()},
+        "events_per_second": {
+            how: round(median([r["events_per_second"] for r in done])) for how, done in runs.items()
+        },
         "rounds": runs,
     }
 
@@ -189,6 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["throughput", "memory", "traffic"])
     parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="throughput: rounds of the jobs in turns")
     parser.add_argument("--rank-task", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,7 +207,7 @@ def main() -> None:
     if args.only in (None, "traffic"):
         record("distributed_traffic", traffic())
     if args.only in (None, "throughput"):
-        record("distributed_throughput", throughput(bootstrap(), args.events))
+        record("distributed_throughput", throughput(bootstrap(), args.events, args.rounds))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.freshness --seconds 60
 
 1. Maximum rate: the learner (in this process) trains a backfilled topic with the settings below; its
-   rate is events / (last event trained - first event consumed), see benchmarks/timing.py.
+   rate is timed from its first batch (not counted) to the last event trained, see benchmarks/timing.py.
 2. Live, at 50% and 90% of that rate (``--loads``): events are produced in 10 ms chunks, each
    stamped with the time it is due and sent then (encoded beforehand, so that the producer's Avro
    encoding does not compete with the learner for the CPU); the learner runs as its own
@@ -14,7 +14,8 @@
    production goes on for a window and a few seconds after the measured span, so every measured window
    closes on the watermark, not on idleness.
 
-Target: p99 <= window size + 2 s at both loads. For comparison, the highest load runs once more with
+Target: every measured event served (``events_not_served`` 0), with p99 <= window size + 2 s, at
+both loads; ``meets_target`` covers both. For comparison, the highest load runs once more with
 ``window.hold_input_while_training = "off"`` (the input read on while windows train).
 
     .venv/bin/python -m benchmarks.freshness --workers 2
@@ -204,9 +205,10 @@ def measure(address: str, maximum: float, loads: list[float], seconds: float) ->
     out: dict[str, object] = {}
     for load in loads:
         result = live(address, maximum * load, seconds)
+        within = result["p99_seconds"] <= target  # type: ignore[operator]
         out[f"{round(load * 100)}%"] = {
             "events_per_second": round(maximum * load),
-            "meets_target": result["p99_seconds"] <= target,  # type: ignore[operator]
+            "meets_target": within and result["events_not_served"] == 0,  # every event is served
             **result,
         }
         print(f"at {load:.0%} of the maximum: {out[f'{round(load * 100)}%']}", flush=True)

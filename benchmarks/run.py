@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.run                  # all; about 55 minutes on 2 cores
     .venv/bin/python -m benchmarks.run e2e ingest       # some
 
-Each writes its own section of benchmarks/results/latest.json. The quality and real-data benchmarks
+Each writes its own section of benchmarks/results/latest.json; then `benchmarks.figures` renders the
+figures the docs quote from it. The quality and real-data benchmarks
 need the ``bench`` extra (river, vowpalwabbit, matplotlib): ``pip install -e '.[bench]'``; the
 real-data one downloads MovieLens 100K (the RecBole wheel) into .cache/ on its first run.
 """
@@ -42,6 +43,7 @@ def main() -> int:
         command = ARGS.get(name, [f"benchmarks.{name}"])
         if subprocess.run([sys.executable, "-m", *command], check=False).returncode != 0:
             failed.append(name)
+    subprocess.run([sys.executable, "-m", "benchmarks.figures"], check=False)  # the docs' figures anew
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
     return 1 if failed else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from operator import methodcaller
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -24,17 +25,11 @@ log = logging.getLogger(__name__)
 MAX_UNREAD = 64
 
 
-class Source:
-    """Consumer of the input topic with manual assignment and offsets."""
-
-    def __init__(self, settings: Settings, reads: Callable[[int], bool] = lambda partition: True) -> None:
-        """``reads``: which partitions of the input topic this consumer reads (all by default)."""
-        self.topic = settings.input.topic
-        self._reads = reads
-        self._max_batch = settings.input.max_batch
-        self._timeout = settings.kafka.startup_timeout_seconds
-        conf = {
-            **client_config(settings.kafka),
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The librdkafka properties of the input consumer (also the raw-consume peer of the benchmarks)."""
+    return client_config(
+        settings.kafka,
+        {
             "group.id": settings.input.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -48,8 +43,20 @@ class Source:
             "queued.min.messages": 1_000_000,
             "max.poll.interval.ms": settings.input.max_poll_interval_ms,
             "session.timeout.ms": min(45_000, settings.input.max_poll_interval_ms),
-        }
-        self._consumer = Consumer(conf)
+        },
+    )
+
+
+class Source:
+    """Consumer of the input topic with manual assignment and offsets."""
+
+    def __init__(self, settings: Settings, reads: Callable[[int], bool] = lambda partition: True) -> None:
+        """``reads``: which partitions of the input topic this consumer reads (all by default)."""
+        self.topic = settings.input.topic
+        self._reads = reads
+        self._max_batch = settings.input.max_batch
+        self._timeout = settings.kafka.startup_timeout_seconds
+        self._consumer = Consumer(consumer_config(settings))
         self.partitions: list[int] = []
         self._positions: dict[int, int] = {}  # next offset to read, per partition, up to _unread
         self._unread: list[list[Message]] = []  # batches consumed since positions was last read
