@@ -342,6 +342,13 @@ def settings(overrides: dict[str, Any]) -> Settings:
     return Settings.model_validate(base)
 
 
+def with_window(overrides: dict[str, Any], kind: str, size: int) -> dict[str, Any]:
+    """``overrides`` with the window setting the learner runs at (its real-time features fold a count
+    window as of its newest event, an event-time window as of its end)."""
+    window = {"kind": "count", "count": size} if kind == "count" else {"size_seconds": size}
+    return overrides | {"window": window | overrides.get("window", {})}
+
+
 @contextmanager
 def constants(values: dict[str, Any]) -> Iterator[None]:
     """Set module constants ("package.module.NAME" -> value) for the duration of a run."""
@@ -537,6 +544,7 @@ def run_setting(
     learners: dict[str, dict[str, Any]] = {}
     probs: dict[str, np.ndarray] = {}
     detectors: dict[str, Any] = {}
+    variants = {name: with_window(overrides, kind, size) for name, overrides in variants.items()}
     for variant, overrides in variants.items():
         started = time.perf_counter()
         run = run_ours(data, bounds, overrides)

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from benchmarks.results import record
-from stream_learner.config import ModelSettings, TrainSettings
+from stream_learner.config import FeatureSettings, ModelSettings, TrainSettings
 from stream_learner.learning.features import FeatureMapper
 from stream_learner.learning.models import MODELS, ModelSpec, build_model
+from stream_learner.learning.realtime import Stream
 from stream_learner.learning.trainer import Trainer
 from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 
@@ -30,17 +31,21 @@ CONTEXT = ["device", "section"]
 BATCHES = (1024, 4096, 16384)
 
 
-def rows_and_labels(events: int) -> tuple[np.ndarray, np.ndarray, FeatureMapper]:
-    mapper = FeatureMapper.from_settings(ModelSettings(context_fields=CONTEXT))
+def synthetic(events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureMapper]:
+    """Rows, labels and the real-time inputs (as of each event, as the learner computes them for a
+    window) of ``events`` synthetic events, and the mapper."""
+    mapper = FeatureMapper.from_settings(ModelSettings(context_fields=CONTEXT), FeatureSettings())
     batch = SyntheticStream(SyntheticConfig(users=100_000, items=20_000)).batch(events, 0, 1)
-    return mapper.rows(batch.events(CONTEXT)), batch.label, mapper
+    events_ = batch.events(CONTEXT)
+    rows = mapper.rows(events_)
+    assert mapper.realtime is not None  # the default model has real-time inputs
+    inputs = mapper.realtime.window(mapper.stream(rows, events_)).inputs
+    return rows, batch.label, inputs, mapper
 
 
 def samples_per_second(kind: str, batch_size: int, device: str, precision: str, events: int) -> float:
-    rows, labels, mapper = rows_and_labels(events)
-    spec = ModelSpec(kind, mapper.specs(), extra=mapper.spec_extra())  # with the count inputs
-    inputs = mapper.inputs(rows)
-    assert inputs is not None  # the default model has count inputs
+    rows, labels, inputs, mapper = synthetic(events)
+    spec = ModelSpec(kind, mapper.specs(), extra=mapper.spec_extra())  # with the real-time inputs
     torch.manual_seed(0)
     settings = TrainSettings(  # training alone: every core (the job leaves one to polling)
         device=device,
@@ -62,6 +67,32 @@ def samples_per_second(kind: str, batch_size: int, device: str, precision: str, 
 WINDOWS = (1_000, 10_000, 100_000)
 
 
+def feature_cost(users: int) -> dict[str, dict[str, float]]:
+    """Seconds and events/s of the real-time features per window of each size in WINDOWS (`window`,
+    then `fold`: what the learner adds to every window), on a synthetic stream of ``users`` users and
+    20,000 items, windows of consecutive events one second of event time each."""
+    mapper = FeatureMapper.from_settings(ModelSettings(), FeatureSettings())
+    stream = SyntheticStream(SyntheticConfig(users=users, items=20_000)).batch(250_000, 0, 1)
+    events = stream.events([])
+    rows = mapper.rows(events)
+    out = {}
+    for n in WINDOWS:
+        realtime = mapper.from_settings(ModelSettings(), FeatureSettings()).realtime
+        assert realtime is not None
+        repeats = max(2, 200_000 // n // 4)
+        started = 0.0
+        for r in range(repeats + 1):  # the first (a model's first window) is not timed
+            if r == 1:
+                started = time.perf_counter()
+            part = slice(r * n % 200_000, r * n % 200_000 + n)
+            window = mapper.stream(rows[part], events.take(part))
+            window = Stream(window.rows, np.full(n, 1000 * r) + np.arange(n) * 1000 // n, window.label)
+            realtime.fold(realtime.window(window), 1000 * (r + 1))
+        seconds = (time.perf_counter() - started) / repeats
+        out[str(n)] = {"seconds": round(seconds, 5), "events_per_second": round(n / seconds)}
+    return out
+
+
 def window_cost(
     kind: str, device: str, adaptive: bool, closed_form: bool = True
 ) -> dict[str, dict[str, float]]:
@@ -71,11 +102,7 @@ def window_cost(
     learner feeds them. Windows are consecutive slices of one synthetic stream; the first is not
     timed. ``closed_form=False`` makes the model's steps go through autograd (as the FM's did before
     its closed form), for comparison in the same run."""
-    mapper = FeatureMapper.from_settings(ModelSettings(context_fields=CONTEXT))
-    batch = SyntheticStream(SyntheticConfig(users=100_000, items=20_000)).batch(250_000, 0, 1)
-    rows, labels = mapper.rows(batch.events(CONTEXT)), batch.label
-    inputs = mapper.inputs(rows)
-    assert inputs is not None  # the default model has count inputs
+    rows, labels, inputs, mapper = synthetic(250_000)
     torch.manual_seed(0)
     fixed = {} if adaptive else {"min_batch_size": TrainSettings().batch_size}
     settings = TrainSettings(device=device, threads=1, **fixed)  # type: ignore[arg-type]
@@ -122,6 +149,10 @@ def main() -> None:
         for kind in ("fm", "dnn")
     }
     cost["fm through autograd"] = {"adaptive": window_cost("fm", args.device, True, closed_form=False)}
+    features = {f"{users} users": feature_cost(users) for users in (5_000, 100_000)}
+    for users, sizes in features.items():
+        line = ", ".join(f"{n}: {v['seconds'] * 1000:.1f} ms" for n, v in sizes.items())
+        print(f"real-time features, {users}, per window {line}", flush=True)
     for kind, modes in cost.items():
         for mode, sizes in modes.items():
             line = ", ".join(
@@ -138,6 +169,9 @@ def main() -> None:
             "events_per_window": events,
             "torch_threads": torch.get_num_threads(),
             "window_cost": cost,
+            "feature_cost": features,
+            "feature_cost_note": "RealtimeFeatures.window then fold per window (what the learner "
+            "adds to Trainer.train for every window), 20,000 items",
             "window_cost_note": "Trainer.train per window, one thread, default settings: mini-batches "
             "adapted to the window (adaptive) or fixed at train.batch_size (fixed); 'fm through "
             "autograd': the FM's steps without its closed-form gradients",

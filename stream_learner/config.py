@@ -295,8 +295,8 @@ class ModelSettings(_Section):
     )
     count_features: bool = Field(
         True,
-        description="Running per-user and per-item event and positive counts as model inputs "
-        "(see learning/counts.py); they travel in snapshots as features.<field>.* arrays.",
+        description="Per-user and per-item inputs as of each event (counts, rates, surprise; see "
+        "learning/realtime.py and [features]); they travel in snapshots as features.* arrays.",
     )
 
     @model_validator(mode="after")
@@ -313,6 +313,20 @@ class ModelSettings(_Section):
     def context_rows(self, name: str) -> int:
         """Hash buckets of context field ``name``."""
         return self.context_field_buckets.get(name, self.context_buckets)
+
+
+class FeatureSettings(_Section):
+    """Real-time per-id features (learning/realtime.py): every event sees the stream strictly before it."""
+
+    feedback_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Labels count in the features only this long after their event (event time), as when "
+        "clicks or purchases arrive late; events themselves count at once.",
+    )
+    recent_seconds: float = Field(
+        300.0, gt=0, description="Time constant of the decayed (recent) surprise input of every id."
+    )
 
 
 class TrainSettings(_Section):
@@ -651,6 +665,7 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     model: ModelSettings = ModelSettings()
+    features: FeatureSettings = FeatureSettings()
     train: TrainSettings = TrainSettings()
     lr: LRSettings = LRSettings()
     guard: GuardSettings = GuardSettings()
@@ -661,6 +676,16 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     warm_start: WarmStartSettings = WarmStartSettings()
     distributed: DistributedSettings = DistributedSettings()
+
+    @model_validator(mode="after")
+    def _delay_within_expiry(self) -> Settings:
+        m = self.model
+        if m.table == "dynamic" and self.features.feedback_delay_seconds >= m.expire_after_seconds:
+            raise ValueError(
+                "features.feedback_delay_seconds must be shorter than model.expire_after_seconds: a "
+                "row is given to a new id only when no label of its old id can be pending"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

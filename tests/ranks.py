@@ -23,22 +23,22 @@ import torch
 
 from stream_learner.config import TrainSettings
 from stream_learner.learning.collective import Group
-from stream_learner.learning.counts import IdCounts
 from stream_learner.learning.features import FeatureMapper, HashedField
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
+from stream_learner.learning.realtime import Formula, RealtimeFeatures, Stream
 from stream_learner.learning.sharded_trainer import ShardedTrainer
 from stream_learner.learning.trainer import Trainer
 from stream_learner.snapshots.shards import ShardCopier, assemble, decode_part, encode_part
 from stream_learner.snapshots.state import StateCopier
 
-#: Two fields, with count inputs (a dense head over 4 inputs per event), as the default model has.
+#: Two fields, with real-time inputs (a dense head over 8 inputs per event), as the default model has.
 SPEC = ModelSpec(
     "dnn",
     (FieldSpec("user", 37), FieldSpec("item", 23)),
     embedding_dim=4,
     hidden=(8,),
     dropout=0.0,
-    extra={"count_fields": ["user", "item"], "count_inputs": 4},
+    extra={"count_fields": ["user", "item"], "count_inputs": 8, "features": Formula(delay_ms=150).to_dict()},
 )
 
 
@@ -74,10 +74,20 @@ def run_ranks(name: str, world: int, out: Path, timeout: float = 180.0) -> list[
 
 
 def _features() -> FeatureMapper:
-    """The fields of `SPEC`, with their count inputs."""
-    return FeatureMapper(
-        [HashedField(f.name, f.rows) for f in SPEC.fields], IdCounts([(f.name, f.rows) for f in SPEC.fields])
-    )
+    """The fields of `SPEC`, with their real-time inputs."""
+    realtime = RealtimeFeatures([(f.name, f.rows) for f in SPEC.fields], Formula(delay_ms=150))
+    return FeatureMapper([HashedField(f.name, f.rows) for f in SPEC.fields], realtime)
+
+
+def _realtime(features: FeatureMapper) -> RealtimeFeatures:
+    assert features.realtime is not None
+    return features.realtime
+
+
+def _fold(features: FeatureMapper, trainer: Trainer, prepared: Any, until: int) -> None:
+    """Fold a window into the features and mark the rows it changed, as `Learner.process` does."""
+    for field, rows in _realtime(features).fold(prepared, until).items():
+        trainer.mark_touched(field, rows)
 
 
 class _Learner:
@@ -97,15 +107,15 @@ class _Learner:
 
 
 def _windows(seed: int, count: int, events: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Rows, labels and count inputs of ``count`` windows."""
+    """Rows, labels and event times of ``count`` windows of 1,000 ms each."""
     rng = np.random.default_rng(seed)
     return [
         (
             np.stack([rng.integers(0, 37, events), rng.integers(0, 23, events)], 1),
             (rng.random(events) < 0.3).astype(np.float32),
-            rng.normal(size=(events, 4)).astype(np.float32),
+            1_000 * w + np.sort(rng.integers(0, 1_000, events)),
         )
-        for _ in range(count)
+        for w in range(count)
     ]
 
 
@@ -115,10 +125,10 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def equivalence(group: Group) -> dict[str, Any]:
     """Windows of one mini-batch each (the union of the ranks' shares is the whole window), for each
-    sparse optimiser, with clipping, count inputs from the counts before each window and a drift's
+    sparse optimiser, with clipping, real-time inputs as of each event and a drift's
     forgetting: the sharded job against one process with the whole model, from the same state; its
-    counts after every window (each rank counts every rank's events); and its snapshots (full, delta,
-    full) joined on rank 0 against the single process's, counts included."""
+    real-time features after every window (each rank folds every rank's events); and its snapshots
+    (full, delta, full) joined on rank 0 against the single process's, the features included."""
     found: dict[str, Any] = {"loss": 0.0, "variance": 0.0, "auc": 0.0, "train_loss": 0.0, "state": 0.0}
     found["counts"] = 0.0
     found["copies"] = []
@@ -134,10 +144,13 @@ def equivalence(group: Group) -> dict[str, Any]:
         ref_copier = StateCopier(  # type: ignore[arg-type]
             _Learner(ref, ref_features), full_every=2, delta_first=delta_first
         )
-        copier = ShardCopier(sharded, full_every=2, counts=features.counts, delta_first=delta_first)
-        for w, (rows, labels, _) in enumerate(_windows(5, 3, 301)):
+        copier = ShardCopier(sharded, full_every=2, realtime=features.realtime, delta_first=delta_first)
+        for w, (rows, labels, times) in enumerate(_windows(5, 3, 301)):
             mine = slice(0, 100) if group.rank == 0 else slice(100, None)
-            inputs, ref_inputs = features.inputs(rows[mine]), ref_features.inputs(rows)
+            whole = sharded.whole_stream(Stream.of(rows[mine], times[mine], labels[mine]))
+            prepared = _realtime(features).window(whole)  # as `Learner.process` computes the inputs
+            ref_prepared = _realtime(ref_features).window(Stream.of(rows, times, labels))
+            inputs, ref_inputs = sharded.own(prepared.inputs), ref_prepared.inputs
             evaluation, _ = sharded.score(rows[mine], labels[mine], inputs)
             expected, _ = ref.score(rows, labels, ref_inputs)
             if w == 1:  # after a drift: forget the rows the window trains
@@ -145,11 +158,8 @@ def equivalence(group: Group) -> dict[str, Any]:
                 sharded.forget(rows[mine], 0.3)
             step = sharded.train(rows[mine], labels[mine], 0.1, seed=w, inputs=inputs)
             ref_step = ref.train(rows, labels, 0.1, seed=w, inputs=ref_inputs)
-            observation = features.observation(rows[mine], labels[mine], {})
-            ref_observation = ref_features.observation(rows, labels, {})
-            assert observation is not None and ref_observation is not None
-            features.observe(sharded.whole_window(observation))  # as `Learner.process` counts
-            ref_features.observe(ref.whole_window(ref_observation))
+            _fold(features, sharded, prepared, 1_000 * (w + 1))
+            _fold(ref_features, ref, ref_prepared, 1_000 * (w + 1))
             for name, counted in ref_features.state().items():
                 found["counts"] = max(found["counts"], float(np.abs(features.state()[name] - counted).max()))
             found["loss"] = max(found["loss"], abs(evaluation.loss - expected.loss))
@@ -184,20 +194,24 @@ def uneven(group: Group) -> dict[str, Any]:
     sharded = ShardedTrainer(SPEC, settings, 0.1, group)
     sharded.broadcast_dense()
     features = _features()
-    counted_before = features.observation(np.array([[35, 1], [2, 1]]), np.array([1.0, 0.0]), {})
-    assert counted_before is not None
-    features.observe(counted_before)  # on every rank: the counts are the same everywhere
-    ((rows, labels, inputs),) = _windows(7, 1, 100)
+    before = Stream.of(np.array([[35, 1], [2, 1]]), np.array([0, 1]), np.array([1.0, 0.0]))
+    _realtime(features).fold(_realtime(features).window(before), 1_000)  # every rank: the same everywhere
+    ((rows, labels, times),) = _windows(7, 1, 100)
     rows[:, 0] %= 30
+    times = times + 1_000
     if group.rank == 1:
-        rows, labels, inputs = rows[:0], labels[:0], inputs[:0]
+        rows, labels, times = rows[:0], labels[:0], times[:0]
+    whole = sharded.whole_stream(Stream.of(rows, times, labels))
+    fresh = {0: np.array([35])}  # a row given to a new id (on every rank: they agree on fresh rows)
+    prepared = _realtime(features).window(whole, fresh)
+    inputs = sharded.own(prepared.inputs)
     evaluation, _ = sharded.score(rows, labels, inputs)
-    fresh = {0: np.array([35])} if group.rank == 0 else {}
-    step = sharded.train(rows, labels, 0.1, seed=3, fresh=fresh, inputs=inputs)
-    observation = features.observation(rows, labels, fresh)
-    assert observation is not None
-    features.observe(sharded.whole_window(observation))
+    step = sharded.train(rows, labels, 0.1, seed=3, fresh=fresh if group.rank == 0 else {}, inputs=inputs)
+    _realtime(features).reset(fresh)
+    _realtime(features).fold(prepared, 2_000)
+    matured = int((whole.time_ms < 2_000 - 150).sum())
     out: dict[str, Any] = {"count": evaluation.count, "steps": step.steps, "loss": step.loss}
+    out["matured"] = matured
     out["counts"] = {name: array.tolist() for name, array in features.state().items()}
     out["labels"] = float(labels.sum())
     if group.rank == 1:

@@ -15,11 +15,11 @@ Training changes a dynamic table in two steps, so that a window the guard refuse
 window was trained. `rows` and `rows_for_ids` are read-only lookups that never admit an id (for
 prequential scoring and for serving).
 
-Serving: ``FeatureMapper.from_spec(spec, tensors)`` rebuilds the mapping from a snapshot's model spec
-and its ``features.<field>.<name>`` tensors, then ``rows_for_ids(user_ids, item_ids, context)`` gives
-the (n, fields) rows to score. The state of a dynamic field is three row-aligned arrays: ``keys``
-(int64), ``last_seen_ms`` (int64, `FREE` for a free slot) and ``pending`` (int32, sightings still
-needed before admission; 0 = admitted).
+Serving: ``FeatureMapper.from_spec(spec, tensors)`` rebuilds the mapping (and the real-time features,
+`stream_learner.learning.realtime`) from a snapshot's model spec and its ``features.*`` tensors, then
+``rows_for_ids(user_ids, item_ids, context)`` gives the (n, fields) rows to score. The state of a
+dynamic field is three row-aligned arrays: ``keys`` (int64), ``last_seen_ms`` (int64, `FREE` for a free
+slot) and ``pending`` (int32, sightings still needed before admission; 0 = admitted).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_learner.config import ModelSettings
+from stream_learner.config import FeatureSettings, ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, EventBatch, hash_id
-from stream_learner.learning.counts import IdCounts, Observation
 from stream_learner.learning.models.base import FieldSpec, ModelSpec
+from stream_learner.learning.realtime import Formula, RealtimeFeatures, Stream
 
 OOV_ROW = 0
 FREE = np.iinfo(np.int64).min
@@ -199,14 +199,14 @@ class Placement:
 
 class FeatureMapper:
     """Maps events to an (n, fields) int64 matrix of rows: user, item, then the context fields; with
-    ``counts``, also to the running per-id count inputs of the user and item rows (`inputs`)."""
+    ``realtime``, also to what the user's and item's inputs as of each event need (`stream`)."""
 
-    def __init__(self, fields: Sequence[Field], counts: IdCounts | None = None) -> None:
+    def __init__(self, fields: Sequence[Field], realtime: RealtimeFeatures | None = None) -> None:
         self.fields = list(fields)
-        self.counts = counts
+        self.realtime = realtime
 
     @staticmethod
-    def from_settings(settings: ModelSettings) -> FeatureMapper:
+    def from_settings(settings: ModelSettings, features: FeatureSettings) -> FeatureMapper:
         expire_ms = int(settings.expire_after_seconds * 1000)
 
         def id_field(name: str, rows: int) -> Field:
@@ -217,20 +217,39 @@ class FeatureMapper:
         fields = [id_field("user", settings.user_buckets), id_field("item", settings.item_buckets)]
         for name in settings.context_fields:
             fields.append(HashedField(f"ctx.{name}", settings.context_rows(name)))
-        counts = IdCounts([(f.name, f.rows) for f in fields[:2]]) if settings.count_features else None
-        return FeatureMapper(fields, counts)
+        formula = Formula(
+            delay_ms=int(features.feedback_delay_seconds * 1000),
+            recent_ms=int(features.recent_seconds * 1000),
+        )
+        realtime = (
+            RealtimeFeatures([(f.name, f.rows) for f in fields[:2]], formula)
+            if settings.count_features
+            else None
+        )
+        return FeatureMapper(fields, realtime)
 
     @staticmethod
     def from_spec(spec: ModelSpec, tensors: Mapping[str, Any] | None = None) -> FeatureMapper:
-        """The mapping a snapshot was trained with (for read-only lookups when serving); ``tensors``
-        are the snapshot's (only the ``features.*`` ones are read)."""
+        """The mapping a snapshot was trained with (for read-only lookups and the inputs when
+        serving); ``tensors`` are the snapshot's (only the ``features.*`` ones are read). Raises
+        ValueError for a spec whose inputs this version cannot compute."""
         counted = spec.extra.get("count_fields", [])
+        realtime = None
+        if counted:
+            if "features" not in spec.extra:
+                raise ValueError("the spec has count inputs of a version before real-time features")
+            formula = Formula.from_dict(spec.extra["features"])
+            realtime = RealtimeFeatures([(f.name, f.rows) for f in spec.fields[: len(counted)]], formula)
+            if realtime.width != int(spec.extra.get("count_inputs", -1)):
+                raise ValueError(
+                    f"the spec says {spec.extra.get('count_inputs')} count inputs, not {realtime.width}"
+                )
         mapper = FeatureMapper(
             [
                 DynamicField(f.name, f.rows) if f.table == "dynamic" else HashedField(f.name, f.rows)
                 for f in spec.fields
             ],
-            IdCounts([(f.name, f.rows) for f in spec.fields[: len(counted)]]) if counted else None,
+            realtime,
         )
         if tensors is not None:
             mapper.load_state(tensors)
@@ -241,29 +260,27 @@ class FeatureMapper:
 
     def spec_extra(self) -> dict[str, Any]:
         """What the model spec says about the inputs besides the rows (`ModelSpec.extra`)."""
-        if self.counts is None:
+        if self.realtime is None:
             return {}
-        return {"count_fields": list(self.counts.names), "count_inputs": self.counts.width}
+        return {
+            "count_fields": list(self.realtime.names),
+            "count_inputs": self.realtime.width,
+            "features": self.realtime.formula.to_dict(),
+        }
 
-    def inputs(self, rows: np.ndarray, fresh: Mapping[int, np.ndarray] | None = None) -> np.ndarray | None:
-        """The count inputs of (n, fields) rows (see `stream_learner.counts`), or None without counts."""
-        return None if self.counts is None else self.counts.inputs(rows, fresh)
+    @property
+    def counted(self) -> int:
+        """How many fields (the first ones) the real-time inputs count."""
+        return 0 if self.realtime is None else len(self.realtime.names)
 
-    def observation(
-        self, rows: np.ndarray, labels: np.ndarray, fresh: Mapping[int, np.ndarray]
-    ) -> Observation | None:
-        """What a trained window of (n, fields) ``rows`` adds to the counts (the ``fresh`` rows, given
-        to new ids or reset, are forgotten first), or None without counts."""
-        if self.counts is None:
-            return None
-        counted = len(self.counts.names)
-        return Observation(rows[:, :counted], labels, {i: r for i, r in fresh.items() if i < counted})
+    def counted_rows(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """Read-only (n, counted) rows of the counted fields (user, item) of id keys."""
+        keys = (user, item)[: self.counted]
+        return np.stack([f.lookup(k) for f, k in zip(self.fields, keys, strict=False)], axis=1)
 
-    def observe(self, observation: Observation) -> None:
-        """Count a trained window (see `observation`)."""
-        if self.counts is not None:
-            self.counts.reset(observation.fresh)
-            self.counts.observe(observation.rows, observation.labels)
+    def stream(self, rows: np.ndarray, batch: EventBatch) -> Stream:
+        """What the real-time features see of events with (n, fields) ``rows``."""
+        return Stream.of(rows[:, : self.counted], batch.timestamp_ms, batch.label)
 
     def _columns(self, batch: EventBatch) -> list[np.ndarray]:
         columns = [batch.user, batch.item] + [batch.context[:, i] for i in range(batch.context.shape[1])]
@@ -328,15 +345,15 @@ class FeatureMapper:
         return {f.name: f.stats for f in self.fields if isinstance(f, DynamicField)}
 
     def state(self) -> dict[str, np.ndarray]:
-        """Row-aligned state arrays of the dynamic fields and of the counts, named
-        ``features.<field>.<name>``."""
+        """The state arrays of the dynamic fields (``features.<field>.<name>``, row-aligned) and of
+        the real-time features (`RealtimeFeatures.state`)."""
         out = {
             f"features.{f.name}.{k}": v
             for f in self.fields
             if isinstance(f, DynamicField)
             for k, v in f.state().items()
         }
-        return out | (self.counts.state() if self.counts is not None else {})
+        return out | (self.realtime.state() if self.realtime is not None else {})
 
     def load_state(self, tensors: Mapping[str, Any]) -> None:
         """Load what `state` gave (numpy arrays or CPU tensors); every dynamic field's must be there."""
@@ -347,8 +364,8 @@ class FeatureMapper:
                 if missing:
                     raise ValueError(f"missing feature state {missing}")
                 f.load({k: np.asarray(tensors[n]) for k, n in names.items()})
-        if self.counts is not None:
-            self.counts.load(tensors)
+        if self.realtime is not None:
+            self.realtime.load(tensors)
 
 
 def _keys(ids: Sequence[str | None]) -> np.ndarray:

@@ -34,6 +34,7 @@ from stream_learner.learning.features import DynamicField, FeatureMapper, Placem
 from stream_learner.learning.guard import LossGuard, SkipReason
 from stream_learner.learning.models import ModelSpec, build_model
 from stream_learner.learning.rates import LRUpdate, make_controller
+from stream_learner.learning.realtime import Prepared
 from stream_learner.learning.recent import RecentItems
 from stream_learner.learning.trainer import Evaluation, StepResult, Trainer
 
@@ -69,7 +70,7 @@ class Learner:
 
     def __init__(self, settings: Settings, make_trainer: TrainerFactory = local_trainer) -> None:
         self.settings = settings
-        self.features = FeatureMapper.from_settings(settings.model)
+        self.features = FeatureMapper.from_settings(settings.model, settings.features)
         m = settings.model
         self.spec = ModelSpec(
             kind=m.kind,
@@ -83,18 +84,23 @@ class Learner:
         self.controller = make_controller(settings.lr)
         self.trainer = make_trainer(self.spec, settings.train, self.controller.lr)
         self.model = self.trainer.model
+        if self.features.realtime is not None and self.model.count_head is not None:
+            with torch.no_grad():  # a new model starts from the mean of the rate logits
+                weights = torch.from_numpy(self.features.realtime.initial_weights())
+                self.model.count_head.weight.copy_(weights.reshape(1, -1))
         self.guard = LossGuard(settings.guard)
         self.drift = DriftReaction(settings.lr)
         self.recent = RecentItems(settings.snapshot.recent_items)
         self.events_trained = 0  # cumulative over the model's life, carried in snapshots
 
     def process(self, window: Window) -> WindowResult:
-        """Score the window with the current model, then train on it unless the guard objects."""
+        """Score the window with the current model, then train on it unless the guard objects; fold
+        its events into the real-time features either way (they describe the stream, not the model)."""
         events = window.events
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
         scored_rows = self.features.rows(events)
-        scored_inputs = self.features.inputs(scored_rows)
-        evaluation, probs = self.trainer.score(scored_rows, events.label, scored_inputs)
+        scored = self._prepare(scored_rows, events)
+        evaluation, probs = self.trainer.score(scored_rows, events.label, self._inputs(scored))
         common: dict[str, Any] = dict(
             start_ms=window.start_ms,
             end_ms=window.end_ms,
@@ -109,8 +115,10 @@ class Learner:
             self.drift.arm()
         skipped = self.guard.check(evaluation.loss, evaluation.count, evaluation.variance)
         if skipped:
+            self._fold(scored, window, None)
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
-        train, held = self._split(events)
+        cut = self._cut(len(events))
+        train = events.take(slice(0, cut))  # a view, not a copy
         placement = self.features.place(train)
         fresh, resets, undo = placement.fresh, None, None
         if self.drift.pending:
@@ -120,12 +128,19 @@ class Learner:
             fresh = dict(fresh)
             for i, r in drifted.items():
                 fresh[i] = np.union1d(fresh.get(i, r), r)
-        if not fresh and len(train) == len(events) and np.array_equal(placement.rows, scored_rows):
-            inputs = scored_inputs  # the same rows and counts: the same inputs
-        else:
-            inputs = self.features.inputs(placement.rows, fresh)
+        placed = scored
+        if placement.fresh or not np.array_equal(placement.rows, scored_rows[:cut]):
+            placed = self._prepare(
+                np.concatenate((placement.rows, scored_rows[cut:])), events, placement.fresh
+            )
+        inputs = self._inputs(placed)
         step = self.trainer.train(
-            placement.rows, train.label, update.lr, self._seed(window), fresh=fresh, inputs=inputs
+            placement.rows,
+            train.label,
+            update.lr,
+            self._seed(window),
+            fresh=fresh,
+            inputs=None if inputs is None else inputs[:cut],
         )
         holdout = None
         if undo is not None and not step.applied:  # the window was rolled back: so is the forgetting
@@ -133,14 +148,12 @@ class Learner:
         if step.applied:
             self.drift.done()
             self.features.commit(placement)
-            observation = self.features.observation(placement.rows, train.label, fresh)
-            if observation is not None:  # (every rank's, on every rank of a job)
-                self.features.observe(self.trainer.whole_window(observation))
             for field, plan in placement.plans.items():  # expired slots changed outside the trained rows
                 self.trainer.mark_touched(field, plan.expired)
             self.events_trained += len(train)
             self.recent.add(train.item_ids, train.timestamp_ms)
-            holdout = self._holdout(held)
+            holdout = self._holdout(scored_rows[cut:], events.take(slice(cut, None)), inputs, cut)
+        self._fold(placed if step.applied else scored, window, placement.fresh if step.applied else None)
         return WindowResult(
             **common,
             evaluation=evaluation,
@@ -152,12 +165,43 @@ class Learner:
             drift_resets=resets if step.applied and resets else None,
         )
 
-    def _holdout(self, held: EventBatch) -> Evaluation | None:
+    def _prepare(
+        self, rows: np.ndarray, events: EventBatch, fresh: dict[int, np.ndarray] | None = None
+    ) -> Prepared | None:
+        """The real-time inputs of the window's events as of each one (None without them): of every
+        rank's events in a job (`Trainer.whole_stream`), each rank taking its own."""
+        realtime = self.features.realtime
+        if realtime is None:
+            return None
+        return realtime.window(self.trainer.whole_stream(self.features.stream(rows, events)), fresh)
+
+    def _inputs(self, prepared: Prepared | None) -> np.ndarray | None:
+        """This process's (or rank's) events' inputs."""
+        return None if prepared is None else self.trainer.own(prepared.inputs)
+
+    def _fold(self, prepared: Prepared | None, window: Window, fresh: dict[int, np.ndarray] | None) -> None:
+        """Fold a handled window into the real-time features (forgetting the ``fresh`` rows first) as
+        of its end: an event-time window's end, or a count window's newest event (a later window may
+        hold events of that time); mark the rows they changed for the next delta."""
+        realtime = self.features.realtime
+        if realtime is None or prepared is None:
+            return
+        if fresh:
+            realtime.reset(fresh)
+        times = prepared.stream.time_ms
+        if not len(times):
+            return
+        until = window.end_ms if self.settings.window.kind == "event_time" else int(times.max())
+        for field, rows in realtime.fold(prepared, until).items():
+            self.trainer.mark_touched(field, rows)
+
+    def _holdout(
+        self, rows: np.ndarray, held: EventBatch, inputs: np.ndarray | None, cut: int
+    ) -> Evaluation | None:
         """The trained model on the held-out events (the window's, over every rank of a job)."""
         if self.settings.train.holdout_fraction == 0:
             return None
-        held_rows = self.features.rows(held)
-        evaluation = self.trainer.evaluate(held_rows, held.label, self.features.inputs(held_rows))
+        evaluation = self.trainer.evaluate(rows, held.label, None if inputs is None else inputs[cut:])
         return evaluation if evaluation.count else None
 
     def _table_changes(self, placement: Placement | None) -> dict[str, TableStats] | None:
@@ -174,10 +218,10 @@ class Learner:
                 )
         return out or None
 
-    def _split(self, events: EventBatch) -> tuple[EventBatch, EventBatch]:
-        """The events to train on and the newest ones held out (events are in time order)."""
-        cut = len(events) - int(len(events) * self.settings.train.holdout_fraction)
-        return events.take(slice(0, cut)), events.take(slice(cut, None))  # views, not copies
+    def _cut(self, events: int) -> int:
+        """How many of a window's events are trained: all but the newest held out (events are in
+        time order)."""
+        return events - int(events * self.settings.train.holdout_fraction)
 
     def _seed(self, window: Window) -> int:
         return (self.settings.train.seed * 1_000_003 + window.start_ms) % (1 << 63)

@@ -8,13 +8,18 @@ then calls `refresh_features` when the delta carried id-table state).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from stream_learner.learning.features import FeatureMapper
 from stream_learner.learning.models import ModelSpec, RecModel, build_model
+
+#: Real-time inputs of (n, counted) rows at a time in ms, from features kept current elsewhere; None
+#: when they have none yet.
+Inputs = Callable[[np.ndarray, int], np.ndarray | None]
 
 
 class ServableModel:
@@ -44,13 +49,27 @@ class ServableModel:
         self.mapper = FeatureMapper.from_spec(self.spec, self._features())
 
     def score(
-        self, user_id: str, item_ids: Sequence[str], context: Mapping[str, str] | None = None
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        context: Mapping[str, str] | None = None,
+        *,
+        at_ms: int | None = None,
+        inputs: Inputs | None = None,
     ) -> np.ndarray:
-        """Click probability of each item for the user (float32)."""
+        """Click probability of each item for the user (float32). A model with real-time inputs
+        takes them as of ``at_ms`` (default: now) from ``inputs`` when it gives them, else from the
+        state's own features (those of the snapshot)."""
         n = len(item_ids)
         ctx = {name: [value] * n for name, value in (context or {}).items()}
         rows = self.mapper.rows_for_ids([user_id] * n, list(item_ids), ctx)
-        inputs = self.mapper.inputs(rows)
+        x = None
+        if self.mapper.realtime is not None:
+            at = int(time.time() * 1000) if at_ms is None else int(at_ms)
+            counted = rows[:, : self.mapper.counted]
+            x = inputs(counted, at) if inputs is not None else None
+            if x is None:
+                x = self.mapper.realtime.query(counted, np.full(n, at, np.int64))
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(rows), None if inputs is None else torch.from_numpy(inputs))
+            logits = self.model(torch.from_numpy(rows), None if x is None else torch.from_numpy(x))
         return torch.sigmoid(logits.float()).numpy()

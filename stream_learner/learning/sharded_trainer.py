@@ -27,11 +27,11 @@ same everywhere (rank 0's, `broadcast_dense`, once the model is restored or new)
 - `score` gives every rank the window's global log loss, count, variance of one event's loss and
   (binned) AUC (`stream_learner.learning.quality_sums`), so the learning-rate controller and the
   guard decide the same everywhere;
-- the per-id counts (`stream_learner.learning.counts`) are not sharded: every rank holds them whole
-  and counts every rank's events of a trained window (`whole_window`: the counted fields' rows, the
-  labels and the rows to forget, gathered on every rank in rank order), so that after every window
-  they are those of one process that saw all the events, and so are the count inputs each rank
-  computes for its own events from the counts before the window.
+- the real-time features (`stream_learner.learning.realtime`) are not sharded: every rank holds them
+  whole; before a window is scored every rank's events of it (their counted rows, times and labels)
+  are gathered on every rank in rank order (`whole_stream`), so every rank computes the inputs of
+  the whole window as of each event, as one process that saw all the events would, takes its own
+  (`own`) and folds the whole window into its state.
 
 Randomness is per rank and derived from the window's seed (the order of a rank's events, dropout,
 fresh rows), so the same windows give the same model on the CPU in deterministic mode.
@@ -52,9 +52,9 @@ from stream_learner.config import TrainSettings
 from stream_learner.learning import quality_sums
 from stream_learner.learning import trainer as local
 from stream_learner.learning.collective import Group
-from stream_learner.learning.counts import Observation
 from stream_learner.learning.models import ModelSpec, build_model
 from stream_learner.learning.models.optim import scale_second_moments
+from stream_learner.learning.realtime import Stream
 from stream_learner.learning.sharded import Lookup, ShardedTables, Sharding, row_table
 from stream_learner.learning.trainer import EVAL_CHUNK, Evaluation, StepResult, Trainer, _Rollback
 
@@ -196,16 +196,22 @@ class ShardedTrainer(Trainer):
             self._touched[name].append(owned.cpu())
         return StepResult(True, mean_loss, steps, time.perf_counter() - started)
 
-    def whole_window(self, observation: Observation) -> Observation:
-        """Every rank's observation of the window, joined in rank order (collective), so that every
-        rank applies the same updates to its counts in the same order."""
-        parts = [_unpack(flat) for flat in self.group.gather_all(_pack(observation))]
-        counted = observation.rows.shape[1]
-        return Observation(
-            np.concatenate([p.rows for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-            {i: np.unique(np.concatenate([p.fresh.get(i, _NO_ROWS) for p in parts])) for i in range(counted)},
-        )
+    def whole_stream(self, stream: Stream) -> Stream:
+        """Every rank's events of the window as the real-time features see them, joined in rank
+        order (collective), so that every rank computes the same inputs and state; `own` then takes
+        this rank's part of the inputs."""
+        parts = [_unpack(flat) for flat in self.group.gather_all(_pack(stream))]
+        sizes = np.array([len(p) for p in parts])
+        self._own = slice(int(sizes[: self.group.rank].sum()), int(sizes[: self.group.rank + 1].sum()))
+        return Stream.concat(parts)
+
+    def own(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs[self._own]
+
+    def mark_touched(self, field: int, rows: np.ndarray) -> None:
+        """Count a field's rows as changed (global row numbers): this shard's own among them."""
+        mine = rows[rows % self.group.world == self.group.rank]
+        super().mark_touched(field, (mine - self.group.rank) // self.group.world)
 
     def _window_rows(
         self, x: torch.Tensor, fresh: dict[int, np.ndarray]
@@ -266,24 +272,21 @@ class ShardedTrainer(Trainer):
         super().load_state_tensors(own, optimizer)
 
 
-def _pack(observation: Observation) -> np.ndarray:
-    """An observation as one int64 array: (events, fields, rows to forget per field), the rows, the
-    labels (float64 bits), the rows to forget."""
-    events, counted = observation.rows.shape
-    fresh = [np.asarray(observation.fresh.get(i, _NO_ROWS), np.int64) for i in range(counted)]
+def _pack(stream: Stream) -> np.ndarray:
+    """A stream as one int64 array: (events, fields), the rows, the times, the labels (float64 bits)."""
+    events, counted = stream.rows.shape
     return np.concatenate(
         [
-            np.array([events, counted, *(len(f) for f in fresh)], np.int64),
-            observation.rows.astype(np.int64).ravel(),
-            observation.labels.astype(np.float64).view(np.int64),
-            *fresh,
+            np.array([events, counted], np.int64),
+            stream.rows.ravel(),
+            stream.time_ms,
+            stream.label.view(np.int64),
         ]
     )
 
 
-def _unpack(flat: np.ndarray) -> Observation:
+def _unpack(flat: np.ndarray) -> Stream:
     """Inverse of `_pack`."""
     events, counted = int(flat[0]), int(flat[1])
-    ends = np.cumsum([2 + counted, events * counted, events, *flat[2 : 2 + counted]])
-    _, rows, labels, *fresh = np.split(flat, ends[:-1])
-    return Observation(rows.reshape(events, counted), labels.view(np.float64), dict(enumerate(fresh)))
+    rows, times, labels = np.split(flat[2:], np.cumsum([events * counted, events]))
+    return Stream(rows.reshape(events, counted), times, labels.view(np.float64))

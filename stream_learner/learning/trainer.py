@@ -21,7 +21,6 @@ from torch import nn
 
 from stream_learner.config import TrainSettings
 from stream_learner.errors import ConfigError
-from stream_learner.learning.counts import Observation
 from stream_learner.learning.cpus import cpu_threads
 from stream_learner.learning.guard import SkipReason
 from stream_learner.learning.models.base import RecModel
@@ -33,6 +32,7 @@ from stream_learner.learning.models.optim import (
     sparse_optimizer,
 )
 from stream_learner.learning.quality import log_loss, log_loss_variance, roc_auc
+from stream_learner.learning.realtime import Stream
 
 EVAL_CHUNK = 1 << 16
 #: Table gradients are per-event sums (see `mini_batch_size`); False gives the mean loss's gradient
@@ -298,10 +298,14 @@ class Trainer:
 
         return undo
 
-    def whole_window(self, observation: Observation) -> Observation:
-        """What the whole window adds to the counts, given this process's ``observation`` of it: the
+    def whole_stream(self, stream: Stream) -> Stream:
+        """The whole window as the real-time features see it, given this process's events of it: the
         same, for a trainer that sees every event of its windows."""
-        return observation
+        return stream
+
+    def own(self, inputs: np.ndarray) -> np.ndarray:
+        """This process's part of the whole window's inputs (`whole_stream`): all of them."""
+        return inputs
 
     def mark_touched(self, field: int, rows: np.ndarray) -> None:
         """Count rows of a field as changed (e.g. id-table slots that expired) for the next delta."""

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_learner.metrics.learner import P
 
@@ -46,6 +46,26 @@ class _Families:
             f"{P}subscriber_model_freshness_seconds",
             "Newest event time in the model served to the moment it began to be served.",
             ["model"],
+            registry=r,
+        )
+        self.features_applied = Counter(
+            f"{P}subscriber_feature_events_applied",
+            "Input events applied to the real-time features of the model served.",
+            ["model"],
+            registry=r,
+        )
+        self.feature_lag = Histogram(
+            f"{P}subscriber_feature_lag_seconds",
+            "From an event's production (its Kafka timestamp) to its being reflected in the features "
+            "served; observed once per applied batch, for its oldest event.",
+            ["model"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.features_rebased = Counter(
+            f"{P}subscriber_feature_rebases",
+            "Real-time features rebuilt on a new version: from the buffered input, or read again.",
+            ["model", "how"],
             registry=r,
         )
 
@@ -86,6 +106,9 @@ class SubscriberMetrics:
         self.held = families.held.labels(model)
         self.model_version = families.model_version.labels(model)
         self.model_freshness = families.model_freshness.labels(model)
+        self.features_applied = families.features_applied.labels(model)
+        self.feature_lag = families.feature_lag.labels(model)
+        self.features_rebased = _OfModel(families.features_rebased, model)
         for kind in kinds:
             self.applied.labels(kind)
         for reason in reasons:

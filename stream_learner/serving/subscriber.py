@@ -33,11 +33,13 @@ from typing import get_args
 
 import numpy as np
 
-from stream_learner.config import KafkaSettings
+from stream_learner.config import KafkaSettings, Settings
 from stream_learner.errors import BrokerError, SnapshotError, SnapshotRefusal
+from stream_learner.learning.features import FeatureMapper
 from stream_learner.learning.models import ModelSpec
 from stream_learner.learning.servable import ServableModel
 from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
+from stream_learner.serving.features import InputFollower
 from stream_learner.serving.lock import ReadWriteLock
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
@@ -98,10 +100,15 @@ class ModelSubscriber:
         verify_key: str | None = None,
         require_signature: bool = False,
         serve_held: bool = False,
+        follow_input: bool = True,
+        input_settings: Settings | None = None,
     ) -> None:
         """``verify_key``: the learner's public key (base64 of 32 bytes, or PEM); snapshots signed
         otherwise are refused, and unsigned ones too with ``require_signature``. ``serve_held``:
-        serve snapshots the quality gate held too."""
+        serve snapshots the quality gate held too. ``follow_input``: keep a model's real-time
+        features current by reading the learner's input topic after each snapshot
+        (`stream_learner.serving.features`), read and validated with ``input_settings``' [input] and
+        [validation] (default: the defaults, with ``kafka``); off, they stay those of the snapshot."""
         self.kafka, self.topic, self.model_name = kafka, topic, model_name
         self._serve_held = serve_held
         self._ahead: tuple[chains.Fold, ModelSpec] | None = None  # folded past the model served
@@ -114,6 +121,10 @@ class ModelSubscriber:
         )
         self._on_update = on_update
         self._clock = clock
+        self.input: InputFollower | None = None
+        if follow_input:
+            settings = input_settings or Settings()
+            self.input = InputFollower(settings.model_copy(update={"kafka": kafka}), self.metrics, clock)
         self._served: _Served | None = None
         self._lock = ReadWriteLock()
         self._changed = threading.Condition()
@@ -129,6 +140,8 @@ class ModelSubscriber:
 
     def start(self, wait: float | None = None) -> ModelSubscriber:
         """Follow the topic in a background thread; with ``wait``, wait that long for a first model."""
+        if self.input is not None:
+            self.input.start()
         self._thread = threading.Thread(target=self._run, name="model-subscriber", daemon=True)
         self._thread.start()
         if wait is not None:
@@ -139,6 +152,8 @@ class ModelSubscriber:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.input is not None:
+            self.input.close()
 
     def refresh(self) -> int | None:
         """Load the newest good model now, if it is newer than the one served; return its version."""
@@ -182,14 +197,20 @@ class ModelSubscriber:
         return served.recent_items if served else ()
 
     def score(
-        self, user_id: str, item_ids: Sequence[str], context: Mapping[str, str] | None = None
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        context: Mapping[str, str] | None = None,
+        at_ms: int | None = None,
     ) -> np.ndarray:
-        """Click probability of each item for the user (float32), from one model version."""
+        """Click probability of each item for the user (float32), from one model version, with the
+        real-time features as of ``at_ms`` (default: now; the input applied so far)."""
         with self._lock.read():
             served = self._served
             if served is None:
                 raise LookupError(f"no model of {self.model_name} has been loaded from {self.topic} yet")
-            return served.model.score(user_id, item_ids, context)
+            inputs = self.input.query if self.input is not None else None
+            return served.model.score(user_id, item_ids, context, at_ms=at_ms, inputs=inputs)
 
     def recommend(
         self,
@@ -333,8 +354,11 @@ class ModelSubscriber:
         self._served_now()
 
     def _served_now(self) -> None:
-        m = self.meta
-        assert m is not None
+        m, served = self.meta, self._served
+        assert m is not None and served is not None
+        if self.input is not None:  # the features of this version, and the input after it
+            features = {k: v for k, v in served.fold.tensors.items() if k.startswith("features.")}
+            self.input.rebase(m, FeatureMapper.from_spec(served.model.spec, features))
         self.metrics.applied.labels(m.kind.lower()).inc()
         self.metrics.model_version.set(m.version)
         self.metrics.model_freshness.set(max(0.0, self._clock() - m.newest_event_ms / 1000))

@@ -158,7 +158,7 @@ def encode_payload(tensors: dict[str, torch.Tensor]) -> Payload:
         dtype = _DTYPES.get(tensor.dtype)
         if dtype is None:
             raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which snapshots do not carry")
-        raw = tensor.reshape(-1).view(torch.uint8)
+        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
         header[name] = {
             "dtype": dtype,
             "shape": list(tensor.shape),

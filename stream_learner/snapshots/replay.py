@@ -179,7 +179,7 @@ def _first_tensor_difference(ours: dict[str, torch.Tensor], theirs: dict[str, to
         a, b = ours[name].detach().cpu(), theirs[name]
         if a.dtype != b.dtype or a.shape != b.shape:
             return f"tensor {name}: replayed {a.dtype} {tuple(a.shape)}, published {b.dtype} {tuple(b.shape)}"
-        if not torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)):
+        if a.numel() and not torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)):
             count = int((a != b).sum())
             gap = float((a.double() - b.double()).abs().max()) if a.is_floating_point() else float("nan")
             return f"tensor {name}: {count} of {a.numel()} values differ (largest difference {gap:.3g})"

@@ -18,12 +18,13 @@ A part holds, under these names:
   rank changed since the previous snapshot (global row numbers) and those rows of each row-aligned
   tensor of the field.
 
-The per-id counts (``features.<field>.<array>``, `stream_learner.learning.counts`) are row-aligned
-with their field but not sharded: every rank holds them whole, the same everywhere
-(`ShardedTrainer.whole_window`). Each rank still sends only its rows of them, as of a table (whole
+The real-time features' per-id sums (``features.<field>.<sum>``, `stream_learner.learning.realtime`)
+are row-aligned with their field but not sharded: every rank holds them whole, the same everywhere
+(`ShardedTrainer.whole_stream`). Each rank still sends only its rows of them, as of a table (whole
 rows r, r + N, ... or the rows it changed), so they travel and join like the tables, and the rows a
-delta carries are those the window changed on any rank, as in one process: the rows trained and
-reset, which are those of the field's tables.
+delta carries are those the window changed on any rank, as in one process: the rows trained, reset
+or counted (`ShardedTrainer.mark_touched`). The global row and the pending labels are not
+row-aligned: rank 0 sends them whole.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from stream_learner.learning.counts import IdCounts
 from stream_learner.learning.models.base import table_name
+from stream_learner.learning.realtime import RealtimeFeatures
 from stream_learner.learning.sharded import row_table
 from stream_learner.learning.sharded_trainer import ShardedTrainer
 from stream_learner.snapshots import delta
@@ -58,8 +59,8 @@ class ShardCopier:
     since_full: int | None = None
     #: The (whole-model) shape of every tensor of the state the next delta applies to.
     layout: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    #: The per-id counts, whole on every rank (None for a model without count inputs).
-    counts: IdCounts | None = None
+    #: The real-time features, whole on every rank (None for a model without them).
+    realtime: RealtimeFeatures | None = None
     #: A full copy that has a base is also cut as the delta from it (as `StateCopier.delta_first`).
     delta_first: bool = False
 
@@ -95,9 +96,16 @@ class ShardCopier:
             index = rows[key].to(tensor.device)
             out[f"{PART}{key}/{name}"] = tensor.detach().index_select(0, index).to("cpu")
             out[ROWS + key] = t.sharding.to_global(rows[key].to("cpu", torch.int64))
-        counts = self.counts.state() if self.counts is not None else {}
-        for name, array in counts.items():  # whole on every rank: each sends its rows
-            key = table_name(name.removeprefix("features.").rpartition(".")[0])
+        features = self.realtime.state() if self.realtime is not None else {}
+        fields = set(self.realtime.names) if self.realtime is not None else set()
+        for name, array in features.items():  # whole on every rank: each sends its rows
+            owner = name.removeprefix("features.").rpartition(".")[0]
+            if owner not in fields:  # the global row and the pending labels: not row-aligned
+                shapes[name] = array.shape
+                if t.group.rank == 0:
+                    out[WHOLE + name] = torch.from_numpy(array.copy())
+                continue
+            key = table_name(owner)
             shapes[name] = array.shape
             if full:
                 whole[SHARD + name] = t.sharding.shard(torch.from_numpy(array))

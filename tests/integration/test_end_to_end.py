@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -67,11 +69,13 @@ def test_learner_consumes_trains_snapshots_and_commits(kafka_bootstrap, new_topi
     learner = run.app.learner
     assert learner is not None
     rows = np.stack([np.arange(500) % f.rows for f in learner.spec.fields], axis=1).astype(np.int64)
-    inputs = FeatureMapper.from_spec(fresh.spec, tensors).inputs(rows)  # the count inputs, from the snapshot
-    assert inputs is not None
+    at = np.full(len(rows), int(time.time() * 1000))  # the real-time inputs now, from the snapshot
+    served = FeatureMapper.from_spec(fresh.spec, tensors).realtime
+    assert served is not None and learner.features.realtime is not None
+    inputs = served.query(rows[:, :2], at)
     with torch.no_grad():
         ours = torch.sigmoid(fresh(torch.from_numpy(rows), torch.from_numpy(inputs))).numpy()
-    expected = learner.trainer.predict(rows, learner.features.inputs(rows))
+    expected = learner.trainer.predict(rows, learner.features.realtime.query(rows[:, :2], at))
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -211,7 +211,9 @@ def test_a_poisoned_stretch_is_held_serving_keeps_the_last_good_model_and_rollba
         restored = [n for n in state.tensors if n.startswith(("model.", "features."))]  # with the counts
         assert any(n.startswith("features.") for n in restored), sorted(state.tensors)
         assert all(torch.equal(tensors[n], state.tensors[n]) for n in restored)
-        assert _auc(serving, test) == served_auc
+        # v(good)'s model and features again: the features then follow the input after the rollback,
+        # where before it they followed it after v(good), the poisoned stretch included
+        assert abs(_auc(serving, test) - served_auc) < 0.01
         assert metrics.get_sample_value("stream_learner_rollbacks_total", {"result": "applied"}) == 1
 
         # clean events again: the learner goes on from the frontier, and its snapshots pass

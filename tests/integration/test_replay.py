@@ -21,7 +21,7 @@ from tests.support import AppThread, learner_settings, read_snapshots
 EVENTS = 12_000
 PARTITIONS = 3
 TAMPERED = "model.count_head.weight"  # the default model (fm with count inputs) has few dense weights
-COUNTS = tuple(f"features.{f}.{a}" for f in ("user", "item") for a in ("events", "positives"))
+COUNTS = tuple(f"features.{f}.{a}" for f in ("user", "item") for a in ("sums", "labels_ms"))
 
 
 def test_versions_replay_byte_for_byte_and_differences_name_the_tensor(
@@ -48,7 +48,7 @@ def test_versions_replay_byte_for_byte_and_differences_name_the_tensor(
     full = next(s for s in snapshots if s.meta.kind == "FULL" and s.meta.version > 1)
     assert not lineages[full.meta.version]["windows"] and snapshots[0].meta.kind == "FULL"
     assert len({r.partition for r in delta.meta.offsets if r.last >= r.first}) == PARTITIONS
-    assert float(full.tensors()["features.user.events"].sum()) > 0  # counted: model.count_features
+    assert float(full.tensors()["features.user.sums"][:, 0].sum()) > 0  # counted: model.count_features
 
     for snap in (delta, full, snapshots[0]):
         # the per-id counts are state too: the payloads compared hold them (sliced by rows in deltas)

@@ -4,6 +4,7 @@ full snapshot after a gap, and swaps models atomically for readers."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -78,9 +79,12 @@ def test_subscriber_follows_the_learner_and_serves_its_model(kafka_bootstrap, ne
         # scores agree with the learner's, and recommend ranks the recently active items by them
         recent = list(subscriber.recent_items())
         assert len(recent) > 50 and recent == learner.recent_items()
-        scores = subscriber.score("u17", recent)
+        at = int(time.time() * 1000)
+        scores = subscriber.score("u17", recent, at_ms=at)
         rows = learner.features.rows_for_ids(["u17"] * len(recent), recent)
-        expected = learner.trainer.predict(rows, learner.features.inputs(rows))
+        assert learner.features.realtime is not None  # the real-time features as of the same time
+        inputs = learner.features.realtime.query(rows[:, :2], np.full(len(rows), at))
+        expected = learner.trainer.predict(rows, inputs)
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
         best = subscriber.recommend("u17", k=10)
         assert [i for i, _ in best] == [recent[j] for j in np.argsort(-scores, kind="stable")[:10]]

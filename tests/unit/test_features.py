@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_learner.config import ModelSettings
+from stream_learner.config import FeatureSettings, ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, hash_id
 from stream_learner.learning.features import FREE, OOV_ROW, DynamicField, FeatureMapper, HashedField
 from stream_learner.learning.models import FieldSpec, ModelSpec
+from stream_learner.learning.realtime import LABELS_MS, PENDING_ARRAYS
 from stream_learner.tools.synthetic import SyntheticConfig, SyntheticStream
 
 DAY_MS = 86_400_000
@@ -75,16 +76,15 @@ def test_unseen_rows_expire_and_are_reused_for_new_ids() -> None:
 
 def test_state_round_trips_and_serving_lookup_never_admits() -> None:
     settings = ModelSettings(table="dynamic", user_buckets=64, item_buckets=32, context_fields=["device"])
-    mapper = FeatureMapper.from_settings(settings)
+    mapper = FeatureMapper.from_settings(settings, FeatureSettings())
     batch = SyntheticStream(SyntheticConfig(users=40, items=20)).batch(300, 0, 1)
     events = batch.events(["device"])
     mapper.commit(mapper.place(events))
     state = {k: v.copy() for k, v in mapper.state().items()}
+    sums = ("sums", LABELS_MS)
     assert set(state) == {
-        f"features.{f}.{k}"
-        for f in ("user", "item")
-        for k in ("keys", "last_seen_ms", "pending", "events", "positives")
-    }
+        f"features.{f}.{k}" for f in ("user", "item") for k in ("keys", "last_seen_ms", "pending", *sums)
+    } | {f"features.global.{k}" for k in sums} | {f"features.pending.{k}" for k in PENDING_ARRAYS}
     assert all(len(v) == 64 for k, v in state.items() if ".user." in k)
 
     serving = FeatureMapper.from_spec(ModelSpec("fm", mapper.specs(), extra=mapper.spec_extra()), state)
@@ -108,7 +108,7 @@ def test_specs_name_each_field_with_its_rows_and_table() -> None:
         context_fields=["a", "b"],
         context_field_buckets={"b": 5},
     )
-    assert FeatureMapper.from_settings(settings).specs() == (
+    assert FeatureMapper.from_settings(settings, FeatureSettings()).specs() == (
         FieldSpec("user", 9, "dynamic"),
         FieldSpec("item", 8, "dynamic"),
         FieldSpec("ctx.a", 4096),
@@ -127,7 +127,9 @@ def test_bad_state_is_refused_with_the_name() -> None:
 
 
 def test_rows_for_ids_hash_like_the_codec() -> None:
-    mapper = FeatureMapper.from_settings(ModelSettings(user_buckets=1000, item_buckets=100))
+    mapper = FeatureMapper.from_settings(
+        ModelSettings(user_buckets=1000, item_buckets=100), FeatureSettings()
+    )
     rows = mapper.rows_for_ids(["u1", "u2"], ["i1", "i1"])
     assert rows[:, 0].tolist() == [hash_id("u1") % (1 << 64) % 1000, hash_id("u2") % (1 << 64) % 1000]
     with pytest.raises(ValueError, match="2 user ids for 1 item ids"):

@@ -4,9 +4,9 @@ The ranks are real processes joined as torchrun's workers are (tests/ranks.py). 
 mini-batch each, the union of the ranks' shares is the whole window, so two ranks must compute what
 one process computes on all of it: the prequential loss (and the AUC, up to its histogram), the
 training loss, every weight and every optimiser state (for Adagrad, SparseAdam and row-wise Adagrad,
-with gradient clipping, count inputs and a drift's forgetting) and the per-id counts, which every rank
-keeps whole; and the snapshots rank 0 joins from the ranks' parts must be those the single process
-cuts, full and delta alike, counts included.
+with gradient clipping, real-time inputs and a drift's forgetting) and the real-time features, which
+every rank keeps whole; and the snapshots rank 0 joins from the ranks' parts must be those the single
+process cuts, full and delta alike, the features included.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from stream_learner.learning.models import FieldSpec, ModelSpec
+from stream_learner.learning.realtime import EVENTS, LABELLED
 from stream_learner.learning.sharded import Sharding, row_table
 from stream_learner.learning.sharded_trainer import step_shares
 from stream_learner.snapshots import delta
@@ -29,10 +30,12 @@ def test_two_ranks_train_and_snapshot_what_one_process_does(tmp_path: Path) -> N
     ranks = run_ranks("equivalence", 2, tmp_path)
     for found in ranks:
         assert found["loss"] < 1e-6
-        assert found["auc"] < 2e-3  # the AUC comes from a histogram of 16384 logit bins
+        # The AUC comes from a histogram of 16384 logit bins: near-ties of a new model's first window
+        # (every id unseen: the same inputs) fall into one bin, which counts them as ties.
+        assert found["auc"] < 4e-3
         assert found["train_loss"] < 1e-6
         assert found["state"] < 1e-5
-        assert found["counts"] == 0.0  # every rank counts every rank's events, as one process does
+        assert found["counts"] == 0.0  # every rank folds every rank's events, as one process does
     copies = ranks[0]["copies"]
     full, delta_ = ["FULL", "FULL", True], ["DELTA", "DELTA", True]
     # adagrad: a due full copy alone; adam and rowwise adagrad: cut as a delta, then whole (delta_first)
@@ -49,10 +52,11 @@ def test_a_rank_without_events_joins_every_step_and_owners_reset_rows_for_others
     assert one["reset_linear"] == 0.0 and one["reset_state"] == 0.0
     assert one["trained_rows"] > 5  # rank 1's shard was trained by rank 0's events
     assert zero["counts"] == one["counts"]  # both ranks count rank 0's events, and forget its row 35
-    user_events = one["counts"]["features.user.events"]
-    assert user_events[35] == 0 and sum(user_events) == 2 - 1 + 100  # row 35's earlier event: forgotten
-    assert sum(one["counts"]["features.user.positives"]) == zero["labels"]  # and so is its positive
-    assert sum(one["counts"]["features.item.events"]) == 2 + 100
+    user = np.array(one["counts"]["features.user.sums"])
+    assert user[35, EVENTS] == 0 and user[:, EVENTS].sum() == 2 - 1 + 100  # row 35's earlier event: forgotten
+    labelled = user[:, LABELLED]  # labels of events older than 2000 - 150 ms
+    assert labelled[35] == 0 and labelled.sum() == 1 + one["matured"] and 0 < one["matured"] < 100
+    assert np.array(one["counts"]["features.item.sums"])[:, EVENTS].sum() == 2 + 100
 
 
 def test_rows_of_a_table_are_spread_over_the_ranks() -> None:

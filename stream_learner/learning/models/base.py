@@ -82,9 +82,8 @@ class RecModel(nn.Module):
         width = int(spec.extra.get("count_inputs", 0))
         self.count_head = nn.Linear(width, 1, bias=False) if width else None
         if self.count_head is not None:
-            with torch.no_grad():  # start as the mean of the smoothed-rate logits (stream_learner.counts)
+            with torch.no_grad():  # the learner sets its first weights (stream_learner.learning.realtime)
                 self.count_head.weight.zero_()
-                self.count_head.weight[0, 0::2] = 1.0 / (width // 2)
 
     def _add_tables(self, prefix: str, dim: int, sparse: bool) -> nn.ModuleDict:
         """Another table per field, registered as ``<prefix>.<field>``; initialised to zeros. The

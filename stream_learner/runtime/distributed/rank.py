@@ -256,7 +256,7 @@ class RankApp:
                 s.snapshot.full_every,
                 restored.since_full,
                 dict(restored.layout),
-                counts=learner.features.counts,
+                realtime=learner.features.realtime,
                 delta_first=s.snapshot.full_every > 1,  # as the single process (delta-before-full.md)
             ),
             close_ms=windower.close_ms,
