@@ -9,6 +9,7 @@ or STANDBY, with the instance (``host-pid``) that owns the model.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -109,24 +110,30 @@ class Lease:
         return self.owned and not self.lost
 
     def wait(self, should_stop: Callable[[], bool], log_every: float = 30.0) -> bool:
-        """Stand by until the lease is ours (True) or a stop is requested (False)."""
-        last_log = 0.0
+        """Stand by until the lease is ours (True) or a stop is requested (False). The log names the
+        owner every ``log_every`` seconds; while no instance holds the lease (a lone instance before
+        its group's first assignment, a rebalance) it says once that it waits, and looks again each
+        second. ``log_every`` infinite: no log, no look."""
+        next_look, said_waiting = 0.0 if math.isfinite(log_every) else math.inf, False
         while not should_stop():
             self._consumer.poll(0.2)
             if self.owned:
                 return True
-            if time.monotonic() - last_log > log_every:
+            if time.monotonic() >= next_look:
                 owner = self.owner()
-                if owner is None:  # a lone instance, say, before the group's first assignment
-                    log.info("waiting for the lease of model %s (group %s)", self.model, self.group)
-                else:
-                    log.info(
-                        "STANDBY: model %s is owned by %s; this instance (%s) takes over when it stops",
-                        self.model,
-                        owner,
-                        self.instance,
-                    )
-                last_log = time.monotonic()
+                if owner is None:
+                    if not said_waiting:
+                        log.info("waiting for the lease of model %s (group %s)", self.model, self.group)
+                        said_waiting = True
+                    next_look = time.monotonic() + min(log_every, 1.0)
+                    continue
+                log.info(
+                    "STANDBY: model %s is owned by %s; this instance (%s) takes over when it stops",
+                    self.model,
+                    owner,
+                    self.instance,
+                )
+                next_look = time.monotonic() + log_every
         return False
 
     def owner(self) -> str | None:
