@@ -297,7 +297,7 @@ class RankApp:
                 else:
                     ready = False
                     if not waited:
-                        log.info("STANDBY: rank 0 waits for the lease of model %s", self.settings.model.name)
+                        log.info("rank 0 waits for the lease of model %s", self.settings.model.name)
                         waited = True
             self._beat = time.monotonic()
             rows = group.gather_ints([int(ready), int(self._stop.is_set())])
