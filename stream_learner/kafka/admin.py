@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stream_learner.config import KafkaSettings, Settings
@@ -125,3 +125,28 @@ def delete_topics(kafka: KafkaSettings, names: list[str], timeout: float = 30.0)
     deadline = time.monotonic() + timeout
     while set(names) & set(admin.list_topics(timeout=timeout).topics) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def topic_messages(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> int | None:
+    """How many messages the topic's partitions hold (high minus low watermarks), or None when the
+    topic does not exist. Raises `BrokerError` when the cluster does not answer."""
+    admin = AdminClient(client_config(kafka))
+    try:
+        meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise BrokerError(f"reading the metadata of {topic}: {exc.args[0]}") from None
+    if meta is None or meta.error is not None:
+        return None
+    consumer = Consumer(
+        client_config(kafka, {"group.id": "stream-learner-probe", "enable.auto.commit": False})
+    )
+    try:
+        total = 0
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            total += max(0, high - low)
+        return total
+    except KafkaException as exc:
+        raise BrokerError(f"reading the offsets of {topic}: {exc.args[0]}") from None
+    finally:
+        consumer.close()

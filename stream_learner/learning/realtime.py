@@ -39,6 +39,7 @@ formulas and the state for implementations in other languages.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -71,6 +72,17 @@ class Formula:
     surprise_scale: float = 8.0
     recent_prior: float = 3.0
     rate_clip: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0 or self.recent_ms <= 0:
+            raise ValueError(
+                f"feature times out of range: delay_ms {self.delay_ms}, recent_ms {self.recent_ms}"
+            )
+        scales = (self.prior, self.activity_scale, self.surprise_scale, self.recent_prior)
+        if not all(math.isfinite(x) and x > 0 for x in scales):
+            raise ValueError(f"feature priors and scales must be positive and finite: {scales}")
+        if not 0 < self.rate_clip < 0.5:
+            raise ValueError(f"rate_clip {self.rate_clip} is not in (0, 0.5)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

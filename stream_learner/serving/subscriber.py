@@ -35,6 +35,7 @@ import numpy as np
 
 from stream_learner.config import KafkaSettings, Settings
 from stream_learner.errors import BrokerError, SnapshotError, SnapshotRefusal
+from stream_learner.kafka.admin import topic_messages
 from stream_learner.learning.features import FeatureMapper
 from stream_learner.learning.models import ModelSpec
 from stream_learner.learning.servable import ServableModel
@@ -50,6 +51,8 @@ from stream_learner.snapshots.signing import Verifier
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
+#: How long `ModelSubscriber.close` waits for each of its threads.
+CLOSE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class ModelSubscriber:
             settings = input_settings or Settings()
             self.input = InputFollower(settings.model_copy(update={"kafka": kafka}), self.metrics, clock)
         self._served: _Served | None = None
+        self._problem: str | None = f"looking for model {model_name} on {topic}"
+        self._refusals = 0
         self._lock = ReadWriteLock()
         self._changed = threading.Condition()
         self._stop = threading.Event()
@@ -139,21 +144,40 @@ class ModelSubscriber:
         self.close()
 
     def start(self, wait: float | None = None) -> ModelSubscriber:
-        """Follow the topic in a background thread; with ``wait``, wait that long for a first model."""
+        """Follow the topic in a background thread; with ``wait``, wait that long for a first model,
+        and say why at WARNING when none came (`problem`: a topic that does not exist, no snapshot of
+        this model on it, every one refused, the broker down)."""
         if self.input is not None:
             self.input.start()
         self._thread = threading.Thread(target=self._run, name="model-subscriber", daemon=True)
         self._thread.start()
-        if wait is not None:
-            self.wait_for_version(1, wait)
+        if wait is not None and not self.wait_for_version(1, wait):
+            log.warning("no model of %s served after %.0f s: %s", self.model_name, wait, self.problem)
         return self
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Stop following; waits at most ``timeout`` seconds for each thread (one blocked in a call to
+        a broker that is down ends with the process)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        threads = [self._thread] if self._thread is not None else []
         if self.input is not None:
-            self.input.close()
+            self.input.close(timeout)
+        for thread in threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "the subscriber of %s did not stop within %.0f s; leaving it", self.model_name, timeout
+                )
+
+    @property
+    def ready(self) -> bool:
+        """A model is served (what a readiness probe asks)."""
+        return self._served is not None
+
+    @property
+    def problem(self) -> str | None:
+        """Why no model is served yet, or None once one is."""
+        return None if self._served is not None else self._problem
 
     def refresh(self) -> int | None:
         """Load the newest good model now, if it is newer than the one served; return its version."""
@@ -234,9 +258,12 @@ class ModelSubscriber:
             try:
                 with self._log() as snapshots:
                     start = self._load_newest(snapshots)
+                    if self._served is None and self._ahead is None:
+                        self._diagnose()
                     for entry in snapshots.follow(start, self._stop):
                         self._take(entry)
             except (BrokerError, SnapshotError) as exc:
+                self._set_problem(f"reading {self.topic} failed: {exc}")
                 log.warning("reading %s failed (%s); retrying in %.0f s", self.topic, exc, RETRY_SECONDS)
                 self._stop.wait(RETRY_SECONDS)
             except Exception:  # the model served stays; following must not die with it
@@ -273,6 +300,28 @@ class ModelSubscriber:
         if head is not None:
             self._ahead = head
         return snapshots.follow_from or 0
+
+    def _diagnose(self) -> None:
+        """Say why the newest chain gave no model: no topic, an empty one, one of other models only,
+        or every snapshot of this model refused."""
+        messages = topic_messages(self.kafka, self.topic)
+        if messages is None:
+            why = f"the snapshot topic {self.topic} does not exist (yet)"
+        elif self._refusals:
+            why = f"every snapshot of model {self.model_name} on {self.topic} was refused (see the log)"
+        elif messages == 0:
+            why = f"the snapshot topic {self.topic} is empty"
+        else:
+            why = (
+                f"no snapshot of model {self.model_name} on {self.topic}: its {messages} messages are of "
+                "other models (is the model name right?)"
+            )
+        self._set_problem(why + "; waiting for one")
+
+    def _set_problem(self, problem: str) -> None:
+        if self._served is None and problem != self._problem:
+            log.warning("no model of %s served: %s", self.model_name, problem)
+        self._problem = problem
 
     def _passes(self, meta: SnapshotMeta) -> bool:
         return self._serve_held or verdict_of(meta)[0] == "pass"
@@ -374,6 +423,7 @@ class ModelSubscriber:
     def _refused(self, entry: Entry) -> None:
         err = entry.error
         assert err is not None
+        self._refusals += 1
         self.metrics.refused.labels(err.reason).inc()
         where = f" (offset {entry.offset})" if entry.offset is not None else ""
         log.warning("refused a snapshot of %s on %s%s: %s", self.model_name, self.topic, where, err)

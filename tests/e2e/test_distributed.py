@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings, load_settings
 from stream_learner.learning.learner import Learner
+from stream_learner.learning.realtime import EVENTS as EVENTS_SUM
 from stream_learner.serving.subscriber import ModelSubscriber
 from stream_learner.snapshots.chain import newest_state
 from stream_learner.tools.produce import produce_synthetic
@@ -85,16 +87,20 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         assert held.keys() == state.keys()
         assert all(torch.equal(held[k], state[k]) for k in state)
         for field in ("user", "item"):  # every rank counted every event once, as one process does
-            assert state[f"features.{field}.events"].sum() == EVENTS
+            assert state[f"features.{field}.sums"][:, EVENTS_SUM].sum() == EVENTS
         with ModelSubscriber(
             kafka, settings.snapshot.topic, name, registry=CollectorRegistry()
         ) as subscriber:
             assert subscriber.refresh() == snapshots[-1].meta.version
             items = list(subscriber.recent_items())[:100]
             assert len(items) >= 50
-            scores = subscriber.score("u7", items)
+            at = int(time.time() * 1000)
+            scores = subscriber.score("u7", items, at_ms=at)
         rows = single.features.rows_for_ids(["u7"] * len(items), items)
-        expected = single.trainer.predict(rows, single.features.inputs(rows))
+        assert single.features.realtime is not None
+        expected = single.trainer.predict(
+            rows, single.features.realtime.query(rows[:, :2], np.full(len(rows), at))
+        )
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
         assert scores.std() > 1e-3  # a model that tells items apart
 
@@ -110,7 +116,7 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         assert job.wait_until(lambda j: j.commits > 0 and trained_all(j), 240), "".join(job.lines[-40:])
         job.stop()
         job.finish(120)
-        assert len(job.log("received SIGTERM")) == 3 and len(job.log("stopped: Summary(")) == 3
+        assert len(job.log("received SIGTERM")) == 3 and len(job.log("stopped: model v")) == 3
         assert job.log(f"restored model {name} v{snapshots[-1].meta.version} ")
         assert job.partitions == {0: [0], 1: [1], 2: [2]}
         snapshots = read_snapshots(kafka_bootstrap, settings.snapshot.topic)

@@ -92,9 +92,9 @@ def test_sigkilled_ranks_restart_as_a_group_and_neither_lose_nor_repeat_training
         assert len(job.seen) == 2 * (KILLS + 1), job.seen
         restored = {line.split("restored model ")[1].split(" (")[0] for line in job.log("restored model")}
         assert len(restored) >= 3, restored
-        summaries = job.log("stopped: Summary(")
+        summaries = job.log("stopped: model v")
         print("".join(summaries))
-        stopped = [line for line in summaries if "windows_trained=0," not in line]
+        stopped = [line for line in summaries if "; 0 windows trained" not in line]
         assert stopped, "the last group had nothing left to train: the kills came too late"
 
         states = {}

@@ -132,3 +132,11 @@ def test_fresh_rows_count_as_never_seen_and_reset_forgets_them() -> None:
     np.testing.assert_allclose(as_new[:4], never.window(probe).inputs[0][:4])
     features.reset({0: np.array([1])})
     np.testing.assert_allclose(features.window(probe).inputs[0], as_new)
+
+
+@pytest.mark.parametrize(
+    "constants", [{"recent_ms": 0}, {"delay_ms": -1}, {"prior": float("nan")}, {"rate_clip": 0.5}, {"tau": 1}]
+)
+def test_a_spec_with_impossible_constants_is_refused(constants: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Formula.from_dict(Formula().to_dict() | constants)
