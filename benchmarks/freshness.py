@@ -16,7 +16,15 @@
 
 Target: every measured event served (``events_not_served`` 0), with p99 <= window size + 2 s, at
 both loads; ``meets_target`` covers both. For comparison, the highest load runs once more with
-``window.hold_input_while_training = "off"`` (the input read on while windows train).
+``window.hold_input_while_training = "off"`` (the input read on while windows train). In these runs
+the subscriber serves the snapshots' features (``follow_input=False``), as before real-time features.
+
+3. Feature freshness (issue 21): once more at 50% of the maximum, the subscriber also follows the
+   input and applies every event to the real-time features (`stream_learner.serving.features`, in
+   this process, on the same two cores as the learner and the producer); its histogram
+   ``stream_learner_subscriber_feature_lag_seconds`` (per applied batch, from the Kafka timestamp of
+   its oldest event to the batch being applied) gives the p50 and p99, interpolated within buckets.
+   Target: p99 <= FEATURE_TARGET_SECONDS; every event applied (``features_applied`` = produced).
 
     .venv/bin/python -m benchmarks.freshness --workers 2
 
@@ -39,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 from benchmarks.distributed import job_rate
 from benchmarks.kafka_env import bootstrap, delete_topics, new_topic, outputs
@@ -55,6 +64,8 @@ PARTITIONS = 3
 WINDOW_SECONDS = 5.0
 LATENESS_SECONDS = 0.2
 CHUNK_SECONDS = 0.01
+FEATURE_TARGET_SECONDS = 2.0
+FEATURE_LOAD = 0.5
 
 
 def sections(address: str, topic: str, name: str) -> dict[str, dict[str, object]]:
@@ -97,9 +108,12 @@ def live(
     seconds: float,
     window: dict[str, object] | None = None,
     workers: int = 1,
+    follow_input: bool = False,
 ) -> dict[str, object]:
     """Freshness live at ``rate``; ``window``: settings of the [window] section beside the defaults;
-    ``workers`` > 1: the learner runs as a distributed job of that many ranks (``--workers``)."""
+    ``workers`` > 1: the learner runs as a distributed job of that many ranks (``--workers``);
+    ``follow_input``: the subscriber also keeps the real-time features current (their freshness is
+    reported too)."""
     topic = new_topic(address, "fresh-live", PARTITIONS)
     name = f"bench-fresh-{uuid.uuid4().hex[:8]}"
     config_sections = sections(address, topic, name)
@@ -127,7 +141,15 @@ def live(
         def on_update(meta: SnapshotMeta) -> None:
             served.append((time.time(), meta.window_end_ms, meta.kind))
 
-        subscriber = ModelSubscriber(settings.kafka, settings.snapshot.topic, name, on_update=on_update)
+        registry = CollectorRegistry()
+        subscriber = ModelSubscriber(
+            settings.kafka,
+            settings.snapshot.topic,
+            name,
+            on_update=on_update,
+            registry=registry,
+            follow_input=follow_input,
+        )
         subscriber.start()
         try:
             time.sleep(8 if workers == 1 else 20)  # the learner starts (the ranks meet), takes its lease
@@ -152,7 +174,8 @@ def live(
         counts.append(n)
     per_event = np.repeat(np.array(latencies), counts)
     p50, p99 = np.percentile(per_event, [50, 99])
-    return {
+    features = _feature_lag(registry, name, sum(n for _, n in chunks)) if follow_input else {}
+    return features | {
         "events_measured": int(per_event.size),
         "events_not_served": missing,
         "p50_seconds": round(float(p50), 3),
@@ -160,6 +183,37 @@ def live(
         "max_seconds": round(float(per_event.max()), 3),
         "models_served": len(served),
         "full_snapshots_served": sum(kind == "FULL" for _, _, kind in served),
+    }
+
+
+def _feature_lag(registry: CollectorRegistry, model: str, produced: int) -> dict[str, object]:
+    """The subscriber's feature lag histogram: p50 and p99 (interpolated within buckets), batches, and
+    how many events it applied of those ``produced``."""
+    label = {"model": model}
+    buckets: list[tuple[float, float]] = []  # (upper bound, cumulative count)
+    for metric in registry.collect():
+        if metric.name == "stream_learner_subscriber_feature_lag_seconds":
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("model") == model:
+                    buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    bounds = np.array([b for b, _ in buckets])
+    cumulative = np.array([c for _, c in buckets])
+    total = cumulative[-1] if len(cumulative) else 0.0
+
+    def quantile(q: float) -> float:
+        i = int(np.searchsorted(cumulative, q * total))
+        lo, below = (0.0, 0.0) if i == 0 else (bounds[i - 1], cumulative[i - 1])
+        hi = bounds[i] if np.isfinite(bounds[i]) else lo
+        return round(float(lo + (hi - lo) * (q * total - below) / max(cumulative[i] - below, 1.0)), 3)
+
+    applied = registry.get_sample_value("stream_learner_subscriber_feature_events_applied_total", label) or 0
+    return {
+        "feature_lag_p50_seconds": quantile(0.5) if total else None,
+        "feature_lag_p99_seconds": quantile(0.99) if total else None,
+        "feature_lag_batches": int(total),
+        "features_applied": int(applied),
+        "events_produced": produced,
     }
 
 
@@ -243,6 +297,14 @@ def main() -> None:
     top = max(args.loads)
     reading = live(address, maximum * top, args.seconds, {"hold_input_while_training": "off"})
     print(f"at {top:.0%}, input read while training: {reading}", flush=True)
+    features = live(address, maximum * FEATURE_LOAD, args.seconds, follow_input=True)
+    p99 = features["feature_lag_p99_seconds"]
+    features["meets_target"] = (
+        p99 is not None
+        and p99 <= FEATURE_TARGET_SECONDS  # type: ignore[operator]
+        and features["features_applied"] == features["events_produced"]
+    )
+    print(f"at {FEATURE_LOAD:.0%}, the subscriber following the input: {features}", flush=True)
     result = {
         "max_events_per_second": round(maximum),
         "window_seconds": WINDOW_SECONDS,
@@ -252,6 +314,12 @@ def main() -> None:
         "loads": loads,
         "input_read_while_training": {"load": top, "events_per_second": round(maximum * top), **reading},
         "meets_target": all(r["meets_target"] for r in loads.values()),  # type: ignore[index]
+        "features": {
+            "load": FEATURE_LOAD,
+            "events_per_second": round(maximum * FEATURE_LOAD),
+            "target_p99_seconds": FEATURE_TARGET_SECONDS,
+            **features,
+        },
     }
     record("freshness", result)
     print(result)

@@ -1,5 +1,6 @@
 """Real-data benchmark: MovieLens 100K replayed in time order, prequential AUC and log loss of the
-learner with its default settings against Vowpal Wabbit, River and a counting baseline (issue 14).
+learner with its default settings against Vowpal Wabbit, River and counting baselines, windowed and
+per event (issues 14 and 21).
 
 Data: ``ml-100k.inter`` as shipped inside the RecBole wheel on PyPI (``recbole==1.2.1``), downloaded
 with pip into ``.cache/recbole`` when it is not there (never committed). 100,000 ratings of 943 users
@@ -7,14 +8,20 @@ on 1,682 items; label = rating >= 4; events ordered by timestamp (ties keep the 
 
 Protocol, the same for every learner: the stream is cut into windows (three settings: 1,000-event
 count windows, 1-hour and 1-day event-time windows aligned to the epoch, empty windows skipped);
-every window is first scored by the model as it stands, then learnt. Peers predict the whole window
-before learning any of it. AUC and log loss pool the per-event predictions of every event after the
-first 10% of the stream (one figure per learner and setting, not a mean of windows).
+every window is first scored by the model as it stands, then learnt. Windowed peers predict the whole
+window before learning any of it. Per-event peers (the ones a user would choose instead of a windowed
+learner) learn after every event, and predict each event with everything of an earlier timestamp:
+the same information rule as our real-time features (no label of the same timestamp, which in
+MovieLens is often the same user's batch of ratings; `--ties` also records VW learning within a
+timestamp, as information). They do not depend on the window setting. AUC and log loss pool the
+per-event predictions of every event after the first 10% of the stream (one figure per learner and
+setting, not a mean of windows).
 
 Learners (peers at their documented defaults unless said here):
 
 - ours: `Learner.process` with the default `Settings` (only train.device = cpu and train.threads = 1
-  pinned, which change speed, not what is learnt);
+  pinned, which change speed, not what is learnt, and the window setting); ``ours (delay 60 s)``: the
+  same with features.feedback_delay_seconds = 60, against ``counting_as_of_delay60``;
 - ``vw_quadratic`` / ``vw_linear``: Vowpal Wabbit ``--loss_function logistic --link logistic`` with
   and without ``-q ui`` (namespaces ``u`` and ``i``; VW's default rate 0.5, adaptive, normalised,
   invariant updates, 18 bits);
@@ -22,6 +29,9 @@ Learners (peers at their documented defaults unless said here):
 - ``river_fm``: ``facto.FMClassifier(seed=0)`` (10 factors) on the same;
 - ``counting``: the mean of the user's and the item's positive rates, each smoothed towards the
   running global rate with COUNT_PRIOR pseudo-events, updated after each window;
+- ``vw_linear_per_event`` / ``vw_quadratic_per_event``: the VW learners above, learning after every
+  event; ``counting_as_of`` (``counting_as_of_delay60``): the counting baseline with counts as of each
+  event (labels of events at least 60 s older);
 - ``reference_online_mf``: not a peer but a reference (REFERENCE_MF): per-event online matrix
   factorisation with the same count inputs as ours, tuned on this file, to show roughly how far
   one-step-per-event learning of that kind of model goes here.
@@ -61,6 +71,7 @@ from stream_learner.ingest.windowing import Window
 from stream_learner.learning.detectors import PageHinkley
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.quality import log_loss, roc_auc
+from stream_learner.learning.realtime import INPUTS, RealtimeFeatures
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "recbole"
@@ -78,12 +89,22 @@ WINDOWS: dict[str, tuple[str, int]] = {
     "1 day": ("event_time", 86_400),
 }
 PEERS = ("vw_quadratic", "vw_linear", "counting", "river_lr", "river_fm", "reference_online_mf")
-#: Peers whose best the learner must beat (issue 14): AUC by TARGET_MARGIN, log loss not higher.
-TARGET_PEERS = ("vw_quadratic", "vw_linear", "counting")
+#: Peers learning after every event (the same figures at every window setting).
+PER_EVENT = ("vw_linear_per_event", "vw_quadratic_per_event", "counting_as_of", "counting_as_of_delay60")
+#: Issue 21's targets: AUC at least the best of these and log loss at most theirs ...
+TARGET_PEERS = ("vw_linear_per_event", "vw_quadratic_per_event", "counting_as_of")
+#: ... and AUC at least this peer's + TARGET_MARGIN (with the delay: the delayed one's).
+MARGIN_PEER, DELAYED_MARGIN_PEER = "counting_as_of", "counting_as_of_delay60"
 TARGET_MARGIN = 0.01
+#: Issue 21: AUC at 1-day windows within this of AUC at 1,000-event windows.
+WINDOW_SPREAD = 0.005
+DELAY_SECONDS = 60
+DELAYED = f"ours (delay {DELAY_SECONDS} s)"
 #: Variants of our learner for `--ablations`: name -> settings over the defaults; the key CONSTANTS
-#: sets module constants of the package instead ("module.NAME" -> value) for that run only.
+#: sets module constants of the package instead ("module.NAME" -> value) for that run only, and
+#: ZEROED names real-time inputs (of `realtime.INPUTS`) given to the model as 0 (it cannot use them).
 CONSTANTS = "_constants"
+ZEROED = "_zeroed_inputs"
 ABLATIONS: dict[str, dict[str, Any]] = {
     "issue-14 model: dnn, lr 0.2, no counts, mini-batch 1024": {
         "model": {"kind": "dnn", "count_features": False},
@@ -105,8 +126,11 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     },
     "FM init std 0.1": {CONSTANTS: {"stream_learner.learning.models.fm.FACTOR_INIT_STD": 0.1}},
     "FM init std 0.01": {CONSTANTS: {"stream_learner.learning.models.fm.FACTOR_INIT_STD": 0.01}},
-    "count prior 2": {CONSTANTS: {"stream_learner.learning.counts.PRIOR": 2.0}},
-    "count prior 20": {CONSTANTS: {"stream_learner.learning.counts.PRIOR": 20.0}},
+    "real-time rate and activity only (surprise inputs zeroed)": {ZEROED: ["surprise", "recent_surprise"]},
+    "real-time without recent surprise": {ZEROED: ["recent_surprise"]},
+    "recent_seconds 60": {"features": {"recent_seconds": 60}},
+    "recent_seconds 3600": {"features": {"recent_seconds": 3600}},
+    "recent_seconds 86400": {"features": {"recent_seconds": 86400}},
     "kind dnn": {"model": {"kind": "dnn"}},
     "kind logistic": {"model": {"kind": "logistic"}},
     "embedding_dim 8": {"model": {"embedding_dim": 8}},
@@ -252,6 +276,50 @@ class Counting:
             np.add.at(pos, ids[lo:hi], self.labels[lo:hi])
 
 
+def timestamp_groups(data: Ratings) -> list[tuple[int, int]]:
+    """[lo, hi) of each run of events with the same timestamp, in order."""
+    cuts = np.flatnonzero(np.diff(data.timestamp_ms)) + 1
+    return list(zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(data)].tolist(), strict=True))
+
+
+def vw_per_event(data: Ratings, quadratic: bool, ties: bool = False) -> np.ndarray:
+    """VW learning after every event; each event predicted before the events of its timestamp are
+    learnt (with ``ties``: before itself only, the others of its timestamp learnt in file order)."""
+    vw = VW(data, quadratic)
+    probs = np.empty(len(data))
+    for lo, hi in [(k, k + 1) for k in range(len(data))] if ties else timestamp_groups(data):
+        probs[lo:hi] = vw.predict(lo, hi)
+        vw.learn(lo, hi)
+    return probs
+
+
+def counting_as_of(data: Ratings, delay_s: int = 0) -> np.ndarray:
+    """The counting baseline with the counts as of each event: the labels of every event of an earlier
+    timestamp, at least ``delay_s`` earlier."""
+    counts = Counting(data)
+    probs = np.empty(len(data))
+    delay_ms, applied = delay_s * 1000, 0
+    for lo, hi in timestamp_groups(data):
+        known = int(np.searchsorted(data.timestamp_ms, data.timestamp_ms[lo] - delay_ms, "left"))
+        if known > applied:
+            counts.learn(applied, known)
+            applied = known
+        probs[lo:hi] = counts.predict(lo, hi)
+    return probs
+
+
+def per_event(name: str, data: Ratings) -> np.ndarray:
+    makers: dict[str, Callable[[], np.ndarray]] = {
+        "vw_linear_per_event": lambda: vw_per_event(data, quadratic=False),
+        "vw_quadratic_per_event": lambda: vw_per_event(data, quadratic=True),
+        "vw_linear_per_event_ties": lambda: vw_per_event(data, quadratic=False, ties=True),
+        "vw_quadratic_per_event_ties": lambda: vw_per_event(data, quadratic=True, ties=True),
+        "counting_as_of": lambda: counting_as_of(data),
+        "counting_as_of_delay60": lambda: counting_as_of(data, DELAY_SECONDS),
+    }
+    return makers[name]()
+
+
 class OnlineMF:
     """The reference learner: per-event logistic MF, biases and count inputs, Adagrad (REFERENCE_MF).
     Inputs per event: the logits of the user's and the item's positive rates smoothed towards the
@@ -337,7 +405,7 @@ def settings(overrides: dict[str, Any]) -> Settings:
     """The default settings, with ``overrides`` (section -> values) and the speed-only pins."""
     base: dict[str, dict[str, Any]] = {"train": {"device": "cpu", "threads": 1}}
     for section, values in overrides.items():
-        if section != CONSTANTS:
+        if section not in (CONSTANTS, ZEROED):
             base.setdefault(section, {}).update(values)
     return Settings.model_validate(base)
 
@@ -365,6 +433,25 @@ def constants(values: dict[str, Any]) -> Iterator[None]:
             setattr(target, name, value)
 
 
+@contextmanager
+def zeroed(names: list[str]) -> Iterator[None]:
+    """The real-time inputs ``names`` (of `realtime.INPUTS`) given to the model as 0, for a run."""
+    original = RealtimeFeatures._inputs
+    cols = [k for k, name in enumerate(INPUTS) if name in names]
+
+    def inputs(self: RealtimeFeatures, *args: Any) -> np.ndarray:
+        out = original(self, *args)
+        for i in range(len(self.names)):
+            out[:, [len(INPUTS) * i + c for c in cols]] = 0.0
+        return out
+
+    RealtimeFeatures._inputs = inputs  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        RealtimeFeatures._inputs = original  # type: ignore[method-assign]
+
+
 def events(data: Ratings, users: np.ndarray, items: np.ndarray, lo: int, hi: int) -> EventBatch:
     n = hi - lo
     return EventBatch(
@@ -390,7 +477,7 @@ def run_ours(
 ) -> dict[str, Any]:
     """Our learner window by window (the worker's path); per-event probabilities and what the drift
     detector and the guard did."""
-    with constants(overrides.get(CONSTANTS, {})):
+    with constants(overrides.get(CONSTANTS, {})), zeroed(overrides.get(ZEROED, [])):
         return _run_ours(data, bounds, overrides)
 
 
@@ -499,18 +586,32 @@ def margin_analysis(
 
 
 def targets(learners: dict[str, dict[str, Any]], ours: str) -> dict[str, Any]:
+    """Issue 21's targets at one window setting: AUC at least the best per-event peer's and the as-of
+    counting baseline's + TARGET_MARGIN, log loss at most theirs; with the feedback delay, AUC at least
+    the delayed counting baseline's + TARGET_MARGIN. Also issue 14's (the windowed peers + margin)."""
     present = [p for p in TARGET_PEERS if p in learners]
-    if not present:
+    if not present or MARGIN_PEER not in learners:
         return {}
     best_auc = max(learners[p]["auc"] for p in present)
     best_loss = min(learners[p]["log_loss"] for p in present)
-    return {
+    auc = learners[ours]["auc"]
+    out: dict[str, Any] = {
         "best_peer_auc": best_auc,
         "best_peer_log_loss": best_loss,
-        "auc_margin": round(learners[ours]["auc"] - best_auc, 5),
-        "auc_met": learners[ours]["auc"] >= best_auc + TARGET_MARGIN,
+        "auc_margin_over_best_peer": round(auc - best_auc, 5),
+        "auc_margin_over_counting_as_of": round(auc - learners[MARGIN_PEER]["auc"], 5),
+        "auc_met": auc >= best_auc and auc >= learners[MARGIN_PEER]["auc"] + TARGET_MARGIN,
         "log_loss_met": learners[ours]["log_loss"] <= best_loss,
     }
+    if DELAYED in learners and DELAYED_MARGIN_PEER in learners:
+        margin = learners[DELAYED]["auc"] - learners[DELAYED_MARGIN_PEER]["auc"]
+        out["delayed_auc_margin"] = round(margin, 5)
+        out["delayed_met"] = margin >= TARGET_MARGIN
+    windowed = [p for p in ("vw_quadratic", "vw_linear", "counting") if p in learners]
+    if windowed:
+        best = max(learners[p]["auc"] for p in windowed)
+        out["issue_14_auc_margin_over_windowed_peers"] = round(auc - best, 5)
+    return out
 
 
 def detector_counts(run: dict[str, Any], windows: int) -> dict[str, Any]:
@@ -532,6 +633,7 @@ def run_setting(
     variants: dict[str, dict[str, Any]],
     peers: tuple[str, ...],
     curves: dict[str, Any],
+    every_event: dict[str, tuple[np.ndarray, float]],
 ) -> dict[str, Any]:
     kind, size = WINDOWS[name]
     bounds = window_bounds(data, kind, size)
@@ -565,6 +667,10 @@ def run_setting(
         learners[peer] = pooled(data.label, probs[peer]) | {
             "seconds": round(time.perf_counter() - started, 1)
         }
+        print(f"{peer:28s} {_line(learners[peer])}", flush=True)
+    for peer, (peer_probs, seconds) in every_event.items():
+        probs[peer] = peer_probs
+        learners[peer] = pooled(data.label, peer_probs) | {"seconds": seconds}
         print(f"{peer:28s} {_line(learners[peer])}", flush=True)
     shuffled_bounds = window_bounds(shuffled, kind, size)
     for variant, overrides in variants.items():
@@ -620,7 +726,9 @@ def plot(curves: dict[str, Any], data: Ratings, path: Path, ours: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def run(quick: bool, variants: dict[str, dict[str, Any]], peers: tuple[str, ...]) -> dict[str, Any]:
+def run(
+    quick: bool, variants: dict[str, dict[str, Any]], peers: tuple[str, ...], per_event_peers: tuple[str, ...]
+) -> dict[str, Any]:
     data = load()
     if quick:
         data = data.head(QUICK_EVENTS)
@@ -631,8 +739,14 @@ def run(quick: bool, variants: dict[str, dict[str, Any]], peers: tuple[str, ...]
         f"positive rate {data.label.mean():.3f}",
         flush=True,
     )
+    every_event: dict[str, tuple[np.ndarray, float]] = {}
+    for peer in per_event_peers:  # the same at every window setting: once
+        started = time.perf_counter()
+        every_event[peer] = (per_event(peer, data), round(time.perf_counter() - started, 1))
     curves: dict[str, Any] = {}
-    by_setting = {name: run_setting(data, shuffled, name, variants, peers, curves) for name in WINDOWS}
+    by_setting = {
+        name: run_setting(data, shuffled, name, variants, peers, curves, every_event) for name in WINDOWS
+    }
     return {"by_setting": by_setting, "curves": curves, "data": data}
 
 
@@ -645,7 +759,13 @@ def main() -> None:
     parser.add_argument(
         "--override", type=json.loads, help="JSON settings over the defaults; nothing recorded"
     )
-    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers to run")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated windowed peers to run")
+    parser.add_argument(
+        "--per-event-peers", default=",".join(PER_EVENT), help="comma-separated per-event peers to run"
+    )
+    parser.add_argument(
+        "--ties", action="store_true", help="also VW per event learning the events of a timestamp one by one"
+    )
     parser.add_argument(
         "--record-as", default=None, help="results section to record under (default: real, real_ablations)"
     )
@@ -654,10 +774,14 @@ def main() -> None:
     variants: dict[str, dict[str, Any]] = {"ours (defaults)": {}}
     if args.override is not None:
         variants = {"ours (override)": args.override}
+    variants[DELAYED] = {"features": {"feedback_delay_seconds": DELAY_SECONDS}} | (args.override or {})
     if args.ablations:
         variants |= ABLATIONS
     peers = tuple(p for p in args.peers.split(",") if p)
-    out = run(args.quick, variants, peers)
+    per_event_peers = tuple(p for p in args.per_event_peers.split(",") if p)
+    if args.ties:
+        per_event_peers += ("vw_linear_per_event_ties", "vw_quadratic_per_event_ties")
+    out = run(args.quick, variants, peers, per_event_peers)
     ours = next(iter(variants))
     summary = {
         name: {
@@ -674,6 +798,8 @@ def main() -> None:
     png = RESULTS.parent / f"{section.replace('_', '-')}.png"
     plot(out["curves"], out["data"], png, ours)
     by_setting = out["by_setting"]
+    aucs = [by_setting[name]["learners"][ours]["auc"] for name in ("1000 events", "1 day")]
+    spread = abs(aucs[0] - aucs[1])
     data: dict[str, Any] = {
         "dataset": {
             "name": "MovieLens 100K (RecBole ml-100k.inter)",
@@ -686,12 +812,20 @@ def main() -> None:
             "scored_after_fraction": WARMUP_FRACTION,
             "shuffle_seed": SHUFFLE_SEED,
             "count_prior": COUNT_PRIOR,
-            "target": f"AUC >= best of {list(TARGET_PEERS)} + {TARGET_MARGIN}, log loss <= theirs",
+            "per_event_peers": "predict each event with every event of an earlier timestamp (as our "
+            "real-time features do), then learn the events of its timestamp",
+            "target": f"AUC >= best of {list(TARGET_PEERS)} and >= {MARGIN_PEER} + {TARGET_MARGIN}, "
+            f"log loss <= theirs; {DELAYED}: AUC >= {DELAYED_MARGIN_PEER} + {TARGET_MARGIN}; AUC at "
+            f"1-day windows within {WINDOW_SPREAD} of AUC at 1,000-event windows",
         },
         "variants": variants,
         "settings": by_setting,
-        "targets_met": all(
-            s["targets"][ours].get("auc_met") and s["targets"][ours].get("log_loss_met")
+        "window_spread": round(spread, 5),
+        "targets_met": spread <= WINDOW_SPREAD
+        and all(
+            s["targets"][ours].get("auc_met")
+            and s["targets"][ours].get("log_loss_met")
+            and s["targets"][ours].get("delayed_met")
             for s in by_setting.values()
         ),
         "no_false_alarms": all(
