@@ -37,7 +37,9 @@ SnapshotRefusal = Literal[
     "spec",
     "gap",
     "bad_delta",
+    "non_finite",  # a tensor holds NaN or infinite values
     "state",  # the learner's restore only: the snapshot's learner state does not restore
+    "missing_tensor",  # the learner's restore only: a tensor its state needs is missing or misshapen
 ]
 
 

@@ -181,6 +181,7 @@ class App:
             lambda: (spare.pop() if spare else Learner(s), make_windower(s)),
             verifier=verifier,
             on_refused=self._refused,
+            check_optimiser=True,
         )
         learner, windower = restored.learner, restored.windower
         self.summary.started_from(restored.version, restored.meta)
@@ -246,6 +247,7 @@ class App:
             copier=copier,
             history_to=lambda version: history_to(s, version, verifier),
             metrics=self.metrics,
+            fits=restored.fits,
             clock=self.clock,
         )
         stack.callback(rollbacks.close)

@@ -39,6 +39,7 @@ from stream_learner.learning.learner import Learner
 from stream_learner.metrics import Metrics
 from stream_learner.runtime.worker import Worker
 from stream_learner.snapshots import history
+from stream_learner.snapshots.fit import OptimiserLayout
 from stream_learner.snapshots.format import Snapshot
 from stream_learner.snapshots.publisher import Publisher, Rollback
 from stream_learner.snapshots.state import StateCopier
@@ -63,6 +64,7 @@ class Rollbacks:
         copier: StateCopier,
         history_to: Callable[[int], list[Snapshot]],
         metrics: Metrics,
+        fits: OptimiserLayout | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.reader = reader
@@ -72,6 +74,7 @@ class Rollbacks:
         self.copier = copier
         self.history_to = history_to  # the snapshot topic's verified history back to a version
         self.metrics = metrics
+        self.fits = fits  # the optimiser state the learner needs (as its restore checks)
         self.clock = clock
         self._checked = 0.0
         self._queue: deque[tuple[int, ControlRequest | Refused]] = deque()
@@ -117,6 +120,8 @@ class Rollbacks:
             return False
         try:
             fold, spec = history.state_at(self.history_to(version), version)
+            if self.fits is not None and spec == self.learner.spec:
+                self.fits.check(version, fold.tensors, fold.meta)
         except SnapshotError as err:
             self._refused("unrestorable", f"request {request.request}: v{version} cannot be restored: {err}")
             return False

@@ -2,9 +2,11 @@
 
 This is the one fold of the snapshot history. The learner's restart (`recovery`), the subscriber
 (`stream_learner.serving`) and every tool that rebuilds the state at some version apply snapshots
-through `Fold`; `load` adds the checks every reader that will *use* the state makes first (its model
-spec is readable, its tensors are the ones that spec builds), so that the learner and serving refuse
-exactly the same snapshots.
+through `Fold`, which refuses tensors holding NaN or infinite values ("non_finite": a model that
+scores NaN, and whose every window the learner would skip); `load` adds the checks every reader that
+will *use* the state makes first (its model spec is readable, its tensors are the ones that spec
+builds), so that the learner and serving refuse exactly the same snapshots. Which snapshots form a
+chain at all (versions one apart, the same spec) is `stream_learner.snapshots.log`'s to say.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Fold:
         if full.meta.kind != "FULL":
             raise SnapshotError("gap", f"v{full.meta.version} is a {full.meta.kind}, not a full snapshot")
         self.tensors: dict[str, torch.Tensor] = full.tensors()
+        check_finite(full.meta.version, self.tensors)
         self.meta: SnapshotMeta = full.meta
         self.base: SnapshotMeta = full.meta
         self.applied = 1  # snapshots folded in, the full one included
@@ -64,7 +67,9 @@ class Fold:
             raise SnapshotError(
                 "spec", f"delta v{m.version} has another model spec than v{self.meta.version}"
             )
-        delta.apply(self.tensors, snap.tensors())
+        tensors = snap.tensors()
+        check_finite(m.version, tensors)
+        delta.apply(self.tensors, tensors)
         self.meta = m
         self.applied += 1
 
@@ -79,6 +84,14 @@ class Fold:
                     raise
                 on_refused(snap, err)
                 return
+
+
+def check_finite(version: int, tensors: dict[str, torch.Tensor]) -> None:
+    """`SnapshotError` ("non_finite") when a floating-point tensor holds NaN or an infinity."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise SnapshotError("non_finite", f"v{version}: {bad} values of {name} are NaN or infinite")
 
 
 def newest_state(snapshots: Sequence[Snapshot]) -> dict[str, torch.Tensor]:

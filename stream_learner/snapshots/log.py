@@ -7,11 +7,21 @@ it, not the topic's whole history. Bad data is reported as an `Entry` with the `
 says why; it never stops the reading. A Kafka failure raises `BrokerError`.
 
 Verified means: whole, checksum right, the version in bounds, the signature right when a verifier
-is given (`stream_learner.snapshots.signing`), and versions increasing in log order. The learner
-writes versions in increasing order, so a snapshot followed in the log by a lower or equal version
-is not part of the history being read backwards (a forged "v1000" among v24 and v25): it is refused
-("version"). `newest_version` counts only verified snapshots: a damaged or forged envelope cannot
-move the version counter.
+is given (`stream_learner.snapshots.signing`), and the snapshot continuing the one before it. The
+learner numbers its snapshots one by one, each with the model spec of the one before (a new spec is
+a new model), so (`History`, `continues`):
+
+- a snapshot followed in the log by a lower or equal version is not part of the history being read
+  backwards (a forged "v1000" among v24 and v25): it is refused ("version");
+- a snapshot more than one version past the verified snapshot before it (a forged v2^62 after v20,
+  after which the learner could only publish versions every reader refuses), or with another model
+  spec than that one, is refused ("version", "spec"). Read backwards, the newest snapshot is
+  therefore judged only once the one before it is read.
+
+Without a signature these checks catch what is inconsistent, not a forgery that is consistent: a run
+of forged snapshots, each one past the one before, reads as history (docs/decisions/snapshot-signing.md).
+`newest_version` counts only verified snapshots: a damaged or forged envelope cannot move the version
+counter.
 """
 
 from __future__ import annotations
@@ -27,8 +37,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from stream_learner.config import KafkaSettings
 from stream_learner.errors import BrokerError, SnapshotError
 from stream_learner.kafka.clients import client_config
-from stream_learner.snapshots.chain import continuing
-from stream_learner.snapshots.format import Assembler, Chunk, Snapshot, decode_chunk
+from stream_learner.snapshots.chain import continuing, read_spec
+from stream_learner.snapshots.format import Assembler, Chunk, Snapshot, SnapshotMeta, decode_chunk
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,78 @@ def _out_of_order(version: int, offset: int | None, below: int) -> SnapshotError
         f"v{version} at offset {offset} is followed in the log by v{below}: versions only grow, so it is "
         "not part of this model's history (forged, or another writer)",
     )
+
+
+def continues(meta: SnapshotMeta, before: SnapshotMeta) -> SnapshotError | None:
+    """Why ``meta`` does not continue ``before``, the verified snapshot before it with a lower
+    version (None when it does): more than one version past it, or another model spec."""
+    if meta.version > before.version + 1:
+        return SnapshotError(
+            "version",
+            f"v{meta.version} is more than one version past v{before.version} before it: the learner "
+            "numbers its snapshots one by one (forged, or another writer)",
+        )
+    if meta.spec != before.spec and _spec_or_text(meta) != _spec_or_text(before):
+        return SnapshotError(
+            "spec",
+            f"v{meta.version} has another model spec than v{before.version} before it: a new model "
+            "spec is a new model (model.name), so it is not this model's",
+        )
+    return None
+
+
+def _spec_or_text(meta: SnapshotMeta) -> object:
+    """The spec ``meta`` carries, or its text when it cannot be read (compared as text then)."""
+    try:
+        return read_spec(meta)
+    except SnapshotError:
+        return meta.spec
+
+
+class History:
+    """Judges a model's snapshots read newest first (`SnapshotLog.newest_first`): out of order (a
+    lower or equal version comes after it) or not continuing the snapshot before it, a snapshot is
+    turned into a refusal. `add` returns the entries judged so far, newest first; a snapshot waits
+    there until the one before it is read, or `finish` says there is none."""
+
+    def __init__(self) -> None:
+        self.below: int | None = None  # the lowest version accepted after the position reached
+        self._pending: tuple[Entry, SnapshotMeta] | None = None  # waits for the snapshot before it
+        self._held: list[Entry] = []  # what was read after the pending one, to give out after it
+
+    def add(self, entry: Entry) -> list[Entry]:
+        if entry.snapshot is None:
+            return self._hold(entry)
+        meta = entry.snapshot.meta
+        limit = self._pending[1].version if self._pending is not None else self.below
+        if limit is not None and meta.version >= limit:
+            return self._hold(Entry(entry.offset, error=_out_of_order(meta.version, entry.offset, limit)))
+        out = self._judge(meta)
+        self._pending = entry, meta
+        return out
+
+    def finish(self) -> list[Entry]:
+        """At the start of the log: the snapshot waiting has none before it."""
+        return self._judge(None)
+
+    def _hold(self, entry: Entry) -> list[Entry]:
+        if self._pending is None:
+            return [entry]
+        self._held.append(entry)
+        return []
+
+    def _judge(self, before: SnapshotMeta | None) -> list[Entry]:
+        """Judge the snapshot waiting against ``before``; give it out with what was held after it."""
+        pending, held = self._pending, self._held
+        self._pending, self._held = None, []
+        if pending is None:
+            return held
+        entry, meta = pending
+        error = continues(meta, before) if before is not None else None
+        if error is not None:
+            return [Entry(entry.offset, error=error), *held]
+        self.below = meta.version
+        return [entry, *held]
 
 
 def _log_refused(entry: Entry) -> None:
@@ -115,7 +197,8 @@ class SnapshotLog:
         self.timeout = timeout
         self.on_refused = on_refused
         self.verify = verify  # the signature check (`stream_learner.snapshots.signing.Verifier`)
-        self.newest_version: int | None = None  # highest version of a verified snapshot read so far
+        self.newest_version: int | None = None  # highest version of a snapshot accepted so far
+        self._last: SnapshotMeta | None = None  # the last verified snapshot in the log, once read
         self.follow_from: int | None = None  # where new snapshots will appear, once the end was read
         self._position = 0
         self._consumer = Consumer(
@@ -203,13 +286,14 @@ class SnapshotLog:
         return entries, chunks.first
 
     def newest_first(self) -> Iterator[Entry]:
-        """Snapshots (and refusals), newest first, read backwards a page at a time. A snapshot whose
-        version is not below that of every verified snapshot after it is refused ("version")."""
+        """Snapshots (and refusals), newest first, read backwards a page at a time and judged by
+        `History`: out of order, or not continuing the snapshot before it, a snapshot is refused."""
         low, high = self.bounds()
         self.follow_from = high
         end: int | None = None
         cut, size = high, PAGE
-        below: int | None = None  # the lowest verified version after the current position
+        history = History()
+        self._last = None
         while cut > low:
             start = max(low, cut - size)
             entries, first = self._page(start, end, at_start=start == low)
@@ -217,16 +301,20 @@ class SnapshotLog:
                 size *= 2  # no snapshot begins in this page: read further back, the same end
                 continue
             for entry in reversed(entries):
-                snap = entry.snapshot
-                if snap is not None and below is not None and snap.meta.version >= below:
-                    entry = Entry(entry.offset, error=_out_of_order(snap.meta.version, entry.offset, below))
-                elif snap is not None:
-                    below = snap.meta.version
-                    self.newest_version = max(self.newest_version or 0, below)
-                yield entry
+                if entry.snapshot is not None and self._last is None:
+                    self._last = entry.snapshot.meta
+                yield from self._judged(history.add(entry))
             if first is None or start == low:
-                return
+                break
             end = cut = first
+        yield from self._judged(history.finish())
+
+    def _judged(self, entries: list[Entry]) -> list[Entry]:
+        """Note the version of the newest snapshot accepted."""
+        for entry in entries:
+            if entry.snapshot is not None:
+                self.newest_version = max(self.newest_version or 0, entry.snapshot.meta.version)
+        return entries
 
     def chains(self) -> Iterator[list[Snapshot]]:
         """Candidate models, newest first: a verified full snapshot and the deltas that continue it."""
@@ -241,7 +329,18 @@ class SnapshotLog:
             newer.insert(0, snap)
 
     def follow(self, start: int, stop: threading.Event) -> Iterator[Entry]:
-        """Snapshots as they are committed, from offset ``start`` on, until ``stop`` is set."""
+        """Snapshots as they are committed, from offset ``start`` on, until ``stop`` is set. A
+        snapshot above the verified one before it (the last in the log when `newest_first` read it,
+        then each followed) that does not continue it is refused, as `newest_first` would refuse it;
+        one not above it is left to the caller (a re-read, or out of order)."""
         chunks = _Chunks(tails_expected=False, verify=self.verify)
+        before = self._last
         for msg in self._messages(start, None, stop):
-            yield from chunks.add(msg.offset() or 0, msg.value())
+            for entry in chunks.add(msg.offset() or 0, msg.value()):
+                snap = entry.snapshot
+                if snap is not None:
+                    later = before is not None and snap.meta.version > before.version
+                    error = continues(snap.meta, before) if before is not None and later else None
+                    before = snap.meta
+                    entry = Entry(entry.offset, error=error) if error is not None else entry
+                yield entry

@@ -48,7 +48,7 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
 
     marker = tmp_path / "unpickled"
     pickled = pickle.dumps({"model.bias": _Exploit(str(marker))})
-    one_chunk = messages(meta(model, 8, "FULL", spec), logistic_state(spec, 0.7))
+    one_chunk = messages(meta(model, 2, "FULL", spec), logistic_state(spec, 0.7))
     assert len(one_chunk) == 1
     bad = {
         "checksum": chunks(2, 0.2),
@@ -58,14 +58,14 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
         "not_safetensors": [
             reencode(
                 one_chunk[0],
-                version=6,
+                version=2,
                 payload=pickled,
                 payload_size=len(pickled),
                 payload_sha256=hashlib.sha256(pickled).hexdigest(),
             )
         ],
         # a forged spec that would need 2^40 rows per table: refused, nothing allocated
-        "spec": [reencode(one_chunk[0], version=7, spec=logistic_spec(rows=1 << 40).to_json())],
+        "spec": [reencode(one_chunk[0], version=2, spec=logistic_spec(rows=1 << 40).to_json())],
     }
     flipped = bytearray(decode_chunk(bad["checksum"][1]).data)
     flipped[0] ^= 1
@@ -99,15 +99,15 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
         assert subscriber._served.model.model.bias.item() == np.float32(-0.2)  # type: ignore[union-attr]
         assert np.array_equal(subscriber.score("u1", ["i1", "i2"]), np.full(2, 0.5, np.float32))
 
-        produce_raw(kafka_bootstrap, topic, key, one_chunk)  # a good one after
-        assert subscriber.wait_for_version(8, 30)
+        produce_raw(kafka_bootstrap, topic, key, one_chunk)  # a good one after, continuing v1
+        assert subscriber.wait_for_version(2, 30)
         assert {reason: refused(reason) for reason in bad} == dict.fromkeys(bad, 1.0)
         assert not marker.exists(), "the pickle was unpickled"
         for reason in bad:
             assert any(f"({reason})" in r.getMessage() for r in caplog.records), reason
-    assert seen == [1, 8]
+    assert seen == [1, 2]
 
-    # a fresh subscriber reads back from the end: it finds v8 and never reads the bad ones
+    # a fresh subscriber reads back from the end: it finds v2 and never reads the bad ones
     with ModelSubscriber(settings, topic, model) as fresh:
-        assert fresh.refresh() == 8
+        assert fresh.refresh() == 2
         assert fresh._served.model.model.bias.item() == np.float32(-1.4)  # type: ignore[union-attr]

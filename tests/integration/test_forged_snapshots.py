@@ -15,6 +15,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -126,10 +127,10 @@ def test_the_restore_passes_over_forged_newest_snapshots_and_keeps_the_version_s
     forged = [
         # fails its checksum, claims the largest version Avro can hold
         _forge(full, version=(1 << 63) - 1, payload_sha256="0" * 64),
-        # a valid checksum, a spec without fields
-        _forge(full, version=newest + 1, spec=json.dumps(spec)),
         # tensors that fit, a learner state that does not restore
-        _forge(full, version=newest + 2, state=json.dumps({"learner": {"lr": "not a state"}})),
+        _forge(full, version=newest + 1, state=json.dumps({"learner": {"lr": "not a state"}})),
+        # a valid checksum, a spec without fields
+        _forge(full, version=newest + 2, spec=json.dumps(spec)),
     ]
     for values in forged:
         produce_raw(kafka_bootstrap, settings.snapshot.topic, settings.model.name.encode(), values)
@@ -139,10 +140,81 @@ def test_the_restore_passes_over_forged_newest_snapshots_and_keeps_the_version_s
 
     for reason in ("version", "spec", "state"):
         assert registry.get_sample_value(REFUSED, {"reason": reason}) == 1, reason
-    # versions continue above the newest verified envelope, far below any overflow
-    _assert_continues(_history(kafka_bootstrap, settings.snapshot.topic), mark, newest, newest + 3, 4000)
+    # versions continue above the newest verified envelope that continues the history (the state
+    # one: only the learner's restore refuses it), far below any overflow
+    _assert_continues(_history(kafka_bootstrap, settings.snapshot.topic), mark, newest, newest + 2, 4000)
     ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
     assert committed_offsets(kafka_bootstrap, settings.input.group_id, topic, PARTITIONS) == ends
+
+
+def test_snapshots_that_do_not_continue_the_chain_are_refused_by_the_learner_and_serving(
+    kafka_bootstrap, new_topic
+):
+    """Issue 22, without signing: a forged newest snapshot at version exactly 2^62, one of another
+    (self-consistent) model spec, one with NaN weights and one without the sparse optimiser's state.
+    Each is refused with its reason by the learner's restart, which restores the genuine chain and
+    numbers on from it (before: 2^62 was restored and every later version refused; the spec made
+    every start exit 2; NaN weights were restored; the missing state restored as complete), and
+    serving never serves the first three."""
+    topic = new_topic("events", partitions=PARTITIONS)
+    settings = _settings(kafka_bootstrap, topic)
+    _train(settings, 3000, seed=11)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    serving_registry = CollectorRegistry()
+    serving = ModelSubscriber(kafka, settings.snapshot.topic, settings.model.name, registry=serving_registry)
+    other = settings.model_copy(update={"model": settings.model.model_copy(update={"user_buckets": 2048})})
+    other_learner = Learner(other)
+
+    def forged(newest: int, case: str) -> list[bytes]:
+        full = next(
+            s
+            for _, s in reversed(_history(kafka_bootstrap, settings.snapshot.topic))
+            if s and s.meta.kind == "FULL"
+        )
+        tensors, meta = full.tensors(), replace(full.meta, version=newest + 1)
+        if case == "version":
+            meta = replace(meta, version=1 << 62)
+        elif case == "spec":
+            tensors, meta = other_learner.tensors(), replace(meta, spec=other_learner.spec.to_json())
+        elif case == "non_finite":
+            tensors = {
+                n: torch.full_like(t, float("nan")) if n.startswith("model.") else t
+                for n, t in tensors.items()
+            }
+        else:
+            tensors = {n: t for n, t in tensors.items() if not n.startswith("optim.sparse.")}
+        return messages(meta, tensors)
+
+    with serving.start():
+        trained = 3000
+        for seed, (case, published) in enumerate(
+            [("version", 1), ("spec", 1), ("non_finite", 2), ("missing_tensor", 2)], start=12
+        ):
+            history = _history(kafka_bootstrap, settings.snapshot.topic)
+            newest = max(s.meta.version for _, s in history if s is not None and s.meta.version < 1 << 62)
+            assert serving.wait_for_version(newest, 30)
+            produce_raw(
+                kafka_bootstrap, settings.snapshot.topic, settings.model.name.encode(), forged(newest, case)
+            )
+            mark = len(_history(kafka_bootstrap, settings.snapshot.topic))
+
+            registry = _train(settings, 1000, seed=seed)  # restarts: refuses, restores, trains, publishes
+            trained += 1000
+            assert (registry.get_sample_value(REFUSED, {"reason": case}) or 0) >= 1, case
+            # the genuine chain restored (offsets continue, every event once), numbered above the
+            # newest snapshot that continues the history (the forged one, when only the learner refuses it)
+            after = _history(kafka_bootstrap, settings.snapshot.topic)
+            _assert_continues(after, mark, newest, newest + published, trained)
+            if case != "missing_tensor":  # serving needs no optimiser state: that one it may serve
+                refusals = serving_registry.get_sample_value(
+                    "stream_learner_subscriber_snapshots_refused_total",
+                    {"model": settings.model.name, "reason": case},
+                )
+                assert refusals and refusals >= 1, case
+            assert serving.wait_for_version(after[-1][1].meta.version, 30), case
+            assert np.isfinite(serving.score("u1", ["i1"])).all()
+    with ModelSubscriber(kafka, settings.snapshot.topic, settings.model.name) as fresh:
+        assert fresh.refresh() == after[-1][1].meta.version
 
 
 def test_a_restore_that_fails_half_way_leaves_a_fresh_learner(kafka_bootstrap, new_topic):
@@ -205,16 +277,20 @@ def test_a_forged_v1000_among_genuine_versions_is_refused_and_said_so(kafka_boot
         produce_raw(
             kafka_bootstrap, settings.snapshot.topic, settings.model.name.encode(), _forge(full, version=1000)
         )
-        assert subscriber.wait_for_version(1000, 30)  # unsigned and well formed: it cannot tell
-        produce_and_wait(2000, seed=4)  # the learner goes on: v(n+1)... after v1000 in the log
+        # unsigned and well formed, but far more than one version past the one before it
         wait_for(
             lambda: subscriber_registry.get_sample_value(
                 "stream_learner_subscriber_snapshots_refused_total",
                 {"model": settings.model.name, "reason": "version"},
             ),
             30,
-            "the subscriber to refuse the versions after v1000, with a word",
+            "the subscriber to refuse v1000, with a word",
         )
+        produce_and_wait(2000, seed=4)  # the learner goes on: v(n+1)... after v1000 in the log
+        versions = [s.meta.version for _, s in _history(kafka_bootstrap, settings.snapshot.topic) if s]
+        followed = max(v for v in versions if v < 1000)
+        assert subscriber.wait_for_version(followed, 30)  # serving follows the learner, not v1000
+        assert subscriber.newest_version == followed
         run.stop()
     history = _history(kafka_bootstrap, settings.snapshot.topic)
     genuine = max(s.meta.version for _, s in history if s is not None and s.meta.version < 1000)
