@@ -419,20 +419,17 @@ class RealtimeFeatures:
         """Sums ``cols`` for queries at ``times`` whose row's last earlier event is at sorted position
         ``at`` (-1: none), decayed to the query's time: (n, len(cols)). Without an earlier event, the
         row's state: that of run ``of`` of ``field``, or with ``state``, the state of row ``of``."""
-        out = np.empty((len(at), len(cols)))
         hit = at >= 0
-        if hit.any():
-            where = at[hit]
-            for k, c in enumerate(cols):
-                out[hit, k] = field.after[c][where]
-        miss = ~hit
-        if miss.any():
-            base = self.sums[i][of[miss]] if state else field.base[of[miss]]
-            out[miss] = base[:, cols]
+        where = np.maximum(at, 0)
+        state_of = self.sums[i] if state else field.base
+        out = np.empty((len(at), len(cols)))
+        for k, c in enumerate(cols):
+            base = state_of[:, c][of]
+            out[:, k] = np.where(hit, field.after[c][where], base) if len(field.events.times) else base
         decayed = [k for k, c in enumerate(cols) if c in DECAYED]
         if decayed:
             ref = self.labels_ms[i][of] if state else field.ref[of]
-            last = field.events.times[np.maximum(at, 0)] if len(field.events.times) else ref
+            last = field.events.times[where] if len(field.events.times) else ref
             since = _elapsed(times, np.where(hit, last, ref))
             out[:, decayed] *= self._decay(since)[:, None]
         return out

@@ -7,8 +7,9 @@ their sparse optimiser state (``optim.sparse.<table>.weight.<state>``), and ``fe
 tensors; in each case the first dimension is the field's row count. A delta carries, per field, the
 touched row indices as ``delta.rows/<field>`` and each row-aligned tensor's rows as
 ``delta.slice/<field>/<name>``; every other tensor (dense weights, their optimiser state, scalar step
-counters) travels whole. Applying the deltas of a chain in order to the full snapshot they follow
-gives exactly the state they were cut from.
+counters, the real-time features' global row and pending labels) travels whole, of the same shape as
+the base's except the pending labels (`LISTS`), a list whose length changes. Applying the deltas of a
+chain in order to the full snapshot they follow gives exactly the state they were cut from.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from stream_learner.learning.models.base import FieldSpec, table_name
 
 ROWS = "delta.rows/"
 SLICE = "delta.slice/"
+#: Tensors that are lists of a varying length (the real-time features' pending labels): a delta may
+#: carry one of another length than the base's.
+LISTS = "features.pending."
 
 
 def _field_of(name: str, shape: tuple[int, ...], tables: Mapping[str, FieldSpec]) -> FieldSpec | None:
@@ -125,7 +129,7 @@ def apply(
             if target is None:
                 _bad(f"{name} is sliced by rows but the base snapshot has no such tensor")
             _check_rows(name, target, idx, value)
-        elif target is not None and (target.shape != value.shape or target.dtype != value.dtype):
+        elif target is not None and not _fits(name, target, value):
             _bad(
                 f"{name} is {value.dtype}{tuple(value.shape)}, "
                 f"the base has {target.dtype}{tuple(target.shape)}"
@@ -137,8 +141,20 @@ def apply(
                 base[name] = value
             elif idx is not None:
                 base[name].index_copy_(0, idx.to(base[name].device), value.to(base[name].device))
+            elif base[name].shape != value.shape:  # a list that grew or shrank: replaced
+                base[name] = value.to(base[name].device, copy=True)
             else:
                 base[name].copy_(value)
+
+
+def _fits(name: str, target: torch.Tensor, value: torch.Tensor) -> bool:
+    """A whole tensor replaces its base's when dtype and shape agree, or, for a list (`LISTS`), when
+    only its length differs."""
+    if value.dtype != target.dtype:
+        return False
+    if value.shape == target.shape:
+        return True
+    return name.startswith(LISTS) and value.dim() == target.dim() and value.shape[1:] == target.shape[1:]
 
 
 def _check_rows(name: str, target: torch.Tensor, idx: torch.Tensor, value: torch.Tensor) -> None:

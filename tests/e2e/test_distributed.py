@@ -123,7 +123,7 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
         assert_history_tiles(snapshots, topic, ends)
         assert snapshots[-1].meta.state_dict()["learner"]["events_trained"] == EVENTS + MORE
-        counted = newest_state(snapshots)["features.item.events"]  # restored whole by every rank
+        counted = newest_state(snapshots)["features.item.sums"][:, EVENTS_SUM]  # restored whole by every rank
         assert counted.sum() == EVENTS + MORE
         assert len(_letters(kafka_bootstrap, settings.dead_letter.topic)) == 6  # not again on restore
 

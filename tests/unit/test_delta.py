@@ -21,12 +21,13 @@ from stream_learner.snapshots.state import StateCopier, StateCopy
 WINDOW_MS = 60_000
 
 
-def _settings(lr: dict[str, object] | None = None, **model: object) -> Settings:
+def _settings(lr: dict[str, object] | None = None, delay: float = 0.0, **model: object) -> Settings:
     return Settings.model_validate(
         {
             "model": {"kind": "dnn", "user_buckets": 512, "item_buckets": 128, **model},
             "train": {"device": "cpu", "batch_size": 64, "deterministic": True},
             "lr": lr or {"policy": "constant"},
+            "features": {"feedback_delay_seconds": delay},
         }
     )
 
@@ -89,12 +90,25 @@ def _assert_chain_is_exact(copies: list[tuple[StateCopy, dict]]) -> None:
 )
 def test_full_plus_deltas_equals_the_state_exactly(model):
     learner = Learner(_settings(**model))
+    _full_plus_deltas(learner)
+
+
+def test_full_plus_deltas_equals_the_state_with_labels_pending():
+    """With a feedback delay the pending labels change length from version to version: a delta
+    carries them whole, of their new length."""
+    learner = Learner(_settings(delay=WINDOW_MS / 1000 / 2, kind="fm"))
+    lengths = {len(tensors["features.pending.label"]) for _, tensors in _full_plus_deltas(learner)}
+    assert len(lengths) > 1 and min(lengths) > 0
+
+
+def _full_plus_deltas(learner: Learner) -> list[tuple[StateCopy, dict]]:
     rng = np.random.default_rng(1)
     copies = _run(
         learner, Worker(learner, StateCopier(learner, full_every=4)), [_window(rng, k) for k in range(9)]
     )
     assert [c.kind for c, _ in copies] == ["FULL", "DELTA", "DELTA", "DELTA"] * 2 + ["FULL"]
     _assert_chain_is_exact(copies)
+    return copies
 
 
 def test_delta_first_cuts_a_due_full_copy_as_a_delta_too():
@@ -177,6 +191,16 @@ def test_a_tensor_new_since_the_base_travels_whole():
     )
     assert torch.equal(base["model.embeddings.user.weight"][[0, 2, 3, 5]], torch.zeros(4, 2))
     assert torch.equal(base["optim.sparse.x"], torch.ones(6))
+
+
+def test_only_the_pending_labels_may_change_length():
+    base = {"features.pending.label": torch.zeros(3, dtype=torch.float64), "dense": torch.zeros(2)}
+    delta.apply(base, {"features.pending.label": torch.ones(5, dtype=torch.float64)})
+    assert torch.equal(base["features.pending.label"], torch.ones(5, dtype=torch.float64))
+    with pytest.raises(SnapshotError):
+        delta.apply(base, {"features.pending.label": torch.ones(5, dtype=torch.float32)})
+    with pytest.raises(SnapshotError):
+        delta.apply(base, {"dense": torch.zeros(3)})
 
 
 def _good_delta() -> dict[str, torch.Tensor]:
