@@ -71,7 +71,7 @@ from stream_learner.ingest.windowing import Window
 from stream_learner.learning.detectors import PageHinkley
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.quality import log_loss, roc_auc
-from stream_learner.learning.realtime import INPUTS, RealtimeFeatures
+from stream_learner.learning.realtime import INPUTS, Prepared, RealtimeFeatures
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "recbole"
@@ -436,20 +436,20 @@ def constants(values: dict[str, Any]) -> Iterator[None]:
 @contextmanager
 def zeroed(names: list[str]) -> Iterator[None]:
     """The real-time inputs ``names`` (of `realtime.INPUTS`) given to the model as 0, for a run."""
-    original = RealtimeFeatures._inputs
+    original = RealtimeFeatures.window
     cols = [k for k, name in enumerate(INPUTS) if name in names]
 
-    def inputs(self: RealtimeFeatures, *args: Any) -> np.ndarray:
-        out = original(self, *args)
-        for i in range(len(self.names)):
-            out[:, [len(INPUTS) * i + c for c in cols]] = 0.0
-        return out
+    def window(self: RealtimeFeatures, *args: Any, **kwargs: Any) -> Prepared:
+        prepared = original(self, *args, **kwargs)
+        for offset, width in ((0, len(INPUTS)), (len(INPUTS), len(INPUTS) - 1)):  # the user's, the item's
+            prepared.inputs[:, [offset + c for c in cols if c < width]] = 0.0
+        return prepared
 
-    RealtimeFeatures._inputs = inputs  # type: ignore[method-assign,assignment]
+    RealtimeFeatures.window = window  # type: ignore[method-assign]
     try:
         yield
     finally:
-        RealtimeFeatures._inputs = original  # type: ignore[method-assign]
+        RealtimeFeatures.window = original  # type: ignore[method-assign]
 
 
 def events(data: Ratings, users: np.ndarray, items: np.ndarray, lo: int, hi: int) -> EventBatch:
@@ -757,6 +757,11 @@ def main() -> None:
     )
     parser.add_argument("--ablations", action="store_true", help="also the variants of ABLATIONS")
     parser.add_argument(
+        "--only",
+        default="",
+        help="with --ablations: only the variants whose name holds one of these (comma-separated)",
+    )
+    parser.add_argument(
         "--override", type=json.loads, help="JSON settings over the defaults; nothing recorded"
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated windowed peers to run")
@@ -776,7 +781,8 @@ def main() -> None:
         variants = {"ours (override)": args.override}
     variants[DELAYED] = {"features": {"feedback_delay_seconds": DELAY_SECONDS}} | (args.override or {})
     if args.ablations:
-        variants |= ABLATIONS
+        wanted = [w for w in args.only.split(",") if w]
+        variants |= {k: v for k, v in ABLATIONS.items() if not wanted or any(w in k for w in wanted)}
     peers = tuple(p for p in args.peers.split(",") if p)
     per_event_peers = tuple(p for p in args.per_event_peers.split(",") if p)
     if args.ties:

@@ -25,6 +25,7 @@ from stream_learner.ingest.windowing import CountWindower, EventTimeWindower
 from stream_learner.kafka.sink import Sink
 from stream_learner.kafka.source import Source
 from stream_learner.learning.features import FeatureMapper
+from stream_learner.learning.realtime import RealtimeFeatures
 from stream_learner.learning.trainer import Trainer
 from stream_learner.runtime.commits import Commits
 from stream_learner.runtime.intake import Intake
@@ -44,7 +45,8 @@ TIMED: list[tuple[Any, str, str, bool]] = [
     (Intake, "backpressure", "backpressure", True),
     (FeatureMapper, "rows", "feature mapping", False),
     (FeatureMapper, "place", "feature mapping", False),
-    (FeatureMapper, "inputs", "feature mapping", False),
+    (RealtimeFeatures, "window", "real-time features", False),
+    (RealtimeFeatures, "fold", "real-time features", False),
     (Trainer, "score", "prequential scoring", False),
     (Trainer, "train", "training", False),
     (StateCopier, "copy", "state copy", False),
@@ -53,7 +55,13 @@ TIMED: list[tuple[Any, str, str, bool]] = [
     (Sink, "_dead_letter", "dead letters", True),
 ]
 #: The training thread's outermost work: everything `Worker._run` does for a job.
-TRAINING_THREAD_WORK = ("feature mapping", "prequential scoring", "training", "state copy")
+TRAINING_THREAD_WORK = (
+    "feature mapping",
+    "real-time features",
+    "prequential scoring",
+    "training",
+    "state copy",
+)
 
 
 #: The threads Python did not start (librdkafka's, torch's), together.

@@ -39,7 +39,7 @@ def synthetic(events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, FeatureM
     events_ = batch.events(CONTEXT)
     rows = mapper.rows(events_)
     assert mapper.realtime is not None  # the default model has real-time inputs
-    inputs = mapper.realtime.window(mapper.stream(rows, events_)).inputs
+    inputs = mapper.realtime.window(mapper.stream(rows, events_), int(events_.timestamp_ms.max())).inputs
     return rows, batch.label, inputs, mapper
 
 
@@ -87,7 +87,7 @@ def feature_cost(users: int) -> dict[str, dict[str, float]]:
             part = slice(r * n % 200_000, r * n % 200_000 + n)
             window = mapper.stream(rows[part], events.take(part))
             window = Stream(window.rows, np.full(n, 1000 * r) + np.arange(n) * 1000 // n, window.label)
-            realtime.fold(realtime.window(window), 1000 * (r + 1))
+            realtime.fold(realtime.window(window, 1000 * (r + 1)))
         seconds = (time.perf_counter() - started) / repeats
         out[str(n)] = {"seconds": round(seconds, 5), "events_per_second": round(n / seconds)}
     return out

@@ -31,14 +31,14 @@ from stream_learner.learning.trainer import Trainer
 from stream_learner.snapshots.shards import ShardCopier, assemble, decode_part, encode_part
 from stream_learner.snapshots.state import StateCopier
 
-#: Two fields, with real-time inputs (a dense head over 8 inputs per event), as the default model has.
+#: Two fields, with real-time inputs (a dense head over 7 inputs per event), as the default model has.
 SPEC = ModelSpec(
     "dnn",
     (FieldSpec("user", 37), FieldSpec("item", 23)),
     embedding_dim=4,
     hidden=(8,),
     dropout=0.0,
-    extra={"count_fields": ["user", "item"], "count_inputs": 8, "features": Formula(delay_ms=150).to_dict()},
+    extra={"count_fields": ["user", "item"], "count_inputs": 7, "features": Formula(delay_ms=150).to_dict()},
 )
 
 
@@ -84,9 +84,9 @@ def _realtime(features: FeatureMapper) -> RealtimeFeatures:
     return features.realtime
 
 
-def _fold(features: FeatureMapper, trainer: Trainer, prepared: Any, until: int) -> None:
+def _fold(features: FeatureMapper, trainer: Trainer, prepared: Any) -> None:
     """Fold a window into the features and mark the rows it changed, as `Learner.process` does."""
-    for field, rows in _realtime(features).fold(prepared, until).items():
+    for field, rows in _realtime(features).fold(prepared).items():
         trainer.mark_touched(field, rows)
 
 
@@ -148,8 +148,8 @@ def equivalence(group: Group) -> dict[str, Any]:
         for w, (rows, labels, times) in enumerate(_windows(5, 3, 301)):
             mine = slice(0, 100) if group.rank == 0 else slice(100, None)
             whole = sharded.whole_stream(Stream.of(rows[mine], times[mine], labels[mine]))
-            prepared = _realtime(features).window(whole)  # as `Learner.process` computes the inputs
-            ref_prepared = _realtime(ref_features).window(Stream.of(rows, times, labels))
+            prepared = _realtime(features).window(whole, 1_000 * (w + 1))  # as `Learner.process` does
+            ref_prepared = _realtime(ref_features).window(Stream.of(rows, times, labels), 1_000 * (w + 1))
             inputs, ref_inputs = sharded.own(prepared.inputs), ref_prepared.inputs
             evaluation, _ = sharded.score(rows[mine], labels[mine], inputs)
             expected, _ = ref.score(rows, labels, ref_inputs)
@@ -158,8 +158,8 @@ def equivalence(group: Group) -> dict[str, Any]:
                 sharded.forget(rows[mine], 0.3)
             step = sharded.train(rows[mine], labels[mine], 0.1, seed=w, inputs=inputs)
             ref_step = ref.train(rows, labels, 0.1, seed=w, inputs=ref_inputs)
-            _fold(features, sharded, prepared, 1_000 * (w + 1))
-            _fold(ref_features, ref, ref_prepared, 1_000 * (w + 1))
+            _fold(features, sharded, prepared)
+            _fold(ref_features, ref, ref_prepared)
             for name, counted in ref_features.state().items():
                 found["counts"] = max(found["counts"], float(np.abs(features.state()[name] - counted).max()))
             found["loss"] = max(found["loss"], abs(evaluation.loss - expected.loss))
@@ -195,7 +195,7 @@ def uneven(group: Group) -> dict[str, Any]:
     sharded.broadcast_dense()
     features = _features()
     before = Stream.of(np.array([[35, 1], [2, 1]]), np.array([0, 1]), np.array([1.0, 0.0]))
-    _realtime(features).fold(_realtime(features).window(before), 1_000)  # every rank: the same everywhere
+    _realtime(features).fold(_realtime(features).window(before, 1_000))  # every rank: the same everywhere
     ((rows, labels, times),) = _windows(7, 1, 100)
     rows[:, 0] %= 30
     times = times + 1_000
@@ -203,12 +203,12 @@ def uneven(group: Group) -> dict[str, Any]:
         rows, labels, times = rows[:0], labels[:0], times[:0]
     whole = sharded.whole_stream(Stream.of(rows, times, labels))
     fresh = {0: np.array([35])}  # a row given to a new id (on every rank: they agree on fresh rows)
-    prepared = _realtime(features).window(whole, fresh)
+    prepared = _realtime(features).window(whole, 2_000, fresh)
     inputs = sharded.own(prepared.inputs)
     evaluation, _ = sharded.score(rows, labels, inputs)
     step = sharded.train(rows, labels, 0.1, seed=3, fresh=fresh if group.rank == 0 else {}, inputs=inputs)
     _realtime(features).reset(fresh)
-    _realtime(features).fold(prepared, 2_000)
+    _realtime(features).fold(prepared)
     matured = int((whole.time_ms < 2_000 - 150).sum())
     out: dict[str, Any] = {"count": evaluation.count, "steps": step.steps, "loss": step.loss}
     out["matured"] = matured

@@ -99,7 +99,7 @@ class Learner:
         events = window.events
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
         scored_rows = self.features.rows(events)
-        scored = self._prepare(scored_rows, events)
+        scored = self._prepare(scored_rows, window)
         evaluation, probs = self.trainer.score(scored_rows, events.label, self._inputs(scored))
         common: dict[str, Any] = dict(
             start_ms=window.start_ms,
@@ -115,7 +115,7 @@ class Learner:
             self.drift.arm()
         skipped = self.guard.check(evaluation.loss, evaluation.count, evaluation.variance)
         if skipped:
-            self._fold(scored, window, None)
+            self._fold(scored, None)
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
         cut = self._cut(len(events))
         train = events.take(slice(0, cut))  # a view, not a copy
@@ -131,7 +131,7 @@ class Learner:
         placed = scored
         if placement.fresh or not np.array_equal(placement.rows, scored_rows[:cut]):
             placed = self._prepare(
-                np.concatenate((placement.rows, scored_rows[cut:])), events, placement.fresh
+                np.concatenate((placement.rows, scored_rows[cut:])), window, placement.fresh
             )
         inputs = self._inputs(placed)
         step = self.trainer.train(
@@ -153,7 +153,7 @@ class Learner:
             self.events_trained += len(train)
             self.recent.add(train.item_ids, train.timestamp_ms)
             holdout = self._holdout(scored_rows[cut:], events.take(slice(cut, None)), inputs, cut)
-        self._fold(placed if step.applied else scored, window, placement.fresh if step.applied else None)
+        self._fold(placed if step.applied else scored, placement.fresh if step.applied else None)
         return WindowResult(
             **common,
             evaluation=evaluation,
@@ -166,33 +166,35 @@ class Learner:
         )
 
     def _prepare(
-        self, rows: np.ndarray, events: EventBatch, fresh: dict[int, np.ndarray] | None = None
+        self, rows: np.ndarray, window: Window, fresh: dict[int, np.ndarray] | None = None
     ) -> Prepared | None:
         """The real-time inputs of the window's events as of each one (None without them): of every
-        rank's events in a job (`Trainer.whole_stream`), each rank taking its own."""
+        rank's events in a job (`Trainer.whole_stream`), each rank taking its own; and the state as of
+        the window's end (an event-time window's; a count window's newest event, since a later window
+        may hold events of that time)."""
         realtime = self.features.realtime
         if realtime is None:
             return None
-        return realtime.window(self.trainer.whole_stream(self.features.stream(rows, events)), fresh)
+        whole = self.trainer.whole_stream(self.features.stream(rows, window.events))
+        if self.settings.window.kind == "event_time" or not len(whole):
+            until = window.end_ms
+        else:
+            until = int(whole.time_ms.max())
+        return realtime.window(whole, until, fresh)
 
     def _inputs(self, prepared: Prepared | None) -> np.ndarray | None:
         """This process's (or rank's) events' inputs."""
         return None if prepared is None else self.trainer.own(prepared.inputs)
 
-    def _fold(self, prepared: Prepared | None, window: Window, fresh: dict[int, np.ndarray] | None) -> None:
-        """Fold a handled window into the real-time features (forgetting the ``fresh`` rows first) as
-        of its end: an event-time window's end, or a count window's newest event (a later window may
-        hold events of that time); mark the rows they changed for the next delta."""
+    def _fold(self, prepared: Prepared | None, fresh: dict[int, np.ndarray] | None) -> None:
+        """Keep the state as of a handled window's end (forgetting the ``fresh`` rows first), and
+        mark the rows it changed for the next delta."""
         realtime = self.features.realtime
         if realtime is None or prepared is None:
             return
         if fresh:
             realtime.reset(fresh)
-        times = prepared.stream.time_ms
-        if not len(times):
-            return
-        until = window.end_ms if self.settings.window.kind == "event_time" else int(times.max())
-        for field, rows in realtime.fold(prepared, until).items():
+        for field, rows in realtime.fold(prepared).items():
             self.trainer.mark_touched(field, rows)
 
     def _holdout(

@@ -6,9 +6,9 @@ earlier windows and in its own, and never itself nor an event of the same time. 
 they are known: ``delay_ms`` after their event (`Formula.delay_ms`, ``features.feedback_delay_seconds``).
 One class computes them for training, for scoring a window and for serving, so the three agree:
 
-- the learner calls `RealtimeFeatures.window` for a closed window (the inputs of each of its events and
-  what folding it needs), then `fold` once the window has been handled (trained or not: the features
-  describe the stream, not the model);
+- the learner calls `RealtimeFeatures.window` for a closed window (the inputs of each of its events, and
+  the state as of the window's end, to be kept or dropped), then `fold` once the window has been
+  handled (trained or not: the features describe the stream, not the model);
 - serving applies the input events that follow a snapshot with `apply` (the same two steps) and asks
   `query` for the inputs of (user, item) pairs at a time, normally now.
 
@@ -17,8 +17,9 @@ running sums (`SUMS`, the columns of ``features.<field>.sums``): ``events`` coun
 ``labelled``, ``positives`` (the sum of the labels) and ``surprise`` (the sum of each event's label
 minus what the counts predicted for it) count an event once its label is known; ``recent_weight`` and
 ``recent_surprise`` are the same with an exponential decay of time constant ``recent_ms``, kept as of
-the row's ``labels_ms``. Events whose label is not known yet wait in the pending buffer with their
-time, label and surprise.
+the row's ``labels_ms`` (the time of its newest label counted; the global row's: how far labels are
+counted). Events whose label is not known yet wait in the pending buffer with their time, label and
+surprise.
 
 An event's inputs, per counted field, in this order (`INPUTS`; g is the global positive rate, 0.5 before
 any label, clipped as the rates are; every sum as of t, the labelled ones as of t - delay):
@@ -28,13 +29,17 @@ any label, clipped as the rates are; every sum as of t, the labelled ones as of 
 3. ``surprise``: surprise / (labelled + prior) x surprise_scale: how much more (or less) positive the
    row's events were than the counts predicted, which separates a lenient user from one who met
    popular items;
-4. ``recent_surprise``: recent_surprise / (recent_weight + recent_prior) x surprise_scale: the same,
-   weighted towards the last ``recent_ms``.
+4. ``recent_surprise`` (the user's only, the first counted field: an item's gained nothing on real
+   data and cost the most): recent_surprise / (recent_weight + recent_prior) x surprise_scale, the
+   surprise weighted towards the last ``recent_ms``: the session in progress.
 
-An event's surprise is its label minus sigmoid(sum over counted fields of logit(rate) - (fields - 1)
-logit(g)) with the rates of its own inputs. All of it is computed per window with sorts, cumulative
-sums and a log-depth scan (decayed sums), never per event in Python; docs/snapshot-format.md gives the
-formulas and the state for implementations in other languages.
+The inputs are the user's four, then the item's three (`Formula.width`).
+
+An event's surprise is its label minus sigmoid(logit(rate_user) + logit(rate_item) - logit(g)) with
+the rates of its own inputs. A window is one compiled pass over its events in time order
+(`stream_learner.learning.realtime_scan`); a query from serving is a few numpy operations on the state
+and the pending labels. docs/snapshot-format.md gives the formulas and the state for implementations
+in other languages.
 """
 
 from __future__ import annotations
@@ -46,13 +51,13 @@ from typing import Any
 
 import numpy as np
 
+from stream_learner.learning.realtime_scan import scan
+
 #: Inputs per counted field, in order.
 INPUTS = ("rate", "activity", "surprise", "recent_surprise")
 #: Running sums per row, the columns of a field's ``sums``, in order.
 SUMS = ("events", "labelled", "positives", "surprise", "recent_weight", "recent_surprise")
 EVENTS, LABELLED, POSITIVES, SURPRISE, RECENT_WEIGHT, RECENT_SURPRISE = range(len(SUMS))
-#: The sums decayed with recent_ms (the others are plain sums).
-DECAYED = (RECENT_WEIGHT, RECENT_SURPRISE)
 #: Reference time of the decayed sums of each row (int64 milliseconds).
 LABELS_MS = "labels_ms"
 GLOBAL = "global"
@@ -86,6 +91,12 @@ class Formula:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def width(fields: int) -> int:
+        """Inputs per event for ``fields`` counted fields: every field's first three `INPUTS`, the
+        first field's recent surprise too."""
+        return (len(INPUTS) - 1) * fields + min(fields, 1)
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Formula:
@@ -131,230 +142,168 @@ class Stream:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A window's events with their inputs ((n, width) float32) and surprise, and what `fold` reuses:
-    per field (and the global row) the events sorted and their running sums."""
+    """A window's events with their inputs ((n, width) float32, in the events' order) and surprise, and
+    the state as of its end that `fold` writes: per field the rows touched and their sums and times,
+    the global row, the labels still pending."""
 
     stream: Stream
     inputs: np.ndarray
     surprise: np.ndarray
     generation: int
-    fields: list[_Field]
+    rows: list[np.ndarray]
+    sums: list[np.ndarray]
+    refs: list[np.ndarray]
+    pending: dict[str, np.ndarray]
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-class _Sorted:
-    """One field's events sorted by (row, time), its runs of one row (segments), and a search key for
-    (row, time) queries (exact for times from ``reach_ms`` before the first event on)."""
-
-    def __init__(self, rows: np.ndarray, times: np.ndarray, reach_ms: int) -> None:
-        n = len(rows)
-        self.shift = (int(times.min()) if n else 0) - reach_ms - 1  # an event's time - shift >= 1
-        self.span = (int(times.max()) if n else 0) - self.shift + 2
-        self.stamps: np.ndarray | None = None
-        if (int(rows.max()) + 1 if n else 1) * self.span >= 1 << 62:  # weeks, big tables: time ranks
-            self.stamps = np.unique(times)
-            self.span = len(self.stamps) + 2
-        keys = self.key(rows, times)
-        self.order = np.argsort(keys, kind="stable")
-        self.keys = keys[self.order]
-        self.rows = rows[self.order]
-        self.times = times[self.order]
-        start = np.ones(n, bool)
-        start[1:] = self.rows[1:] != self.rows[:-1]
-        self.starts = np.flatnonzero(start)  # where each row's run begins
-        self.lengths = np.diff(np.r_[self.starts, n])
-        self.ends = self.starts + self.lengths - 1
-        self.segment = np.repeat(np.arange(len(self.starts)), self.lengths)
-        self.longest = int(self.lengths.max()) if n else 0
-
-    def key(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """The search key of (row, time) pairs; times beyond the events' clip to before or after all."""
-        if self.stamps is None:
-            stamp = np.clip(times - self.shift, 0, self.span - 1)
-        else:
-            stamp = np.searchsorted(self.stamps, times, "left") + 1
-        return rows * self.span + stamp
-
-    def before(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """For each (row, time), the sorted position of its row's last event strictly before that
-        time, or -1."""
-        pos = np.searchsorted(self.keys, self.key(rows, times), "left") - 1
-        hit = pos >= 0
-        hit[hit] = self.rows[pos[hit]] == rows[hit]
-        return np.where(hit, pos, -1)
-
-    def before_own(self) -> np.ndarray:
-        """For each event (in the original order), the same for its own row and time."""
-        n = len(self.keys)
-        run = np.ones(n, bool)
-        run[1:] = self.keys[1:] != self.keys[:-1]
-        previous = np.maximum.accumulate(np.where(run, np.arange(n), 0)) - 1
-        first = np.repeat(self.starts, self.lengths)
-        out = np.empty(n, np.int64)
-        out[self.order] = np.where(previous >= first, previous, -1)
-        return out
-
-
-@dataclass
-class _Field:
-    """One field's events (sorted by `_Sorted`), the state of each run's row (``base``: (runs, `SUMS`),
-    ``ref``: its labels_ms) and, per sorted event, the sums of its row just after it (by column of
-    `SUMS`, as they are computed)."""
-
-    events: _Sorted
-    base: np.ndarray
-    ref: np.ndarray
-    after: dict[int, np.ndarray]
-
-    def run_of(self) -> np.ndarray:
-        """The run (row) of each event, in the original order."""
-        out = np.empty(len(self.events.order), np.int64)
-        out[self.events.order] = self.events.segment
-        return out
-
-
-def _scan(a: np.ndarray, b: np.ndarray, longest: int) -> np.ndarray:
-    """x_j = a_j x_(j-1) + b_j for every j (x_(-1) = 0) and column, in log2(longest) vectorised
-    rounds: a_j = 0 starts a new run, and no run is longer than ``longest``."""
-    a, x = a.copy(), b.copy()
-    step = 1
-    while step < longest:
-        x[step:] += a[step:] * x[:-step]
-        a[step:] *= a[:-step]
-        step *= 2
-    return x
-
-
 class RealtimeFeatures:
-    """The running per-id sums of the counted fields (name, rows), the global row and the pending
-    labels, and the inputs they give (see the module docstring)."""
+    """The running per-id sums of the counted fields (name, rows: the user's, the item's), the global
+    row and the pending labels, and the inputs they give (see the module docstring)."""
 
     def __init__(self, fields: Sequence[tuple[str, int]], formula: Formula) -> None:
+        if len(fields) != 2:
+            raise ValueError(f"real-time features count a user and an item field, not {len(fields)} fields")
         self.names = [name for name, _ in fields]
         self.formula = formula
         self.sums = [np.zeros((rows, len(SUMS))) for _, rows in fields] + [np.zeros((1, len(SUMS)))]
         self.labels_ms = [np.full(rows, NO_TIME, np.int64) for _, rows in fields] + [np.full(1, NO_TIME)]
         self.pending = _empty_pending(len(fields))
         self.generation = 0  # folds so far: a window's preparation is valid until the next
+        self._slots = [np.full(rows, -1, np.int64) for _, rows in fields]  # the scan's scratch maps
 
     @property
     def width(self) -> int:
         """Inputs per event."""
-        return len(INPUTS) * len(self.names)
+        return Formula.width(len(self.names))
 
     def initial_weights(self) -> np.ndarray:
         """A linear head's first weights: the mean of the fields' rate logits."""
         w = np.zeros(self.width, np.float32)
-        w[0 :: len(INPUTS)] = 1.0 / len(self.names)
+        w[[0, len(INPUTS)]] = 0.5
         return w
 
     # -- computing ----------------------------------------------------------------------------
-    def window(self, stream: Stream, fresh: Mapping[int, np.ndarray] | None = None) -> Prepared:
-        """The inputs of every event of ``stream`` as of its own time, and its surprise. Rows in
-        ``fresh`` (field index -> rows about to be given to new ids) count as never seen."""
-        p = self.pending
-        every = Stream.concat([Stream(p["rows"], p["time_ms"], p["label"]), stream])
-        waiting, d = len(p["time_ms"]), self.formula.delay_ms
-        ones = np.ones(len(every))
-        values = {EVENTS: np.r_[np.zeros(waiting), np.ones(len(stream))]}  # pending: counted already
-        values |= {LABELLED: ones, POSITIVES: every.label, RECENT_WEIGHT: ones}
-        fields, at, runs, now, first = [], [], [], [], []
-        for i in range(len(self.sums)):
-            field = self._field(i, every, fresh)
-            counted = i < len(self.names)
-            labelled = (LABELLED, POSITIVES, RECENT_WEIGHT) if counted else (LABELLED, POSITIVES)
-            self._chain(i, field, values, ((EVENTS,) if counted else ()) + labelled)
-            own = field.events.before_own()[waiting:]
-            at.append(own if d == 0 else field.events.before(self._column(stream, i), stream.time_ms - d))
-            runs.append(field.run_of()[waiting:])
-            if counted:
-                now.append(self._at(i, field, own, stream.time_ms, (EVENTS,), runs[i])[:, 0])
-            first.append(self._at(i, field, at[i], stream.time_ms - d, labelled, runs[i]))
-            fields.append(field)
-        rates = self._rates(first)
-        surprise = stream.label - self._expected(rates)
-        values[SURPRISE] = values[RECENT_SURPRISE] = np.r_[p["surprise"], surprise]
-        second = []
-        for i in range(len(self.names)):
-            self._chain(i, fields[i], values, (SURPRISE, RECENT_SURPRISE))
-            second.append(
-                self._at(i, fields[i], at[i], stream.time_ms - d, (SURPRISE, RECENT_SURPRISE), runs[i])
-            )
-        inputs = self._inputs(now, first, second, rates)
-        return Prepared(stream, inputs, surprise, self.generation, fields)
+    def window(
+        self, stream: Stream, until_ms: int, fresh: Mapping[int, np.ndarray] | None = None
+    ) -> Prepared:
+        """The inputs of every event of ``stream`` as of its own time, its surprise, and the state as
+        of ``until_ms`` (no event still to come may be older: an event-time window's end, the newest
+        event's time otherwise), which `fold` keeps. Rows in ``fresh`` (field index -> rows about
+        to be given to new ids) count as never seen."""
+        n, p, f = len(stream), self.pending, self.formula
+        order = _time_order(stream.time_ms)
+        events = stream if order is None else stream.take(order)
+        m = len(p["time_ms"])
+        inputs = np.empty((n, self.width), np.float32)
+        surprise = np.empty(n)
+        waiting = np.ones(m + n, bool)
+        local = [np.empty((m + n, len(SUMS))) for _ in self.names] + [np.empty((1, len(SUMS)))]
+        refs = [np.empty(m + n, np.int64) for _ in self.names] + [np.empty(1, np.int64)]
+        touched = [np.empty(m + n, np.int64) for _ in self.names]
+        masks = [self._fresh(i, fresh) for i in range(len(self.names))]
+        column = np.ascontiguousarray
+        loaded = scan(
+            column(events.rows[:, 0]), column(events.rows[:, 1]), events.time_ms, events.label,
+            column(p["rows"][:, 0]), column(p["rows"][:, 1]), p["time_ms"], p["label"], p["surprise"],
+            self.sums[0], self.labels_ms[0], self._slots[0], masks[0],
+            self.sums[1], self.labels_ms[1], self._slots[1], masks[1],
+            self.sums[2], self.labels_ms[2],
+            local[0], refs[0], touched[0],
+            local[1], refs[1], touched[1],
+            local[2], refs[2],
+            int(until_ms), f.delay_ms, float(f.recent_ms), f.prior, f.rate_clip, f.activity_scale,
+            f.surprise_scale, f.recent_prior,
+            inputs, surprise, waiting,
+        )  # fmt: skip
+        queued = {
+            "rows": np.concatenate((p["rows"], events.rows)),
+            "time_ms": np.concatenate((p["time_ms"], events.time_ms)),
+            "label": np.concatenate((p["label"], events.label)),
+            "surprise": np.concatenate((p["surprise"], surprise)),
+        }
+        later = np.flatnonzero(waiting)
+        later = later[np.argsort(queued["time_ms"][later], kind="stable")]
+        if order is not None:  # back to the events' own order
+            inputs[order], surprise[order] = inputs.copy(), surprise.copy()
+        return Prepared(
+            stream,
+            inputs,
+            surprise,
+            self.generation,
+            [t[:k] for t, k in zip(touched, loaded, strict=True)],
+            [s_[:k] for s_, k in zip(local, loaded, strict=False)] + [local[2]],
+            [r[:k] for r, k in zip(refs, loaded, strict=False)] + [refs[2]],
+            {k: v[later] for k, v in queued.items()},
+        )
 
-    def query(self, rows: np.ndarray, time_ms: np.ndarray) -> np.ndarray:
-        """Inputs of (n, fields) ``rows`` at times ``time_ms`` (int64 ms), from the state alone: for
-        serving, once every event before those times was applied (the pending labels count as
-        their time allows)."""
-        p = self.pending
-        queries = Stream.of(rows, time_ms, np.zeros(len(time_ms)))
-        d = self.formula.delay_ms
-        ones = np.ones(len(p["time_ms"]))
-        values = {LABELLED: ones, POSITIVES: p["label"], RECENT_WEIGHT: ones}
-        values |= {SURPRISE: p["surprise"], RECENT_SURPRISE: p["surprise"]}
-        waiting = Stream(p["rows"], p["time_ms"], p["label"])
-        now, first, second = [], [], []
-        for i in range(len(self.sums)):
-            field = self._field(i, waiting, None)
-            counted = i < len(self.names)
-            labelled = (LABELLED, POSITIVES, RECENT_WEIGHT) if counted else (LABELLED, POSITIVES)
-            later = (SURPRISE, RECENT_SURPRISE) if counted else ()
-            self._chain(i, field, values, labelled + later)
-            q = self._column(queries, i)
-            at = field.events.before(q, queries.time_ms - d)
-            now.append(self.sums[i][q, EVENTS])
-            first.append(self._at(i, field, at, queries.time_ms - d, labelled, q, state=True))
-            second.append(self._at(i, field, at, queries.time_ms - d, later, q, state=True))
-        return self._inputs(now, first, second, self._rates(first))
-
-    def fold(self, prepared: Prepared, until_ms: int) -> dict[int, np.ndarray]:
-        """Add a window's events (as `window` prepared them, since the last fold) to the state as of
-        ``until_ms``: no event still to come may be older (an event-time window's end; the newest
-        event's time otherwise). Labels of events older than until - delay are applied (and of every
-        event older than the newest time they were applied for), the others wait. Returns the rows
-        changed per field index."""
+    def fold(self, prepared: Prepared) -> dict[int, np.ndarray]:
+        """Keep the state as of a window's end that `window` prepared (against the state as it is
+        now: a preparation is valid until the next fold). Returns the rows changed per field."""
         if prepared.generation != self.generation:
             raise ValueError("the window was prepared against an earlier state of the features")
-        p = self.pending
-        every = Stream.concat([Stream(p["rows"], p["time_ms"], p["label"]), prepared.stream])
-        surprise = np.r_[p["surprise"], prepared.surprise]
-        mature = max(int(self.labels_ms[-1][0]), until_ms - self.formula.delay_ms)
-        changed = {}
-        for i, field in enumerate(prepared.fields):
-            events = field.events
-            rows = events.rows[events.starts]
-            counted = i < len(self.names)
-            labelled: tuple[int, ...] = (LABELLED, POSITIVES)
-            if counted:
-                labelled += (SURPRISE, RECENT_WEIGHT, RECENT_SURPRISE)
-            times = np.full(len(rows), mature, np.int64)
-            at = events.before(rows, times)
-            new = self._at(i, field, at, times, labelled, np.arange(len(rows)))
-            if counted:
-                self.sums[i][rows, EVENTS] = field.after[EVENTS][events.ends]
-                changed[i] = rows
-            self.sums[i][np.ix_(rows, np.array(labelled))] = new
-            self.labels_ms[i][rows] = mature
-        waiting = every.time_ms >= mature
-        self.pending = {
-            "rows": every.rows[waiting],
-            "time_ms": every.time_ms[waiting],
-            "label": every.label[waiting],
-            "surprise": surprise[waiting],
-        }
+        for i, rows in enumerate(prepared.rows):
+            self.sums[i][rows] = prepared.sums[i]
+            self.labels_ms[i][rows] = prepared.refs[i]
+        self.sums[2][:] = prepared.sums[2]
+        self.labels_ms[2][:] = prepared.refs[2]
+        self.pending = prepared.pending
         self.generation += 1
-        return changed
+        return dict(enumerate(prepared.rows))
 
     def apply(self, stream: Stream) -> dict[int, np.ndarray]:
         """`window` then `fold` as of the newest event's time (serving: events of that same time may
         still come, and are then counted as they would have been in one window)."""
         if not len(stream):
             return {}
-        return self.fold(self.window(stream), int(stream.time_ms.max()))
+        return self.fold(self.window(stream, int(stream.time_ms.max())))
+
+    def query(self, rows: np.ndarray, time_ms: np.ndarray) -> np.ndarray:
+        """Inputs of (n, fields) ``rows`` at times ``time_ms`` (int64 ms), from the state and the
+        pending labels due by then: for serving, once every event before those times was applied."""
+        f, p = self.formula, self.pending
+        rows, time_ms = np.asarray(rows, np.int64), np.asarray(time_ms, np.int64)
+        out = np.empty((len(time_ms), self.width), np.float32)
+        for at in np.unique(time_ms):
+            these = np.flatnonzero(time_ms == at)
+            limit = int(at) - f.delay_ms
+            due = slice(0, int(np.searchsorted(p["time_ms"], limit, "left")))
+            out[these] = self._inputs_at(rows[these], limit, {k: v[due] for k, v in p.items()})
+        return out
+
+    def _inputs_at(self, rows: np.ndarray, limit: int, due: dict[str, np.ndarray]) -> np.ndarray:
+        """The inputs of ``rows`` with labels counted up to ``limit``: the state's and the ``due``
+        pending ones."""
+        f, n = self.formula, len(rows)
+        tau = float(f.recent_ms)
+        g_labelled = self.sums[2][0, LABELLED] + len(due["time_ms"])
+        g = (self.sums[2][0, POSITIVES] + due["label"].sum()) / g_labelled if g_labelled > 0 else 0.5
+        g = min(max(g, f.rate_clip), 1 - f.rate_clip)
+        out = np.empty((n, self.width), np.float32)
+        for i, k in enumerate((0, len(INPUTS))):
+            column = rows[:, i]
+            state = self.sums[i][column]
+            mine = np.isin(due["rows"][:, i], column)  # the due labels of these rows: few
+            due_i = {name: values[mine] for name, values in due.items()}
+            hit = due_i["rows"][:, i][None, :] == column[:, None]  # (queries, their due labels)
+            labelled = state[:, LABELLED] + hit.sum(1)
+            positives = state[:, POSITIVES] + hit @ due_i["label"]
+            surprise = state[:, SURPRISE] + hit @ due_i["surprise"]
+            rate = np.clip((positives + f.prior * g) / (labelled + f.prior), f.rate_clip, 1 - f.rate_clip)
+            out[:, k] = _logit(rate)
+            out[:, k + 1] = np.log1p(state[:, EVENTS]) / f.activity_scale
+            out[:, k + 2] = surprise / (labelled + f.prior) * f.surprise_scale
+            if i == 0:
+                ref = self.labels_ms[0][column]
+                decay = np.where(limit > ref, np.exp(-np.maximum(limit - ref, 0) / tau), 1.0)
+                weights = np.exp(-np.maximum(limit - due_i["time_ms"], 0) / tau)
+                weight = state[:, RECENT_WEIGHT] * decay + hit @ weights
+                recent = state[:, RECENT_SURPRISE] * decay + hit @ (due_i["surprise"] * weights)
+                out[:, k + 3] = recent / (weight + f.recent_prior) * f.surprise_scale
+        return out
 
     def reset(self, fresh: Mapping[int, np.ndarray]) -> None:
         """Forget the rows given to new ids (field index -> rows). Their previous ids have no label
@@ -364,113 +313,14 @@ class RealtimeFeatures:
                 self.sums[i][rows] = 0.0
                 self.labels_ms[i][rows] = NO_TIME
 
-    # -- the sums -----------------------------------------------------------------------------
-    def _column(self, stream: Stream, i: int) -> np.ndarray:
-        """The rows of field ``i`` (the global row: all 0)."""
-        return stream.rows[:, i] if i < len(self.names) else np.zeros(len(stream), np.int64)
-
-    def _field(self, i: int, events: Stream, fresh: Mapping[int, np.ndarray] | None) -> _Field:
-        """Field ``i``'s events sorted, with the state of their rows (rows in ``fresh``: none)."""
-        ordered = _Sorted(self._column(events, i), events.time_ms, self.formula.delay_ms)
-        rows = ordered.rows[ordered.starts]
-        base, ref = self.sums[i][rows], self.labels_ms[i][rows]
-        masked = fresh.get(i) if fresh and i < len(self.names) else None
-        if masked is not None and len(masked):
-            new = np.isin(rows, masked)
-            base[new], ref[new] = 0.0, NO_TIME
-        return _Field(ordered, base, ref, {})
-
-    def _decay(self, elapsed: np.ndarray) -> np.ndarray:
-        return np.exp(-elapsed / float(self.formula.recent_ms))
-
-    def _chain(self, i: int, field: _Field, values: Mapping[int, np.ndarray], cols: tuple[int, ...]) -> None:
-        """Fill ``field.after`` for ``cols``: per sorted event, its row's sum just after it, the state's
-        plus ``values`` (by column, in the original order) up to it, decayed for the decayed sums."""
-        events = field.events
-        if not len(events.rows):
-            field.after.update({c: np.empty(0) for c in cols})
-            return
-        for c in (c for c in cols if c not in DECAYED):
-            total = np.cumsum(values[c][events.order])
-            offset = field.base[:, c].copy()
-            offset[1:] -= total[events.starts[1:] - 1]
-            field.after[c] = total + np.repeat(offset, events.lengths)
-        decayed = tuple(c for c in cols if c in DECAYED)
-        if decayed:
-            gap = _elapsed(events.times, np.r_[events.times[:1], events.times[:-1]])
-            a = self._decay(gap)
-            a[events.starts] = 0.0
-            since = self._decay(_elapsed(events.times[events.starts], field.ref))
-            b = np.stack([values[c][events.order] for c in decayed], 1)
-            b[events.starts] += field.base[:, decayed] * since[:, None]
-            x = _scan(np.repeat(a[:, None], len(decayed), 1), b, events.longest)
-            field.after.update({c: x[:, k] for k, c in enumerate(decayed)})
-
-    def _at(
-        self,
-        i: int,
-        field: _Field,
-        at: np.ndarray,
-        times: np.ndarray,
-        cols: tuple[int, ...],
-        of: np.ndarray,
-        state: bool = False,
-    ) -> np.ndarray:
-        """Sums ``cols`` for queries at ``times`` whose row's last earlier event is at sorted position
-        ``at`` (-1: none), decayed to the query's time: (n, len(cols)). Without an earlier event, the
-        row's state: that of run ``of`` of ``field``, or with ``state``, the state of row ``of``."""
-        hit = at >= 0
-        where = np.maximum(at, 0)
-        state_of = self.sums[i] if state else field.base
-        out = np.empty((len(at), len(cols)))
-        for k, c in enumerate(cols):
-            base = state_of[:, c][of]
-            out[:, k] = np.where(hit, field.after[c][where], base) if len(field.events.times) else base
-        decayed = [k for k, c in enumerate(cols) if c in DECAYED]
-        if decayed:
-            ref = self.labels_ms[i][of] if state else field.ref[of]
-            last = field.events.times[where] if len(field.events.times) else ref
-            since = _elapsed(times, np.where(hit, last, ref))
-            out[:, decayed] *= self._decay(since)[:, None]
-        return out
-
-    def _rates(self, first: list[np.ndarray]) -> list[np.ndarray]:
-        """Per counted field, the smoothed positive rate (from columns labelled, positives, ...);
-        last the global rate g."""
-        f, glob = self.formula, first[-1]
-        labelled = glob[:, 0]
-        g = np.where(labelled > 0, glob[:, 1] / np.where(labelled > 0, labelled, 1.0), 0.5)
-        g = np.clip(g, f.rate_clip, 1 - f.rate_clip)
-        rates = [
-            np.clip((s[:, 1] + f.prior * g) / (s[:, 0] + f.prior), f.rate_clip, 1 - f.rate_clip)
-            for s in first[: len(self.names)]
-        ]
-        return [*rates, g]
-
-    def _expected(self, rates: list[np.ndarray]) -> np.ndarray:
-        """What the rates predict: sigmoid(sum of the fields' rate logits - (fields - 1) logit(g))."""
-        g = rates[-1]
-        z = sum(_logit(r) for r in rates[:-1]) - (len(self.names) - 1) * _logit(g)
-        return 1.0 / (1.0 + np.exp(-z))
-
-    def _inputs(
-        self,
-        now: list[np.ndarray],
-        first: list[np.ndarray],
-        second: list[np.ndarray],
-        rates: list[np.ndarray],
-    ) -> np.ndarray:
-        """The inputs (`INPUTS` per field): ``now`` the events before, ``first`` (labelled, positives,
-        recent_weight) and ``second`` (surprise, recent_surprise) as of the labels' time."""
-        f = self.formula
-        out = np.empty((len(rates[-1]), self.width), np.float32)
-        for i in range(len(self.names)):
-            k = len(INPUTS) * i
-            out[:, k] = _logit(rates[i])
-            out[:, k + 1] = np.log1p(now[i]) / f.activity_scale
-            out[:, k + 2] = second[i][:, 0] / (first[i][:, 0] + f.prior) * f.surprise_scale
-            out[:, k + 3] = second[i][:, 1] / (first[i][:, 2] + f.recent_prior) * f.surprise_scale
-        return out
+    def _fresh(self, i: int, fresh: Mapping[int, np.ndarray] | None) -> np.ndarray:
+        """A mask of field ``i``'s rows in ``fresh`` (empty when none)."""
+        rows = fresh.get(i) if fresh else None
+        if rows is None or not len(rows):
+            return np.zeros(0, bool)
+        mask = np.zeros(len(self.sums[i]), bool)
+        mask[rows] = True
+        return mask
 
     # -- state --------------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -518,9 +368,11 @@ def _empty_pending(fields: int) -> dict[str, np.ndarray]:
     }
 
 
-def _elapsed(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
-    """Milliseconds from ``earlier`` to ``later`` as floats, never negative."""
-    return np.maximum(later - earlier, 0).astype(np.float64)
+def _time_order(times: np.ndarray) -> np.ndarray | None:
+    """The stable order of ``times``, or None when they are in order already."""
+    if len(times) < 2 or bool((times[1:] >= times[:-1]).all()):
+        return None
+    return np.argsort(times, kind="stable")
 
 
 def _array(

@@ -19,7 +19,7 @@ def reference(events: Stream, formula: Formula) -> tuple[np.ndarray, np.ndarray]
     d, tau, f = formula.delay_ms, formula.recent_ms, formula
     n = len(events)
     surprise = np.zeros(n)
-    inputs = np.zeros((n, 8))
+    inputs = np.zeros((n, 7))
     for e in sorted(range(n), key=lambda k: events.time_ms[k]):
         t = events.time_ms[e]
         labelled = [k for k in range(n) if events.time_ms[k] < t - d]
@@ -49,7 +49,7 @@ def reference(events: Stream, formula: Formula) -> tuple[np.ndarray, np.ndarray]
             )
         z = sum(math.log(r / (1 - r)) for r in rates) - math.log(g / (1 - g))
         surprise[e] = events.label[e] - 1 / (1 + math.exp(-z))
-        inputs[e] = feats[0] + feats[1]
+        inputs[e] = feats[0] + feats[1][:3]  # the item has no recent surprise
     return inputs, surprise
 
 
@@ -66,9 +66,9 @@ def by_windows(features: RealtimeFeatures, events: Stream, size_ms: int) -> np.n
     starts = events.time_ms // size_ms * size_ms
     for start in np.unique(starts):
         part = np.flatnonzero(starts == start)
-        prepared = features.window(events.take(part))
+        prepared = features.window(events.take(part), int(start) + size_ms)
         out[part] = prepared.inputs
-        features.fold(prepared, int(start) + size_ms)
+        features.fold(prepared)
     return out
 
 
@@ -88,7 +88,7 @@ def test_serving_applies_the_events_after_a_snapshot_and_answers_as_the_learner_
     expected, _ = reference(events, formula)
     learner = RealtimeFeatures([("user", USERS), ("item", ITEMS)], formula)
     first = np.flatnonzero(events.time_ms < 5_000)
-    learner.fold(learner.window(events.take(first)), 5_000)
+    learner.fold(learner.window(events.take(first), 5_000))
     serving = RealtimeFeatures([("user", USERS), ("item", ITEMS)], formula)
     serving.load(learner.state())  # the snapshot
     rest = events.take(np.arange(len(first), len(events)))
@@ -122,16 +122,16 @@ def test_the_state_round_trips_and_a_bad_one_is_refused() -> None:
 def test_fresh_rows_count_as_never_seen_and_reset_forgets_them() -> None:
     features = RealtimeFeatures([("user", USERS), ("item", ITEMS)], Formula())
     seen_before = Stream.of(np.array([[1, 2], [1, 3]]), np.array([10, 20]), np.array([1.0, 1.0]))
-    features.fold(features.window(seen_before), 100)
+    features.fold(features.window(seen_before, 100))
     probe = Stream.of(np.array([[1, 4]]), np.array([100]), np.array([0.0]))
-    seen = features.window(probe).inputs[0]
-    as_new = features.window(probe, {0: np.array([1])}).inputs[0]
+    seen = features.window(probe, 200).inputs[0]
+    as_new = features.window(probe, 200, {0: np.array([1])}).inputs[0]
     never = RealtimeFeatures([("user", USERS), ("item", ITEMS)], Formula())
     never.apply(Stream.of(np.array([[6, 2], [6, 3]]), np.array([10, 20]), np.array([1.0, 1.0])))
     assert seen[1] > 0 and as_new[1] == 0.0  # activity of user row 1
-    np.testing.assert_allclose(as_new[:4], never.window(probe).inputs[0][:4])
+    np.testing.assert_allclose(as_new[:4], never.window(probe, 200).inputs[0][:4])
     features.reset({0: np.array([1])})
-    np.testing.assert_allclose(features.window(probe).inputs[0], as_new)
+    np.testing.assert_allclose(features.window(probe, 200).inputs[0], as_new)
 
 
 @pytest.mark.parametrize(

