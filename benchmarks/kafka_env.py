@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_learner.config import Settings
@@ -52,3 +53,15 @@ def delete_topics(address: str, names: list[str]) -> None:
     doomed = [n for n in names if n in existing]
     for future in admin.delete_topics(doomed).values() if doomed else []:
         future.result(30)
+
+
+def end_offsets(address: str, topic: str, partitions: int) -> dict[int, int]:
+    """The next offset of every partition of ``topic`` (its high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": address, "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()

@@ -57,7 +57,7 @@ class _Families:
         self.feature_lag = Histogram(
             f"{P}subscriber_feature_lag_seconds",
             "From an event's production (its Kafka timestamp) to its being reflected in the features "
-            "served; observed once per applied batch, for its oldest event.",
+            "served; per applied batch, the lags of ten of its events at evenly spaced ranks.",
             ["model"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
             registry=r,

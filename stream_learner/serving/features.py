@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 #: Events of a buffered chunk at most (a long consume is cut: the buffer drops whole chunks).
 MAX_BUFFERED = 2_000_000
+#: Observations of the feature lag per applied batch: its events' lags at evenly spaced ranks (the
+#: oldest and the newest among them), so that the histogram follows the events, not the batches.
+LAG_SAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ class InputFollower:
         read: dict[int, int] = {}
         for m in messages:  # the newest offset per partition: the last of each
             read[m.partition()] = m.offset() + 1
-        produced = min((m.timestamp()[1] for m in messages), default=0)
+        produced = np.fromiter((m.timestamp()[1] for m in messages), np.int64, len(messages))
         with self._lock:
             base = self._base
             assert base is not None
@@ -290,5 +293,8 @@ class InputFollower:
             for p, nxt in read.items():
                 self._position[p] = max(self._position.get(p, nxt), nxt)
         self.metrics.features_applied.inc(len(batch))
-        if produced > 0:
-            self.metrics.feature_lag.observe(max(0.0, self._clock() - produced / 1000))
+        stamped = produced[produced > 0]
+        if len(stamped):  # the lag of the batch's events, one observation per tenth of them
+            lags = np.maximum(0.0, self._clock() - np.sort(stamped) / 1000)
+            for lag in lags[np.linspace(0, len(lags) - 1, min(LAG_SAMPLES, len(lags))).astype(int)]:
+                self.metrics.feature_lag.observe(float(lag))
