@@ -229,30 +229,33 @@ class FeatureMapper:
         return FeatureMapper(fields, realtime)
 
     @staticmethod
-    def from_spec(spec: ModelSpec, tensors: Mapping[str, Any] | None = None) -> FeatureMapper:
+    def from_spec(
+        spec: ModelSpec, tensors: Mapping[str, Any] | None = None, realtime: bool = True
+    ) -> FeatureMapper:
         """The mapping a snapshot was trained with (for read-only lookups and the inputs when
-        serving); ``tensors`` are the snapshot's (only the ``features.*`` ones are read). Raises
-        ValueError for a spec whose inputs this version cannot compute."""
+        serving); ``tensors`` are the snapshot's (only the ``features.*`` ones are read; the
+        real-time features' only with ``realtime``, else they start empty). Raises ValueError for a
+        spec whose inputs this version cannot compute."""
         counted = spec.extra.get("count_fields", [])
-        realtime = None
+        features = None
         if counted:
             if "features" not in spec.extra:
                 raise ValueError("the spec has count inputs of a version before real-time features")
             formula = Formula.from_dict(spec.extra["features"])
-            realtime = RealtimeFeatures([(f.name, f.rows) for f in spec.fields[: len(counted)]], formula)
-            if realtime.width != int(spec.extra.get("count_inputs", -1)):
+            features = RealtimeFeatures([(f.name, f.rows) for f in spec.fields[: len(counted)]], formula)
+            if features.width != int(spec.extra.get("count_inputs", -1)):
                 raise ValueError(
-                    f"the spec says {spec.extra.get('count_inputs')} count inputs, not {realtime.width}"
+                    f"the spec says {spec.extra.get('count_inputs')} count inputs, not {features.width}"
                 )
         mapper = FeatureMapper(
             [
                 DynamicField(f.name, f.rows) if f.table == "dynamic" else HashedField(f.name, f.rows)
                 for f in spec.fields
             ],
-            realtime,
+            features,
         )
         if tensors is not None:
-            mapper.load_state(tensors)
+            mapper.load_state(tensors, realtime)
         return mapper
 
     def specs(self) -> tuple[FieldSpec, ...]:
@@ -355,8 +358,9 @@ class FeatureMapper:
         }
         return out | (self.realtime.state() if self.realtime is not None else {})
 
-    def load_state(self, tensors: Mapping[str, Any]) -> None:
-        """Load what `state` gave (numpy arrays or CPU tensors); every dynamic field's must be there."""
+    def load_state(self, tensors: Mapping[str, Any], realtime: bool = True) -> None:
+        """Load what `state` gave (numpy arrays or CPU tensors); every dynamic field's must be there
+        (the real-time features' only with ``realtime``)."""
         for f in self.fields:
             if isinstance(f, DynamicField):
                 names = {k: f"features.{f.name}.{k}" for k in STATE_ARRAYS}
@@ -364,7 +368,7 @@ class FeatureMapper:
                 if missing:
                     raise ValueError(f"missing feature state {missing}")
                 f.load({k: np.asarray(tensors[n]) for k, n in names.items()})
-        if self.realtime is not None:
+        if self.realtime is not None and realtime:
             self.realtime.load(tensors)
 
 

@@ -44,9 +44,14 @@ class ServableModel:
     def _features(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self._state.items() if k.startswith("features.")}
 
-    def refresh_features(self) -> None:
-        """Rebuild the id mapping from the state's ``features.*`` tensors (after they changed)."""
-        self.mapper = FeatureMapper.from_spec(self.spec, self._features())
+    def refresh_features(self, realtime: bool = True) -> None:
+        """Rebuild the id mapping from the state's ``features.*`` tensors (after they changed); the
+        real-time features too with ``realtime`` (without, they stay as they were: for a caller that
+        keeps its own current, `score`'s ``inputs``)."""
+        kept = self.mapper.realtime
+        self.mapper = FeatureMapper.from_spec(self.spec, self._features(), realtime)
+        if not realtime:
+            self.mapper.realtime = kept
 
     def score(
         self,

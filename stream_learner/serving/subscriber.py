@@ -393,7 +393,7 @@ class ModelSubscriber:
         of versions. The fold checks the whole delta before it changes anything."""
         with self._lock.write():
             served.fold.apply(snap)
-            served.model.refresh_features()
+            served.model.refresh_features(realtime=self.input is None)  # the follower keeps its own
             self._served = replace(served, meta=snap.meta, recent_items=_recent_items(snap.meta))
         self._served_now()
 
