@@ -4,6 +4,10 @@ snapshots list|inspect|keygen | recommend | rollback | replay | config``.
 The arguments are declared in `stream_learner.cli.parser` (each flag shows its default and the
 environment variable it can also come from); settings of the job itself come from the TOML file and
 ``STREAM_LEARNER_<SECTION>__<KEY>`` variables (see docs/configuration.md).
+
+The commands that train (`TRAINING`) import torch when they run, not here: an installation without
+the ``train`` extra (a serving replica) runs every other command, and is told what to install when
+asked to train.
 """
 
 from __future__ import annotations
@@ -24,27 +28,32 @@ from stream_learner.cli.common import (
     watch_leaving,
     with_flags,
 )
-from stream_learner.cli.demo import demo
 from stream_learner.cli.parser import parse
 from stream_learner.cli.reference import render
-from stream_learner.cli.replay import replay_command
 from stream_learner.cli.rollback import rollback
 from stream_learner.cli.snapshots import keygen, recommend, snapshots
 from stream_learner.cli.topics import create_topics
 from stream_learner.config import Settings, load_settings
 from stream_learner.errors import BrokerError, ConfigError, OwnershipLost
-from stream_learner.runtime.app import App
-from stream_learner.runtime.distributed.launch import launch, launched
-from stream_learner.runtime.distributed.rank import RankApp
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 
 log = logging.getLogger("stream_learner")
 
+#: Commands that train a model, with torch (the ``train`` extra).
+TRAINING = ("run", "demo", "replay")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(argv) if argv is not None else None)
     logs.configure(args.log_level, args.log_format)
+    if args.command in TRAINING and not _has_torch():
+        print(
+            f"stream-learner: {args.command} trains a model, which needs torch: "
+            "pip install 'stream-learner[train]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     settings: Settings | None = None
     try:
         if args.command == "run":
@@ -57,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             print(render() if args.reference else _shown(load_settings(args.config)))
             return 0
+        from stream_learner.cli.demo import demo  # torch
+
         return demo(args)
     except ConfigError as err:
         print(f"stream-learner: {err}", file=sys.stderr)
@@ -72,6 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
 
 
+def _has_torch() -> bool:
+    """torch imports: the ``train`` extra is installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _shown(settings: Settings) -> str:
     """The settings as JSON. Secrets are secret by type (`SecretStr`, credentials of URLs, librdkafka
     extras whose name says they are secret), so they show masked."""
@@ -80,6 +100,10 @@ def _shown(settings: Settings) -> str:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     """One process; one rank of a job under torchrun; or a job of ``--workers`` ranks here."""
+    from stream_learner.runtime.app import App  # torch
+    from stream_learner.runtime.distributed.launch import launch, launched
+    from stream_learner.runtime.distributed.rank import RankApp
+
     if not launched() and args.workers > 1:
         return launch(settings, args.workers, args.max_restarts, rank_argv(args))
     app = RankApp(settings) if launched() else App(settings)
@@ -125,6 +149,12 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from stream_learner.cli.replay import replay_command  # torch: the version is trained again
+
+    return replay_command(settings, args)
+
+
 #: Commands that read settings and talk to Kafka, and what each runs.
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "produce": _produce,
@@ -132,7 +162,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "snapshots": snapshots,
     "recommend": recommend,
     "rollback": rollback,
-    "replay": replay_command,
+    "replay": _replay,
 }
 
 

@@ -1,8 +1,10 @@
 """The command line's arguments: global options before or after the command, usage errors with exit
-code 2 (never a traceback), --version, defaults in --help, and a demo that will not delete topics on
-another machine's broker unless told."""
+code 2 (never a traceback), --version, defaults in --help, a demo that will not delete topics on
+another machine's broker unless told, and the training commands saying what to install without torch."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -83,6 +85,15 @@ def test_demo_refuses_to_delete_topics_on_another_machines_broker(capsys):
     assert main(["demo", "--bootstrap-server", "kafka.prod.invalid:9092"]) == 2
     err = capsys.readouterr().err
     assert "kafka.prod.invalid:9092 is not on this machine" in err and "--delete-topics" in err
+
+
+@pytest.mark.parametrize("argv", [["run"], ["demo"], ["replay", "--version", "3"]])
+def test_training_without_torch_says_which_extra_to_install(argv, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if the train extra were not installed
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{argv[0]} trains a model, which needs torch" in err
+    assert "pip install 'stream-learner[train]'" in err
 
 
 def test_which_brokers_are_on_this_machine():
