@@ -1,5 +1,5 @@
 """Command line: ``stream-learner run | produce synthetic | demo | topics create |
-snapshots list|inspect|keygen | recommend | rollback | replay | config``.
+snapshots list|inspect|keygen | recommend | serve | rollback | replay | config``.
 
 The arguments are declared in `stream_learner.cli.parser` (each flag shows its default and the
 environment variable it can also come from); settings of the job itself come from the TOML file and
@@ -31,6 +31,7 @@ from stream_learner.cli.common import (
 from stream_learner.cli.parser import parse
 from stream_learner.cli.reference import render
 from stream_learner.cli.rollback import rollback
+from stream_learner.cli.serve import serve_command
 from stream_learner.cli.snapshots import keygen, recommend, snapshots
 from stream_learner.cli.topics import create_topics
 from stream_learner.config import Settings, load_settings
@@ -161,6 +162,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "topics": create_topics,
     "snapshots": snapshots,
     "recommend": recommend,
+    "serve": serve_command,
     "rollback": rollback,
     "replay": _replay,
 }

@@ -167,6 +167,22 @@ def build() -> argparse.ArgumentParser:
         "--candidates", help="comma-separated item ids (default: the recently active items in the snapshot)"
     )
 
+    srv = command(sub, "serve", "an HTTP/JSON scoring service that follows the model's snapshots and input")
+    _model_flags(srv)
+    srv.add_argument(
+        "--input-topic", dest="input_topic", help="the learner's input topic (default: input.topic)"
+    )
+    _env_flag(srv, "--host", "STREAM_LEARNER_SERVE_HOST", "address to listen on", default="127.0.0.1")
+    _env_flag(
+        srv, "--port", "STREAM_LEARNER_SERVE_PORT", "port to listen on (0: any)", type=int, default=8080
+    )
+    srv.add_argument("--workers", type=int, default=2, help="threads that answer requests")
+    srv.add_argument(
+        "--no-follow-input",
+        action="store_true",
+        help="score with the real-time features of each snapshot instead of keeping them current",
+    )
+
     back = command(sub, "rollback", "make the active learner return to an older version's model")
     _model_flags(back)
     what = back.add_mutually_exclusive_group(required=True)

@@ -8,6 +8,15 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from stream_learner.metrics.learner import Metrics
 from stream_learner.metrics.server import MetricsServer
+from stream_learner.metrics.service import ServiceMetrics, metrics_app
 from stream_learner.metrics.serving import SubscriberMetrics
 
-__all__ = ["REGISTRY", "CollectorRegistry", "Metrics", "MetricsServer", "SubscriberMetrics"]
+__all__ = [
+    "REGISTRY",
+    "CollectorRegistry",
+    "Metrics",
+    "MetricsServer",
+    "ServiceMetrics",
+    "SubscriberMetrics",
+    "metrics_app",
+]

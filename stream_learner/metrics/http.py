@@ -12,8 +12,10 @@ app on a pool of ``workers`` threads, so the server never uses more than ``1 + w
 - At most ``max_connections`` are open. A new one beyond that closes the connection that has waited
   longest for a request, so idle or stalled clients cannot lock out a scraper or a probe; only when
   none is waiting is the newcomer answered 503.
-- HEAD is answered as GET without the body. Requests with a body are answered and the connection
-  closed (the app here only reads).
+- HEAD is answered as GET without the body. With ``max_body`` (bytes), a request body of at most that
+  ``Content-Length`` is read within the timeout and given to the app as ``wsgi.input``; a larger one
+  is answered 413, one without a length (chunked) 411, and the connection closed. Without it,
+  requests with a body are answered and the connection closed (the app only reads).
 """
 
 from __future__ import annotations
@@ -46,17 +48,20 @@ class BoundedHTTPServer:
         max_connections: int = 64,
         timeout: float = 10.0,
         workers: int = 2,
+        max_body: int = 0,
+        name: str = "metrics-http",
     ) -> None:
         self._app = app
         self._max_connections = max_connections
         self._timeout = timeout
+        self._max_body = max_body
         family, _, _, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         self._sock = socket.create_server(address[:2], family=family)  # binds now: errors surface here
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metrics-http-app")
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="metrics-http")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-app")
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name=name)
         self._thread.daemon = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -129,19 +134,37 @@ class BoundedHTTPServer:
         finally:
             self._waiting.pop(writer, None)
         request = _parse(head, self.address)
-        if request is None:
-            writer.write(_response("400 Bad Request", [], b"bad request\n", keep=False))
+        refusal = None if request is None else self._body_refusal(request[2])
+        if request is None or refusal is not None:
+            status = "400 Bad Request" if refusal is None else refusal
+            writer.write(_response(status, [], status.split(" ", 1)[1].lower().encode() + b"\n", keep=False))
             keep = False
         else:
-            environ, keep = request
+            environ, keep, length = request
+            if length and self._max_body:
+                try:
+                    body = await asyncio.wait_for(reader.readexactly(length), self._timeout)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return False
+                environ["wsgi.input"] = io.BytesIO(body)
+            else:
+                keep = keep and not length  # a body left unread ends the connection
             assert self._loop is not None
-            status, headers, body = await self._loop.run_in_executor(self._pool, self._call, environ)
-            writer.write(_response(status, headers, body, keep, head=environ["REQUEST_METHOD"] == "HEAD"))
+            status, headers, answer = await self._loop.run_in_executor(self._pool, self._call, environ)
+            writer.write(_response(status, headers, answer, keep, head=environ["REQUEST_METHOD"] == "HEAD"))
         try:
             await asyncio.wait_for(writer.drain(), self._timeout)
         except (TimeoutError, ConnectionError):
             return False
         return keep
+
+    def _body_refusal(self, length: int) -> str | None:
+        """The status that refuses a body of ``length`` bytes (-1: no length given), or None."""
+        if not self._max_body or length == 0:
+            return None
+        if length < 0:
+            return "411 Length Required"
+        return "413 Content Too Large" if length > self._max_body else None
 
     def _call(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         """Run the app (on a pool thread) and collect its whole answer."""
@@ -163,8 +186,9 @@ class BoundedHTTPServer:
             return "500 Internal Server Error", [("Content-Type", "text/plain")], b"internal error\n"
 
 
-def _parse(head: bytes, address: tuple[str, int]) -> tuple[dict[str, Any], bool] | None:
-    """The WSGI environ of a request head, and whether the connection may be kept; None if bad."""
+def _parse(head: bytes, address: tuple[str, int]) -> tuple[dict[str, Any], bool, int] | None:
+    """The WSGI environ of a request head, whether the client would keep the connection, and the
+    length of its body (-1 when it has one of no stated length); None if bad."""
     line, _, rest = head.partition(b"\r\n")
     parts = line.decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -194,9 +218,15 @@ def _parse(head: bytes, address: tuple[str, int]) -> tuple[dict[str, Any], bool]
     for name, value in headers.items():
         key = name.upper().replace("-", "_")
         environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
-    has_body = headers.get("Transfer-Encoding") or headers.get("Content-Length", "0").strip() not in ("", "0")
-    keep = version == "HTTP/1.1" and headers.get("Connection", "").lower() != "close" and not has_body
-    return environ, keep
+    stated = headers.get("Content-Length", "0").strip() or "0"
+    if headers.get("Transfer-Encoding"):
+        length = -1
+    elif stated.isdigit():
+        length = int(stated)
+    else:
+        return None
+    keep = version == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
+    return environ, keep, length
 
 
 def _response(
