@@ -13,6 +13,7 @@ asked to train.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -48,7 +49,7 @@ TRAINING = ("run", "demo", "replay")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(argv) if argv is not None else None)
     logs.configure(args.log_level, args.log_format)
-    if args.command in TRAINING and not _has_torch():
+    if args.command in TRAINING and importlib.util.find_spec("torch") is None:
         print(
             f"stream-learner: {args.command} trains a model, which needs torch: "
             "pip install 'stream-learner[train]'",
@@ -82,15 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # a command that only reads or writes a little
             log.error("failed: %s (brokers %s)", err, settings.kafka.bootstrap_servers)
         return EXIT_UNAVAILABLE
-
-
-def _has_torch() -> bool:
-    """torch imports: the ``train`` extra is installed."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _shown(settings: Settings) -> str:
