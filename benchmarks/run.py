@@ -1,6 +1,6 @@
 """Run every benchmark, one process each, against the local broker (or STREAM_LEARNER_BENCH_BOOTSTRAP).
 
-    .venv/bin/python -m benchmarks.run                  # all; about 55 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run                  # all; about 70 minutes on 2 cores
     .venv/bin/python -m benchmarks.run e2e ingest       # some
 
 Each writes its own section of benchmarks/results/latest.json; then `benchmarks.figures` renders the
@@ -26,6 +26,7 @@ ALL = [
     "real",
     "distributed",
     "catchup",
+    "serving",
 ]
 #: Benchmarks that are a module run with arguments (the others: ``python -m benchmarks.NAME``).
 ARGS = {"freshness_distributed": ["benchmarks.freshness", "--workers", "2"]}

@@ -176,7 +176,12 @@ def build() -> argparse.ArgumentParser:
     _env_flag(
         srv, "--port", "STREAM_LEARNER_SERVE_PORT", "port to listen on (0: any)", type=int, default=8080
     )
-    srv.add_argument("--workers", type=int, default=2, help="threads that answer requests")
+    srv.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="threads that answer requests (0: the thread that reads them; scoring holds the GIL)",
+    )
     srv.add_argument(
         "--no-follow-input",
         action="store_true",

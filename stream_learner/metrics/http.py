@@ -4,7 +4,9 @@ prometheus_client's own servers (``start_http_server``, ``start_wsgi_server``) a
 library's ``ThreadingHTTPServer`` start a thread per connection and never time a client out: 500
 half-sent requests held 500 threads until their clients went away. Here one thread runs an asyncio
 loop that reads every request (a slow or idle client costs a socket, not a thread) and calls the
-app on a pool of ``workers`` threads, so the server never uses more than ``1 + workers`` threads.
+app on a pool of ``workers`` threads, so the server never uses more than ``1 + workers`` threads
+(``workers`` 0: on the loop's own thread, which saves two thread hand-overs per request when the app
+is quick and holds the GIL anyway).
 
 - A request must arrive complete, headers at most `MAX_HEADER_BYTES`, within ``timeout`` seconds
   of the connection (or of the previous response on a kept-alive connection); a response not taken
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import io
 import socket
 import sys
@@ -60,7 +61,9 @@ class BoundedHTTPServer:
         )[0]
         self._sock = socket.create_server(address[:2], family=family)  # binds now: errors surface here
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-app")
+        self._pool = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-app") if workers else None
+        )
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name=name)
         self._thread.daemon = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,7 +85,8 @@ class BoundedHTTPServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join()
         self._sock.close()
-        self._pool.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -126,7 +130,8 @@ class BoundedHTTPServer:
         """Read one request and answer it; True to keep the connection for another."""
         self._waiting[writer] = None
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout)
+            async with asyncio.timeout(self._timeout):  # no task per call, unlike wait_for
+                head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             head = b""
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -143,17 +148,22 @@ class BoundedHTTPServer:
             environ, keep, length = request
             if length and self._max_body:
                 try:
-                    body = await asyncio.wait_for(reader.readexactly(length), self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        body = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return False
                 environ["wsgi.input"] = io.BytesIO(body)
             else:
                 keep = keep and not length  # a body left unread ends the connection
             assert self._loop is not None
-            status, headers, answer = await self._loop.run_in_executor(self._pool, self._call, environ)
+            if self._pool is None:  # answered on the loop's thread: no hand-over, one request at a time
+                status, headers, answer = self._call(environ)
+            else:
+                status, headers, answer = await self._loop.run_in_executor(self._pool, self._call, environ)
             writer.write(_response(status, headers, answer, keep, head=environ["REQUEST_METHOD"] == "HEAD"))
         try:
-            await asyncio.wait_for(writer.drain(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             return False
         return keep
@@ -189,15 +199,18 @@ class BoundedHTTPServer:
 def _parse(head: bytes, address: tuple[str, int]) -> tuple[dict[str, Any], bool, int] | None:
     """The WSGI environ of a request head, whether the client would keep the connection, and the
     length of its body (-1 when it has one of no stated length); None if bad."""
-    line, _, rest = head.partition(b"\r\n")
-    parts = line.decode("latin-1").split()
+    first, _, rest = head.decode("latin-1").partition("\r\n")
+    parts = first.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         return None
     method, target, version = parts
-    try:
-        headers = http.client.parse_headers(io.BytesIO(rest))
-    except http.client.HTTPException:
-        return None
+    headers: dict[str, str] = {}  # lower-case names; a repeated header keeps its last value
+    for line in rest.split("\r\n"):
+        if line:
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip() or name[:1].isspace():
+                return None
+            headers[name.strip().lower()] = value.strip()
     path, _, query = target.partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
@@ -218,14 +231,14 @@ def _parse(head: bytes, address: tuple[str, int]) -> tuple[dict[str, Any], bool,
     for name, value in headers.items():
         key = name.upper().replace("-", "_")
         environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
-    stated = headers.get("Content-Length", "0").strip() or "0"
-    if headers.get("Transfer-Encoding"):
+    stated = headers.get("content-length") or "0"
+    if headers.get("transfer-encoding"):
         length = -1
     elif stated.isdigit():
         length = int(stated)
     else:
         return None
-    keep = version == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
+    keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
     return environ, keep, length
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 
@@ -37,6 +38,7 @@ class ServiceMetrics:
     ) -> None:
         self.registry = registry
         self._model = model
+        self._children: dict[tuple[str, int], Any] = {}
         self.requests = Histogram(
             f"{P}serving_request_duration_seconds",
             "Time to answer a request of the scoring service, from the whole request read to the answer "
@@ -66,7 +68,10 @@ class ServiceMetrics:
         ).labels(model).set_function(lambda: float(ready()))
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
-        self.requests.labels(self._model, endpoint, str(code)).observe(seconds)
+        child = self._children.get((endpoint, code))
+        if child is None:
+            child = self._children[endpoint, code] = self.requests.labels(self._model, endpoint, str(code))
+        child.observe(seconds)
 
 
 def metrics_app(registry: CollectorRegistry) -> WSGIApp:

@@ -1,7 +1,8 @@
 """The scoring service's requests and answers, without HTTP: JSON in, JSON out.
 
 ``POST /score`` ``{"user": ID, "items": [ID, ...], "context": {NAME: VALUE}, "at_ms": T}`` answers
-``{"model": NAME, "version": V, "scores": [P, ...]}``, a click probability per item in their order;
+``{"model": NAME, "version": V, "scores": [P, ...]}``, a click probability per item in their order
+(float32, written with 9 significant digits);
 ``POST /recommend`` ``{"user": ID, "k": 10, "candidates": [ID, ...], "context": {...}}`` answers
 ``{"model": NAME, "version": V, "items": [{"item": ID, "score": P}, ...]}``, best first, from the
 candidates given or else the recently active items the model's snapshot carries. ``context`` and
@@ -89,7 +90,7 @@ class Api:
         if at_ms is not None and (not isinstance(at_ms, int) or isinstance(at_ms, bool) or at_ms < 0):
             raise BadRequest("at_ms must be a non-negative integer (milliseconds since the epoch)")
         version, scores = self._consistent(lambda: self.scorer.score(user, items, context, at_ms))
-        return self._answer(version, scores=[float(s) for s in scores])
+        return self._answer(version, scores=np.asarray(scores, np.float32))
 
     def recommend(self, body: bytes) -> dict[str, Any]:
         request = _object(body, {"user", "k", "candidates", "context"})
@@ -133,7 +134,13 @@ class Api:
             raise BadRequest(f"{what} must be a non-empty list of item ids")
         if len(value) > self.limits.max_items:
             raise BadRequest(f"{what} has {len(value)} ids; at most {self.limits.max_items}")
-        return [self._id(v, f"{what}[{i}]") for i, v in enumerate(value)]
+        limit = self.limits.max_id_bytes
+        if all(type(v) is str and v for v in value):  # the common case, checked at C speed
+            if max(map(len, value)) * 4 <= limit or max(len(v.encode()) for v in value) <= limit:
+                return value  # a character is at most 4 bytes of UTF-8
+        for i, v in enumerate(value):
+            self._id(v, f"{what}[{i}]")  # raises, naming the first bad id
+        return value
 
     def _context(self, value: Any) -> dict[str, str] | None:
         """Context values by field name (without ``ctx.``); null or absent fields count as missing,
@@ -153,6 +160,18 @@ class Api:
                 raise BadRequest(f"context.{name}: names and values are at most {limit} bytes")
             out[name] = v
         return out
+
+
+def encode(answer: Mapping[str, Any]) -> bytes:
+    """JSON of an answer; a float32 array as a list of numbers of 9 significant digits (which give
+    back the same float32: a third of the time `json.dumps` takes to write each double exactly)."""
+    plain = {k: v for k, v in answer.items() if not isinstance(v, np.ndarray)}
+    parts = [json.dumps(plain, separators=(",", ":"))[1:-1]] if plain else []
+    for key, values in answer.items():
+        if isinstance(values, np.ndarray):
+            numbers = ",".join(map("{:.9g}".format, values.tolist()))
+            parts.append(f"{json.dumps(key)}:[{numbers}]")
+    return ("{" + ",".join(parts) + "}\n").encode()
 
 
 def _object(body: bytes, known: set[str]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ lock, so a request is answered by one version, never fails or waits longer than 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 
 from stream_learner.metrics import CollectorRegistry, ServiceMetrics, metrics_app
 from stream_learner.metrics.http import BoundedHTTPServer
-from stream_learner.serving.api import Api, BadRequest, Limits, NotReady, Scorer
+from stream_learner.serving.api import Api, BadRequest, Limits, NotReady, Scorer, encode
 from stream_learner.snapshots.format import SnapshotMeta
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,10 @@ class ScoringServer:
         port: int,
         registry: CollectorRegistry,
         limits: Limits | None = None,
-        workers: int = 2,
+        workers: int = 0,
     ) -> None:
+        """``workers``: threads that answer requests; 0 answers them on the thread that reads them
+        (scoring holds the GIL, so more threads add hand-overs, not throughput)."""
         self.scorer = scorer
         self.api = Api(scorer, limits)
         self.metrics = ServiceMetrics(
@@ -116,7 +117,7 @@ class ScoringServer:
             answer: Iterable[bytes] = self._metrics_app({**environ, "REQUEST_METHOD": "GET"}, start_response)
             return answer
         code, body, headers = self._answer(endpoint, path, method, environ)
-        payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        payload = encode(body)
         start_response(_STATUS[code], [("Content-Type", "application/json"), *headers])
         self.metrics.observe(endpoint or "other", code, time.perf_counter() - started)
         return [payload]
