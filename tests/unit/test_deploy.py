@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from stream_learner import config
 from stream_learner.config import DeliverySettings, MetricsSettings, Settings, load_settings
 from stream_learner.kafka.admin import snapshot_topic_config
-from stream_learner.metrics import Metrics, SubscriberMetrics
+from stream_learner.metrics import Metrics, ServiceMetrics, SubscriberMetrics
 from stream_learner.runtime.distributed.start import check_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +76,10 @@ DASHBOARD_METRICS = {
     "stream_learner_rollbacks_total",
     "stream_learner_catchup_mode",
     "stream_learner_catchup_eta_seconds",
+    "stream_learner_serving_request_duration_seconds_bucket",
+    "stream_learner_serving_request_duration_seconds_count",
+    "stream_learner_serving_model_age_seconds",
+    "stream_learner_serving_ready",
 }
 
 # Alerts the runbook promises (docs/operations.md).
@@ -96,6 +100,9 @@ EXPECTED_ALERTS = {
     "StreamLearnerSnapshotsHeld",
     "StreamLearnerRollbackRefused",
     "StreamLearnerCatchUpSlow",
+    "StreamLearnerServingModelStale",
+    "StreamLearnerServingLatencyHigh",
+    "StreamLearnerServingNotReady",
 }
 
 _SUFFIXES = {
@@ -114,6 +121,7 @@ def exported_metric_names() -> frozenset[str]:
     registry = CollectorRegistry()
     Metrics(registry)
     SubscriberMetrics("m", registry)
+    ServiceMetrics("m", registry, newest_event_ms=lambda: None, ready=lambda: False)
     for family in registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
     return frozenset(names)
