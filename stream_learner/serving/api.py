@@ -135,9 +135,10 @@ class Api:
         if len(value) > self.limits.max_items:
             raise BadRequest(f"{what} has {len(value)} ids; at most {self.limits.max_items}")
         limit = self.limits.max_id_bytes
-        if all(type(v) is str and v for v in value):  # the common case, checked at C speed
-            if max(map(len, value)) * 4 <= limit or max(len(v.encode()) for v in value) <= limit:
-                return value  # a character is at most 4 bytes of UTF-8
+        if all(type(v) is str and v for v in value) and (  # the common case, checked at C speed
+            max(map(len, value)) * 4 <= limit or max(len(v.encode()) for v in value) <= limit
+        ):
+            return value  # a character is at most 4 bytes of UTF-8
         for i, v in enumerate(value):
             self._id(v, f"{what}[{i}]")  # raises, naming the first bad id
         return value
