@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from stream_learner.config import Settings
@@ -34,15 +35,18 @@ def small_settings(**sections: dict[str, Any]) -> Settings:
     return Settings.model_validate(base)
 
 
-def windows(count: int, size: int = 1_000, seed: int = 0, **config: Any) -> Iterator[Window]:
-    """``count`` windows of ``size`` synthetic events (300 users, 60 items), 1 ms apart."""
+def windows(
+    count: int, size: int = 1_000, seed: int = 0, context: tuple[str, ...] = CONTEXT, **config: Any
+) -> Iterator[Window]:
+    """``count`` windows of ``size`` synthetic events (300 users, 60 items), 1 ms apart, with the
+    ``context`` fields."""
     stream = SyntheticStream(SyntheticConfig(users=300, items=60, seed=seed, **config))
     for w in range(count):
         batch = stream.batch(size, w * size, 1)
         yield Window(
             w * size,
             (w + 1) * size,
-            batch.events(CONTEXT, w * size),
+            batch.events(context, w * size),
             {0: (w * size, (w + 1) * size - 1)},
             "count",
         )
@@ -52,8 +56,12 @@ def empty_window(start_ms: int = 0) -> Window:
     return Window(start_ms, start_ms + 1000, EventBatch.empty(len(CONTEXT)), {}, "count")
 
 
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def assert_same_tensors(
+    a: Mapping[str, torch.Tensor | np.ndarray], b: Mapping[str, torch.Tensor | np.ndarray]
+) -> None:
+    """The same names, dtypes and values (torch tensors, or numpy arrays as snapshots hold them)."""
     assert sorted(a) == sorted(b)
     for name in a:
-        assert a[name].dtype == b[name].dtype, name
-        assert torch.equal(a[name], b[name]), name
+        x, y = torch.as_tensor(a[name]), torch.as_tensor(b[name])
+        assert x.dtype == y.dtype, name
+        assert torch.equal(x, y), name

@@ -119,8 +119,10 @@ def _windows(seed: int, count: int, events: int) -> list[tuple[np.ndarray, np.nd
     ]
 
 
-def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+def _diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """The largest difference of two tensors or arrays (snapshots hold arrays)."""
+    x, y = torch.as_tensor(a), torch.as_tensor(b)
+    return float((x.double() - y.double()).abs().max()) if x.numel() else 0.0
 
 
 def equivalence(group: Group) -> dict[str, Any]:

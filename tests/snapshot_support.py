@@ -7,7 +7,7 @@ import json
 import time
 
 import fastavro
-import torch
+import numpy as np
 from confluent_kafka import KafkaError, Producer
 
 from stream_learner.learning.models import FieldSpec, ModelSpec, build_model
@@ -50,27 +50,27 @@ def meta(
     )
 
 
-def logistic_state(spec: ModelSpec, value: float) -> dict[str, torch.Tensor]:
+def logistic_state(spec: ModelSpec, value: float) -> dict[str, np.ndarray]:
     """Weights under which every score is sigmoid(0) = 0.5: rows all ``value``, bias -2 * value."""
     model = build_model(spec)
-    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().numpy().copy() for k, v in model.state_dict().items()}
     for name, tensor in tensors.items():
-        tensor.fill_(-2 * value if name == "model.bias" else value)
+        tensor.fill(-2 * value if name == "model.bias" else value)
     return tensors
 
 
-def logistic_delta(spec: ModelSpec, value: float) -> dict[str, torch.Tensor]:
+def logistic_delta(spec: ModelSpec, value: float) -> dict[str, np.ndarray]:
     """A delta that moves every row and the bias of a `logistic_state` to ``value``."""
     full = logistic_state(spec, value)
-    out: dict[str, torch.Tensor] = {"model.bias": full["model.bias"]}
+    out: dict[str, np.ndarray] = {"model.bias": full["model.bias"]}
     for f in spec.fields:
-        out[f"delta.rows/{f.name}"] = torch.arange(f.rows)
+        out[f"delta.rows/{f.name}"] = np.arange(f.rows)
         name = f"model.embeddings.{f.name}.weight"
         out[f"delta.slice/{f.name}/{name}"] = full[name]
     return out
 
 
-def messages(meta_: SnapshotMeta, tensors: dict[str, torch.Tensor], max_bytes: int = 1 << 20) -> list[bytes]:
+def messages(meta_: SnapshotMeta, tensors: dict[str, np.ndarray], max_bytes: int = 1 << 20) -> list[bytes]:
     return list(encode(meta_, encode_payload(tensors), max_bytes))
 
 

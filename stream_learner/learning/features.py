@@ -32,8 +32,8 @@ import numpy as np
 
 from stream_learner.config import FeatureSettings, ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, EventBatch, hash_id
-from stream_learner.learning.models.base import FieldSpec, ModelSpec
 from stream_learner.learning.realtime import Formula, RealtimeFeatures, Stream
+from stream_learner.scoring.spec import FieldSpec, ModelSpec
 
 OOV_ROW = 0
 FREE = np.iinfo(np.int64).min

@@ -19,7 +19,7 @@ rate the controller's. An empty window changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,12 +252,13 @@ class Learner:
         out.update({k: torch.from_numpy(v.copy() if copy else v) for k, v in self.features.state().items()})
         return out
 
-    def restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """Load what `tensors` and `state` gave. Raises ValueError when names or shapes do not fit;
-        optimiser state of another kind of sparse optimiser is dropped (it starts afresh)."""
+    def restore(self, tensors: Mapping[str, np.ndarray | torch.Tensor], state: dict[str, Any]) -> None:
+        """Load what `tensors` (or a snapshot's arrays: numpy, taken without a copy where the model
+        keeps them) and `state` gave. Raises ValueError when names or shapes do not fit; optimiser
+        state of another kind of sparse optimiser is dropped (it starts afresh)."""
         self.features.load_state(tensors)
         same_optimizer = state.get("sparse_optimizer", self.settings.train.sparse_optimizer)
-        model = {k: v for k, v in tensors.items() if not k.startswith("features.")}
+        model = {k: torch.as_tensor(v) for k, v in tensors.items() if not k.startswith("features.")}
         self.trainer.load_state_tensors(
             model, optimizer=same_optimizer == self.settings.train.sparse_optimizer
         )

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from stream_learner.learning.collective import Group
-from stream_learner.learning.models.base import ModelSpec, RecModel
+from stream_learner.learning.models.base import RecModel
+from stream_learner.scoring.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from stream_learner.config import KafkaSettings, Settings
 from stream_learner.errors import BrokerError, SnapshotError, SnapshotRefusal
 from stream_learner.kafka.admin import topic_messages
 from stream_learner.learning.features import FeatureMapper
-from stream_learner.learning.models import ModelSpec
-from stream_learner.learning.servable import ServableModel
 from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
+from stream_learner.scoring.spec import ModelSpec
 from stream_learner.serving.features import InputFollower
 from stream_learner.serving.lock import ReadWriteLock
+from stream_learner.serving.model import ServableModel
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
 from stream_learner.snapshots.gate import verdict_of
@@ -61,6 +61,8 @@ class _Served:
     fold: chains.Fold  # the state; the model shares its tensors, deltas are folded into it in place
     model: ServableModel
     recent_items: tuple[str, ...]
+    #: The features the input follower takes when this state is swapped in (then dropped here).
+    follow: FeatureMapper | None = None
 
 
 def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
@@ -71,17 +73,20 @@ def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
     return tuple(str(i) for i in items) if isinstance(items, list) else ()
 
 
-def _serve(chain: list[Snapshot], on_refused: chains.OnRefused | None = None) -> _Served:
-    """A servable model from a chain (`chains.load`: the learner's restore verifies the same way)."""
-    return _servable(*chains.load(chain, on_refused))
-
-
-def _servable(fold: chains.Fold, spec: ModelSpec) -> _Served:
+def _servable(fold: chains.Fold, spec: ModelSpec, follow: bool = False) -> _Served:
+    """The model of a folded state. With ``follow`` the snapshot's features are loaded for the input
+    follower, which keeps them current, instead of into the model."""
     try:
-        model = ServableModel(spec, fold.tensors)
+        model = ServableModel(spec, fold.tensors, realtime=not follow)
+        features = _features(spec, fold) if follow else None
     except ValueError as exc:
         raise SnapshotError("spec", f"v{fold.meta.version} does not fit its model spec: {exc}") from None
-    return _Served(fold.meta, fold, model, _recent_items(fold.meta))
+    return _Served(fold.meta, fold, model, _recent_items(fold.meta), features)
+
+
+def _features(spec: ModelSpec, fold: chains.Fold) -> FeatureMapper:
+    """The id mapping and real-time features of a folded state (copies: the follower changes them)."""
+    return FeatureMapper.from_spec(spec, {k: v for k, v in fold.tensors.items() if k.startswith("features.")})
 
 
 class ModelSubscriber:
@@ -287,7 +292,7 @@ class ModelSubscriber:
             applied = chain[: fold.applied]
             passed = [i for i, snap in enumerate(applied) if self._passes(snap.meta)]
             if head is None and passed and passed[-1] == len(applied) - 1:
-                self._swap(_servable(fold, spec))
+                self._swap(self._servable(fold, spec))
                 self._ahead = None
                 break
             if head is None:
@@ -295,7 +300,7 @@ class ModelSubscriber:
                 self._note_held(applied[-1].meta)
             if passed:
                 if applied[passed[-1]].meta.version > (self.version or 0):
-                    self._swap(_serve(applied[: passed[-1] + 1], self._refused_delta))
+                    self._swap(self._servable(*chains.load(applied[: passed[-1] + 1], self._refused_delta)))
                 break
         if head is not None:
             self._ahead = head
@@ -358,7 +363,7 @@ class ModelSubscriber:
             fold, spec = chains.load([snap])
             if passes:
                 self._ahead = None
-                self._swap(_servable(fold, spec))
+                self._swap(self._servable(fold, spec))
             else:
                 self._ahead = (fold, spec)
                 self._note_held(snap.meta)
@@ -374,7 +379,7 @@ class ModelSubscriber:
         fold.apply(snap)  # checks the whole delta first: on a refusal nothing has changed
         if passes:
             self._ahead = None
-            self._swap(_servable(fold, spec))
+            self._swap(self._servable(fold, spec))
         else:
             self._ahead = (fold, spec)
             self._note_held(snap.meta)
@@ -390,24 +395,29 @@ class ModelSubscriber:
 
     def _swap_in(self, served: _Served, snap: Snapshot) -> None:
         """Fold delta ``snap`` into the model served, in one critical section: no reader sees a mix
-        of versions. The fold checks the whole delta before it changes anything."""
+        of versions. The fold checks the whole delta before it changes anything. The input follower
+        then rebases on the new version's features (until it has, it serves the old version's plus
+        the input after it, which hold the same events)."""
         with self._lock.write():
             served.fold.apply(snap)
             served.model.refresh_features(realtime=self.input is None)  # the follower keeps its own
             self._served = replace(served, meta=snap.meta, recent_items=_recent_items(snap.meta))
+        if self.input is not None:
+            self.input.rebase(snap.meta, _features(served.model.spec, served.fold))
         self._served_now()
 
     def _swap(self, served: _Served) -> None:
+        """Serve another state; a follower of the input takes its features first, so that no
+        request scores a model served without them."""
+        if self.input is not None and served.follow is not None:
+            self.input.rebase(served.meta, served.follow)
         with self._lock.write():
-            self._served = served
+            self._served = replace(served, follow=None)
         self._served_now()
 
     def _served_now(self) -> None:
-        m, served = self.meta, self._served
-        assert m is not None and served is not None
-        if self.input is not None:  # the features of this version, and the input after it
-            features = {k: v for k, v in served.fold.tensors.items() if k.startswith("features.")}
-            self.input.rebase(m, FeatureMapper.from_spec(served.model.spec, features))
+        m = self.meta
+        assert m is not None
         self.metrics.applied.labels(m.kind.lower()).inc()
         self.metrics.model_version.set(m.version)
         self.metrics.model_freshness.set(max(0.0, self._clock() - m.newest_event_ms / 1000))
@@ -416,6 +426,11 @@ class ModelSubscriber:
             self._changed.notify_all()
         if self._on_update is not None:
             self._on_update(m)
+
+    def _servable(self, fold: chains.Fold, spec: ModelSpec) -> _Served:
+        """The model of a verified state (`chains.load`: the learner's restore verifies the same
+        way); a follower of the input keeps its own real-time features."""
+        return _servable(fold, spec, follow=self.input is not None)
 
     def _refused_delta(self, _snap: Snapshot, err: SnapshotError) -> None:
         self._refused(Entry(None, error=err))

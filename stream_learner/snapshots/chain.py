@@ -5,7 +5,8 @@ This is the one fold of the snapshot history. The learner's restart (`recovery`)
 through `Fold`, which refuses tensors holding NaN or infinite values ("non_finite": a model that
 scores NaN, and whose every window the learner would skip); `load` adds the checks every reader that
 will *use* the state makes first (its model spec is readable, its tensors are the ones that spec
-builds), so that the learner and serving refuse exactly the same snapshots. Which snapshots form a
+builds), so that the learner and serving refuse exactly the same snapshots. Tensors are numpy arrays:
+serving folds without torch, and the learner converts them as it restores them. Which snapshots form a
 chain at all (versions one apart, the same spec) is `stream_learner.snapshots.log`'s to say.
 """
 
@@ -14,10 +15,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 
-import torch
+import numpy as np
 
 from stream_learner.errors import SnapshotError
-from stream_learner.learning.models import ModelSpec, state_shapes
+from stream_learner.scoring.layout import DTYPE, state_shapes
+from stream_learner.scoring.spec import ModelSpec
 from stream_learner.snapshots import delta
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta
 
@@ -43,16 +45,16 @@ class Fold:
     def __init__(self, full: Snapshot) -> None:
         if full.meta.kind != "FULL":
             raise SnapshotError("gap", f"v{full.meta.version} is a {full.meta.kind}, not a full snapshot")
-        self.tensors: dict[str, torch.Tensor] = full.tensors()
+        self.tensors: dict[str, np.ndarray] = full.tensors()
         check_finite(full.meta.version, self.tensors)
         self.meta: SnapshotMeta = full.meta
         self.base: SnapshotMeta = full.meta
         self.applied = 1  # snapshots folded in, the full one included
 
     def copy(self) -> Fold:
-        """An independent copy (every tensor cloned): to fold on while this state stays in use."""
+        """An independent copy (every tensor copied): to fold on while this state stays in use."""
         other = copy.copy(self)
-        other.tensors = {name: tensor.clone() for name, tensor in self.tensors.items()}
+        other.tensors = {name: tensor.copy() for name, tensor in self.tensors.items()}
         return other
 
     def apply(self, snap: Snapshot) -> None:
@@ -86,15 +88,15 @@ class Fold:
                 return
 
 
-def check_finite(version: int, tensors: dict[str, torch.Tensor]) -> None:
+def check_finite(version: int, tensors: dict[str, np.ndarray]) -> None:
     """`SnapshotError` ("non_finite") when a floating-point tensor holds NaN or an infinity."""
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
+        if tensor.dtype.kind in "fc" and not bool(np.isfinite(tensor).all()):
+            bad = int((~np.isfinite(tensor)).sum())
             raise SnapshotError("non_finite", f"v{version}: {bad} values of {name} are NaN or infinite")
 
 
-def newest_state(snapshots: Sequence[Snapshot]) -> dict[str, torch.Tensor]:
+def newest_state(snapshots: Sequence[Snapshot]) -> dict[str, np.ndarray]:
     """The state at the last of ``snapshots`` (in log order): its newest full snapshot with every
     delta after it folded in. Raises `SnapshotError` when there is no full one or a delta does not
     continue the one before it ("gap")."""
@@ -116,15 +118,20 @@ def read_spec(meta: SnapshotMeta) -> ModelSpec:
 
 def load(chain: Sequence[Snapshot], on_refused: OnRefused | None = None) -> tuple[Fold, ModelSpec]:
     """The verified state of ``chain`` (a full snapshot, then the deltas continuing it) and its spec.
-    The full snapshot must carry a readable spec and exactly the model tensors that spec builds, or
-    the chain is refused (`SnapshotError`); the deltas are folded in as `Fold.apply_all` does."""
+    The full snapshot must carry a readable spec and exactly the model tensors that spec builds
+    (names, shapes, float32), or the chain is refused (`SnapshotError`); the deltas are folded in as
+    `Fold.apply_all` does."""
     full = chain[0]
     spec = read_spec(full.meta)
     fold = Fold(full)
-    model = {k[len("model.") :]: tuple(v.shape) for k, v in fold.tensors.items() if k.startswith("model.")}
+    model = {
+        k[len("model.") :]: (tuple(v.shape), str(v.dtype))
+        for k, v in fold.tensors.items()
+        if k.startswith("model.")
+    }
     try:
-        expected = state_shapes(spec)
-    except (ValueError, TypeError, RuntimeError) as exc:
+        expected = {name: (shape, str(DTYPE)) for name, shape in state_shapes(spec).items()}
+    except (ValueError, TypeError) as exc:
         raise SnapshotError("spec", f"v{full.meta.version}: the model spec builds no model: {exc}") from None
     if model != expected:
         differs = sorted(set(model.items()) ^ set(expected.items()))[:4]

@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from stream_learner.errors import SnapshotError
 from stream_learner.learning.learner import Learner
 from stream_learner.snapshots.format import SnapshotMeta
 
-Shape = tuple[tuple[int, ...], torch.dtype]
+#: A tensor's shape and dtype name ("float32": a torch dtype's name without ``torch.``, as numpy's).
+Shape = tuple[tuple[int, ...], str]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class OptimiserLayout:
 
         def shapes(prefix: str) -> dict[str, Shape]:
             return {
-                n[len(prefix) :]: (tuple(t.shape), t.dtype)
+                n[len(prefix) :]: (tuple(t.shape), str(t.dtype).removeprefix("torch."))
                 for n, t in tensors.items()
                 if n.startswith(prefix)
             }
@@ -51,7 +52,7 @@ class OptimiserLayout:
             learner.settings.train.sparse_optimizer,
         )
 
-    def check(self, version: int, tensors: Mapping[str, torch.Tensor], meta: SnapshotMeta) -> None:
+    def check(self, version: int, tensors: Mapping[str, np.ndarray], meta: SnapshotMeta) -> None:
         """`SnapshotError` ("missing_tensor") when the optimiser state of snapshot ``version`` (the
         state of ``meta``: ``tensors``) lacks what the learner holds, or does not fit."""
         kind = _sparse_optimizer(meta)
@@ -67,7 +68,7 @@ class OptimiserLayout:
                 continue
             if tensor is None:
                 problems.append(f"{name} is missing")
-            elif (tuple(tensor.shape), tensor.dtype) != (shape, dtype):
+            elif (tuple(tensor.shape), str(tensor.dtype)) != (shape, dtype):
                 problems.append(f"{name} is {tensor.dtype} {tuple(tensor.shape)}, not {dtype} {shape}")
         for name, tensor in tensors.items():
             if restored(name) and name not in self.required:
@@ -77,7 +78,7 @@ class OptimiserLayout:
                 "missing_tensor", f"v{version}: its optimiser state does not fit: {'; '.join(problems[:5])}"
             )
 
-    def _misfit(self, name: str, tensor: torch.Tensor) -> list[str]:
+    def _misfit(self, name: str, tensor: np.ndarray) -> list[str]:
         """What is wrong with optimiser tensor ``name`` (``optim.<optimiser>.<parameter>.<key>``):
         it names no parameter, or it is neither a scalar nor of its parameter's (or rows') shape."""
         param = name.split(".", 2)[-1].rpartition(".")[0]
@@ -85,9 +86,9 @@ class OptimiserLayout:
         if fits is None:
             return [f"{name} names no parameter of the model"]
         shape, dtype = fits
-        if tensor.dim() == 0:
+        if tensor.ndim == 0:
             return []
-        if tuple(tensor.shape) not in (shape, shape[:1]) or tensor.dtype != dtype:
+        if tuple(tensor.shape) not in (shape, shape[:1]) or str(tensor.dtype) != dtype:
             return [f"{name} is {tensor.dtype} {tuple(tensor.shape)}; its parameter {dtype} {shape}"]
         return []
 

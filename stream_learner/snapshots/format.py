@@ -1,11 +1,12 @@
 """Model snapshots: named tensors as a safetensors payload inside `ModelSnapshot` Avro envelopes.
 
-`encode_payload` lays tensors out as a safetensors file without copying their data; `encode` cuts
+Tensors are numpy arrays here (a reader needs no torch; the learner converts at its edges).
+`encode_payload` lays them out as a safetensors file without copying their data; `encode` cuts
 that payload into envelopes no larger than the message limit, each carrying the sha256 and size of
 the whole payload (and, when a signer is given, a signature of `signed_message`). `Assembler` joins
 chunks back and verifies them (checksum, and the signature through the check it is given);
-`decode_payload` parses the payload with safetensors. Nothing here unpickles: the snapshot topic is
-an input that anyone with write access could fill. The format is described in
+`decode_payload` parses the payload with safetensors' numpy reader. Nothing here unpickles: the
+snapshot topic is an input that anyone with write access could fill. The format is described in
 docs/snapshot-format.md.
 
 Two envelope layouts: ``format_version`` 1 has no ``signature`` field (what every unsigned snapshot is
@@ -20,14 +21,14 @@ import io
 import json
 import logging
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import fastavro
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors.numpy import load as st_load
 
 from stream_learner.avro_schemas import load_schema
 from stream_learner.errors import SnapshotError
@@ -56,16 +57,15 @@ MESSAGE_OVERHEAD = 4 << 10
 MAX_HEADER = 64 << 20
 
 _DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
 }
 
 
@@ -111,7 +111,7 @@ class Snapshot:
     meta: SnapshotMeta
     payload: bytes
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self) -> dict[str, np.ndarray]:
         return decode_payload(self.payload)
 
 
@@ -122,7 +122,7 @@ class Payload:
     parts: tuple[memoryview, ...]
     size: int
     sha256: str
-    _keep: tuple[torch.Tensor, ...] = ()  # the tensors the views point into
+    _keep: tuple[np.ndarray, ...] = ()  # the arrays the views point into
 
     def slices(self, chunk_size: int) -> Iterator[bytes]:
         """The payload cut into pieces of ``chunk_size`` bytes (the last may be shorter)."""
@@ -144,29 +144,28 @@ class Payload:
         return b"".join(self.parts)
 
 
-def encode_payload(tensors: dict[str, torch.Tensor]) -> Payload:
-    """Lay ``tensors`` (CPU) out as a safetensors file, hashing it on the way; no data is copied
-    unless a tensor is not contiguous."""
+def encode_payload(tensors: Mapping[str, np.ndarray]) -> Payload:
+    """Lay ``tensors`` out as a safetensors file, hashing it on the way; no data is copied unless an
+    array is not C-contiguous (or not little-endian)."""
     header: dict[str, Any] = {}
     views: list[memoryview] = []
-    keep: list[torch.Tensor] = []
+    keep: list[np.ndarray] = []
     offset = 0
     for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous()
-        if tensor.device.type != "cpu":
-            raise ValueError(f"tensor {name} is on {tensor.device}; snapshots take CPU tensors")
-        dtype = _DTYPES.get(tensor.dtype)
+        array = np.asarray(tensors[name], order="C")
+        dtype = _DTYPES.get(array.dtype.newbyteorder("="))
         if dtype is None:
-            raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which snapshots do not carry")
-        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+            raise ValueError(f"tensor {name} has dtype {array.dtype}, which snapshots do not carry")
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        raw = array.reshape(-1).view(np.uint8)
         header[name] = {
             "dtype": dtype,
-            "shape": list(tensor.shape),
+            "shape": list(array.shape),
             "data_offsets": [offset, offset + len(raw)],
         }
         offset += len(raw)
-        views.append(raw.numpy().data)
-        keep.append(tensor)
+        views.append(raw.data)
+        keep.append(array)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     parts = (memoryview(struct.pack("<Q", len(text)) + text), *views)
@@ -176,12 +175,16 @@ def encode_payload(tensors: dict[str, torch.Tensor]) -> Payload:
     return Payload(parts, sum(len(p) for p in parts), digest.hexdigest(), tuple(keep))
 
 
-def decode_payload(payload: bytes) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors payload; anything else (a pickle, say) is refused."""
+def decode_payload(payload: bytes) -> dict[str, np.ndarray]:
+    """Arrays of a safetensors payload, writable (a fold applies deltas to them in place); anything
+    else (a pickle, say) is refused, and so is a dtype numpy has no type for (bfloat16)."""
     try:
-        return st_load(payload)
+        arrays = st_load(payload)
     except (SafetensorError, ValueError, OSError) as exc:
         raise SnapshotError("not_safetensors", f"payload is not a safetensors file: {exc}") from None
+    except KeyError as exc:
+        raise SnapshotError("not_safetensors", f"payload holds a tensor of dtype {exc}") from None
+    return {name: a if a.flags.writeable else a.copy() for name, a in arrays.items()}
 
 
 def describe_payload(payload: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:

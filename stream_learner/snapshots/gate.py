@@ -25,14 +25,33 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from stream_learner.config import ServingSettings
-from stream_learner.learning.learner import WindowResult
-from stream_learner.learning.trainer import Evaluation
 from stream_learner.snapshots.format import SnapshotMeta
 
 Verdict = Literal["pass", "held"]
+
+
+class Scored(Protocol):
+    """Events scored and their log loss and AUC (`stream_learner.learning.trainer.Evaluation`)."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def loss(self) -> float: ...
+    @property
+    def auc(self) -> float: ...
+
+
+class Trained(Protocol):
+    """What the gate reads of a window (`stream_learner.learning.learner.WindowResult`), so that
+    reading a verdict (serving) needs nothing of the learner."""
+
+    @property
+    def evaluation(self) -> Scored: ...
+    @property
+    def holdout(self) -> Scored | None: ...
 
 
 @dataclass
@@ -83,9 +102,9 @@ class Evidence:
     prequential: Pool = field(default_factory=Pool)
     holdout: Pool = field(default_factory=Pool)
 
-    def add(self, result: WindowResult) -> None:
+    def add(self, result: Trained) -> None:
         self.prequential.add(result.evaluation.count, result.evaluation.loss, result.evaluation.auc)
-        h: Evaluation | None = result.holdout
+        h = result.holdout
         if h is not None:
             self.holdout.add(h.count, h.loss, h.auc)
 
@@ -122,7 +141,7 @@ class Gate:
         self.verdict: Verdict = "pass"
         self.reason = "first snapshot"
 
-    def trained(self, result: WindowResult) -> None:
+    def trained(self, result: Trained) -> None:
         """Note a window the next snapshot adds."""
         self.pending.add(result)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
-from stream_learner.learning.models import ModelSpec
+from stream_learner.scoring.spec import ModelSpec
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots.format import Chunk, Snapshot
 from stream_learner.snapshots.log import SnapshotLog

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from stream_learner.config import Settings
 from stream_learner.errors import StreamLearnerError
@@ -170,17 +169,17 @@ def _difference(copy: StateCopy, target: Snapshot) -> str | None:
     return None
 
 
-def _first_tensor_difference(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str:
+def _first_tensor_difference(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> str:
     for name in sorted(set(ours) | set(theirs)):
         if name not in theirs:
             return f"tensor {name}: replayed, but not in the published payload"
         if name not in ours:
             return f"tensor {name}: in the published payload, not replayed"
-        a, b = ours[name].detach().cpu(), theirs[name]
+        a, b = ours[name], theirs[name]
         if a.dtype != b.dtype or a.shape != b.shape:
             return f"tensor {name}: replayed {a.dtype} {tuple(a.shape)}, published {b.dtype} {tuple(b.shape)}"
-        if a.numel() and not torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)):
+        if a.tobytes() != b.tobytes():
             count = int((a != b).sum())
-            gap = float((a.double() - b.double()).abs().max()) if a.is_floating_point() else float("nan")
-            return f"tensor {name}: {count} of {a.numel()} values differ (largest difference {gap:.3g})"
+            gap = float(np.abs(a.astype(np.float64) - b).max()) if a.dtype.kind == "f" else float("nan")
+            return f"tensor {name}: {count} of {a.size} values differ (largest difference {gap:.3g})"
     return "the payloads differ in their layout only"

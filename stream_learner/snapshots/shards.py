@@ -34,16 +34,18 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from stream_learner.learning.models.base import table_name
 from stream_learner.learning.realtime import RealtimeFeatures
 from stream_learner.learning.sharded import row_table
 from stream_learner.learning.sharded_trainer import ShardedTrainer
+from stream_learner.scoring.spec import table_name
 from stream_learner.snapshots import delta
 from stream_learner.snapshots.format import SnapshotKind
+from stream_learner.snapshots.state import arrays
 
 WHOLE, SHARD, ROWS, PART = "whole/", "shard/", "rows/", "part/"
 _HEADER = struct.Struct("<Q")
@@ -136,9 +138,9 @@ def decode_part(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return st_load(data[_HEADER.size + length :]), info
 
 
-def assemble(kind: SnapshotKind, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def assemble(kind: SnapshotKind, parts: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
     """Join every rank's part (in rank order) into the state (full) or delta a single process with
-    the whole model would have cut."""
+    the whole model would have cut (numpy arrays, as `StateCopy` hands them on)."""
     world = len(parts)
     out = {name[len(WHOLE) :]: t for name, t in parts[0].items() if name.startswith(WHOLE)}
     for name in [n[len(SHARD) :] for n in parts[0] if n.startswith(SHARD)]:
@@ -148,7 +150,7 @@ def assemble(kind: SnapshotKind, parts: list[dict[str, torch.Tensor]]) -> dict[s
             whole[r::world] = s
         out[name] = whole
     if kind == "FULL":
-        return out
+        return arrays(out)
     for key in [n[len(ROWS) :] for n in parts[0] if n.startswith(ROWS)]:
         rows = torch.cat([p[ROWS + key] for p in parts])
         order = torch.argsort(rows)
@@ -157,4 +159,4 @@ def assemble(kind: SnapshotKind, parts: list[dict[str, torch.Tensor]]) -> dict[s
         for name in [n[len(prefix) :] for n in parts[0] if n.startswith(prefix)]:
             values = torch.cat([p[prefix + name] for p in parts])
             out[f"{delta.SLICE}{key}/{name}"] = values[order]
-    return out
+    return arrays(out)

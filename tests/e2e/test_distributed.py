@@ -18,7 +18,6 @@ import time
 import uuid
 
 import numpy as np
-import torch
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
@@ -31,6 +30,7 @@ from stream_learner.snapshots.chain import newest_state
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.distributed_support import Job, job_config
+from tests.learning_support import assert_same_tensors
 from tests.support import assert_history_tiles, committed_offsets, end_offsets, read_all, read_snapshots
 
 EVENTS = 24_000  # and six messages that are not events
@@ -83,9 +83,7 @@ def test_a_two_rank_job_learns_commits_exactly_once_and_serves_like_one_process(
         state = newest_state(snapshots)
         single = Learner(settings)
         single.restore(state, learner_state)
-        held = single.tensors()
-        assert held.keys() == state.keys()
-        assert all(torch.equal(held[k], state[k]) for k in state)
+        assert_same_tensors(single.tensors(), state)
         for field in ("user", "item"):  # every rank counted every event once, as one process does
             assert state[f"features.{field}.sums"][:, EVENTS_SUM].sum() == EVENTS
         with ModelSubscriber(

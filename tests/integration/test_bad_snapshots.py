@@ -96,7 +96,7 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
         wait_for(lambda: all(refused(r) for r in bad), 30, "every bad snapshot to be refused")
         # still serving v1, weights and all
         assert subscriber.version == 1
-        assert subscriber._served.model.model.bias.item() == np.float32(-0.2)  # type: ignore[union-attr]
+        assert subscriber._served.fold.tensors["model.bias"].item() == np.float32(-0.2)  # type: ignore[union-attr]
         assert np.array_equal(subscriber.score("u1", ["i1", "i2"]), np.full(2, 0.5, np.float32))
 
         produce_raw(kafka_bootstrap, topic, key, one_chunk)  # a good one after, continuing v1
@@ -110,4 +110,4 @@ def test_bad_snapshots_are_refused_and_the_last_good_model_keeps_serving(
     # a fresh subscriber reads back from the end: it finds v2 and never reads the bad ones
     with ModelSubscriber(settings, topic, model) as fresh:
         assert fresh.refresh() == 2
-        assert fresh._served.model.model.bias.item() == np.float32(-1.4)  # type: ignore[union-attr]
+        assert fresh._served.fold.tensors["model.bias"].item() == np.float32(-1.4)  # type: ignore[union-attr]

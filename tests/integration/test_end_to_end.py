@@ -64,7 +64,9 @@ def test_learner_consumes_trains_snapshots_and_commits(kafka_bootstrap, new_topi
     newest = snapshots[-1]
     tensors = newest_state(snapshots)
     fresh = build_model(ModelSpec.from_json(newest.meta.spec))
-    fresh.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    fresh.load_state_dict(
+        {k[len("model.") :]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("model.")}
+    )
     fresh.eval()
     learner = run.app.learner
     assert learner is not None

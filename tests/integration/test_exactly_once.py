@@ -10,8 +10,8 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
-import torch
 from confluent_kafka import Consumer
 
 from stream_learner.config import Settings
@@ -26,6 +26,7 @@ from stream_learner.snapshots.log import SnapshotLog
 from stream_learner.snapshots.recovery import restore
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
+from tests.learning_support import assert_same_tensors
 from tests.snapshot_support import logistic_delta, logistic_state, messages, meta, produce_raw
 from tests.support import (
     AppThread,
@@ -76,9 +77,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
     resume = {p: nxt for (_, p), nxt in snapshots[-1].meta.resume_offsets().items()}
     assert committed_offsets(kafka_bootstrap, settings.input.group_id, topic, PARTITIONS) == resume == ends
     # the committed chain reproduces the learner's final state exactly
-    state = newest_state(snapshots)
-    for name, tensor in learner.tensors().items():
-        assert torch.equal(state[name], tensor), name
+    assert_same_tensors(newest_state(snapshots), learner.tensors())
     # after the first, a full snapshot comes right after the delta of the same state (it adds no
     # window): subscribers that follow take the delta, new ones start from the full
     by_version = {s.meta.version: s for s in snapshots}
@@ -88,9 +87,7 @@ def test_a_restart_restores_the_newest_chain_and_every_event_is_trained_once(
         before = by_version[full.meta.version - 1]
         assert before.meta.kind == "DELTA" and before.meta.window_end_ms == full.meta.window_end_ms
         through_delta = newest_state([s for s in snapshots if s.meta.version < full.meta.version])
-        whole = full.tensors()
-        assert through_delta.keys() == whole.keys()
-        assert all(torch.equal(through_delta[n], t) for n, t in whole.items())
+        assert_same_tensors(through_delta, full.tensors())
 
     # a checkpoint folder that ends before the topic is passed over for the topic
     newest = max((tmp_path / settings.model.name).glob("*.snapshot"))
@@ -119,7 +116,9 @@ def test_snapshot_offsets_and_dead_letters_commit_together_and_a_new_instance_fe
     spec_meta = meta(settings.model.name, 1)
 
     def snapshot(version: int) -> list[bytes]:
-        return messages(SnapshotMeta(**{**vars(spec_meta), "version": version}), {"w": torch.zeros(3)})
+        return messages(
+            SnapshotMeta(**{**vars(spec_meta), "version": version}), {"w": np.zeros(3, np.float32)}
+        )
 
     def publish(sink: Sink, version: int, offset: int) -> threading.Event:
         done = threading.Event()

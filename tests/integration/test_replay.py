@@ -67,7 +67,7 @@ def test_versions_replay_byte_for_byte_and_differences_name_the_tensor(
     for snap in snapshots:
         tensors = snap.tensors()
         if snap is last:
-            tensors[TAMPERED].view(-1)[0] += 1e-3  # a dense weight: whole in deltas too
+            tensors[TAMPERED].reshape(-1)[0] += 1e-3  # a dense weight: whole in deltas too (a view)
         values += encode(snap.meta, encode_payload(tensors), 1 << 20)
     produce_raw(kafka_bootstrap, forged_topic, settings.model.name.encode(), values)
     config = tmp_path / "forged.toml"

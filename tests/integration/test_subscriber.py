@@ -8,13 +8,13 @@ import time
 import uuid
 
 import numpy as np
-import torch
 from prometheus_client import CollectorRegistry
 
 from stream_learner.config import KafkaSettings
 from stream_learner.serving.subscriber import ModelSubscriber
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
+from tests.learning_support import assert_same_tensors
 from tests.snapshot_support import (
     SNAPSHOT_TOPIC_CONFIG,
     logistic_delta,
@@ -69,12 +69,11 @@ def test_subscriber_follows_the_learner_and_serves_its_model(kafka_bootstrap, ne
         assert registry.get_sample_value("stream_learner_subscriber_model_freshness_seconds", of_model) >= 0
 
         # the model served is the learner's final model, weight for weight
-        ours = learner.trainer.model.state_dict()
+        ours = {f"model.{k}": v for k, v in learner.trainer.model.state_dict().items()}
         with subscriber._lock.read():
-            theirs = subscriber._served.model.model.state_dict()  # type: ignore[union-attr]
-        assert ours.keys() == theirs.keys()
-        for name in ours:
-            assert torch.equal(ours[name].cpu(), theirs[name]), name
+            served = subscriber._served.fold.tensors  # type: ignore[union-attr]
+            theirs = {k: v.copy() for k, v in served.items() if k.startswith("model.")}
+        assert_same_tensors(ours, theirs)
 
         # scores agree with the learner's, and recommend ranks the recently active items by them
         recent = list(subscriber.recent_items())
@@ -107,7 +106,7 @@ def test_a_gap_in_the_deltas_waits_for_the_next_full_snapshot(kafka_bootstrap, n
     def bias() -> float:
         served = subscriber._served
         assert served is not None
-        return served.model.model.bias.item()
+        return served.fold.tensors["model.bias"].item()
 
     publish(1, "FULL", 0.1)
     publish(2, "DELTA", 0.2)

@@ -11,12 +11,13 @@ from stream_learner.errors import SnapshotError
 from stream_learner.ingest.events import EventBatch, hash_id
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner
-from stream_learner.learning.models.base import FieldSpec
 from stream_learner.runtime.worker import Worker
+from stream_learner.scoring.spec import FieldSpec
 from stream_learner.snapshots import delta
 from stream_learner.snapshots.chain import newest_state
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta, encode_payload
-from stream_learner.snapshots.state import StateCopier, StateCopy
+from stream_learner.snapshots.state import StateCopier, StateCopy, extract
+from tests.learning_support import assert_same_tensors
 
 WINDOW_MS = 60_000
 
@@ -71,11 +72,7 @@ def _snapshot(copy: StateCopy, version: int, base: int | None) -> Snapshot:
 def _assert_chain_is_exact(copies: list[tuple[StateCopy, dict]]) -> None:
     snapshots = [_snapshot(c, v, None if c.kind == "FULL" else v - 1) for v, (c, _) in enumerate(copies, 1)]
     for upto in range(1, len(snapshots) + 1):
-        restored = newest_state(snapshots[:upto])
-        truth = copies[upto - 1][1]
-        assert restored.keys() == truth.keys()
-        for name, tensor in truth.items():
-            assert torch.equal(restored[name], tensor), (upto, name)
+        assert_same_tensors(newest_state(snapshots[:upto]), copies[upto - 1][1])
 
 
 @pytest.mark.parametrize(
@@ -123,8 +120,7 @@ def test_delta_first_cuts_a_due_full_copy_as_a_delta_too():
     _assert_chain_is_exact(copies)  # the deltas alone continue the first full
     for copy, truth in copies:
         if copy.full is not None:  # and the whole state is the state after that window
-            assert copy.full.keys() == truth.keys()
-            assert all(torch.equal(copy.full[n], t) for n, t in truth.items())
+            assert_same_tensors(copy.full, truth)
 
 
 def test_the_optimiser_state_forgotten_after_a_drift_reaches_the_next_delta():
@@ -178,70 +174,78 @@ def test_a_tensor_new_since_the_base_travels_whole():
         "optim.sparse.x": torch.ones(6),
     }
     touched = {"embeddings.user": torch.tensor([1, 4])}
-    out = delta.extract(tensors, touched, fields, layout={"model.embeddings.user.weight": (6, 2)})
+    out = extract(tensors, touched, fields, layout={"model.embeddings.user.weight": (6, 2)})
     assert out.keys() == {
         "delta.rows/user",
         "delta.slice/user/model.embeddings.user.weight",
         "optim.sparse.x",
     }
-    base = {"model.embeddings.user.weight": torch.zeros(6, 2)}
-    delta.apply(base, out)
-    assert torch.equal(
-        base["model.embeddings.user.weight"][[1, 4]], tensors["model.embeddings.user.weight"][[1, 4]]
-    )
-    assert torch.equal(base["model.embeddings.user.weight"][[0, 2, 3, 5]], torch.zeros(4, 2))
-    assert torch.equal(base["optim.sparse.x"], torch.ones(6))
+    base = {"model.embeddings.user.weight": np.zeros((6, 2), np.float32)}
+    delta.apply(base, {k: v.numpy() for k, v in out.items()})
+    weights = base["model.embeddings.user.weight"]
+    assert np.array_equal(weights[[1, 4]], tensors["model.embeddings.user.weight"][[1, 4]].numpy())
+    assert np.array_equal(weights[[0, 2, 3, 5]], np.zeros((4, 2)))
+    assert np.array_equal(base["optim.sparse.x"], np.ones(6))
+
+
+def test_a_delta_writes_into_the_arrays_of_the_base():
+    """Whoever shares the base's arrays (the model served) sees a delta's rows and whole tensors."""
+    weights, dense = np.zeros((6, 3), np.float32), np.zeros(2, np.float32)
+    base = {"w": weights, "dense": dense}
+    delta.apply(base, _good_delta())
+    assert base["w"] is weights and base["dense"] is dense
+    assert weights[[0, 2]].tolist() == [[1.0] * 3] * 2 and dense.tolist() == [5.0, 5.0]
 
 
 def test_only_the_pending_labels_may_change_length():
-    base = {"features.pending.label": torch.zeros(3, dtype=torch.float64), "dense": torch.zeros(2)}
-    delta.apply(base, {"features.pending.label": torch.ones(5, dtype=torch.float64)})
-    assert torch.equal(base["features.pending.label"], torch.ones(5, dtype=torch.float64))
+    base = {"features.pending.label": np.zeros(3), "dense": np.zeros(2, np.float32)}
+    delta.apply(base, {"features.pending.label": np.ones(5)})
+    assert np.array_equal(base["features.pending.label"], np.ones(5))
     with pytest.raises(SnapshotError):
-        delta.apply(base, {"features.pending.label": torch.ones(5, dtype=torch.float32)})
+        delta.apply(base, {"features.pending.label": np.ones(5, np.float32)})
     with pytest.raises(SnapshotError):
-        delta.apply(base, {"dense": torch.zeros(3)})
+        delta.apply(base, {"dense": np.zeros(3, np.float32)})
 
 
-def _good_delta() -> dict[str, torch.Tensor]:
+def _good_delta() -> dict[str, np.ndarray]:
     return {
-        "delta.rows/user": torch.tensor([0, 2]),
-        "delta.slice/user/w": torch.ones(2, 3),
-        "dense": torch.full((2,), 5.0),
+        "delta.rows/user": np.array([0, 2]),
+        "delta.slice/user/w": np.ones((2, 3), np.float32),
+        "dense": np.full(2, 5.0, np.float32),
     }
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"delta.rows/user": torch.tensor([0, 6])},  # row outside the table
-        {"delta.rows/user": torch.tensor([-1, 2])},
-        {"delta.rows/user": torch.tensor([0.0, 2.0])},  # not integer rows
-        {"delta.slice/user/w": torch.ones(2, 4)},  # wrong row width
-        {"delta.slice/user/w": torch.ones(3, 3)},  # more rows than indices
-        {"delta.slice/user/missing": torch.ones(2, 3)},  # nothing to apply it to
-        {"delta.slice/item/w": torch.ones(2, 3)},  # no row index for the field
-        {"dense": torch.zeros(3)},  # a whole tensor of another shape
-        {"delta.slice/user/w": torch.ones(2, 3, dtype=torch.float64)},
+        {"delta.rows/user": np.array([0, 6])},  # row outside the table
+        {"delta.rows/user": np.array([-1, 2])},
+        {"delta.rows/user": np.array([0.0, 2.0])},  # not integer rows
+        {"delta.slice/user/w": np.ones((2, 4), np.float32)},  # wrong row width
+        {"delta.slice/user/w": np.ones((3, 3), np.float32)},  # more rows than indices
+        {"delta.slice/user/missing": np.ones((2, 3), np.float32)},  # nothing to apply it to
+        {"delta.slice/item/w": np.ones((2, 3), np.float32)},  # no row index for the field
+        {"dense": np.zeros(3, np.float32)},  # a whole tensor of another shape
+        {"delta.slice/user/w": np.ones((2, 3))},  # float64
     ],
 )
 def test_a_bad_delta_is_refused_and_changes_nothing(bad):
-    base = {"w": torch.zeros(6, 3), "dense": torch.zeros(2)}
-    before = {k: v.clone() for k, v in base.items()}
+    base = {"w": np.zeros((6, 3), np.float32), "dense": np.zeros(2, np.float32)}
+    before = {k: v.copy() for k, v in base.items()}
     with pytest.raises(SnapshotError) as err:
         delta.apply(base, {**_good_delta(), **bad})
     assert err.value.reason == "bad_delta"
-    assert all(torch.equal(base[k], before[k]) for k in before)
+    assert all(np.array_equal(base[k], before[k]) for k in before)
 
 
 def test_replay_refuses_a_gap_and_a_chain_without_a_full_snapshot():
     full = Snapshot(
-        SnapshotMeta("m", 1, "FULL", "{}", 0, 0, 0, 0), encode_payload({"dense": torch.zeros(2)}).tobytes()
+        SnapshotMeta("m", 1, "FULL", "{}", 0, 0, 0, 0), encode_payload({"dense": np.zeros(2)}).tobytes()
     )
-    payload = encode_payload({"dense": torch.ones(2)}).tobytes()
+    payload = encode_payload({"dense": np.ones(2)}).tobytes()
     later = Snapshot(SnapshotMeta("m", 3, "DELTA", "{}", 0, 0, 0, 0, base_version=2), payload)
     follows = Snapshot(SnapshotMeta("m", 2, "DELTA", "{}", 0, 0, 0, 0, base_version=1), payload)
-    assert torch.equal(newest_state([full, follows])["dense"], torch.ones(2))
+    assert np.array_equal(newest_state([full, follows])["dense"], np.ones(2))
     with pytest.raises(SnapshotError) as err:
         newest_state([full, later])
     assert err.value.reason == "gap"

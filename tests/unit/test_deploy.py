@@ -28,6 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream_learner import config
+from stream_learner.cli.parser import parse
 from stream_learner.config import DeliverySettings, MetricsSettings, Settings, load_settings
 from stream_learner.kafka.admin import snapshot_topic_config
 from stream_learner.metrics import Metrics, ServiceMetrics, SubscriberMetrics
@@ -211,9 +212,30 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def dockerfile_env() -> dict[str, str]:
-    env: dict[str, str] = {}
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions (``FROM`` first), by the stage's name, in the file's order."""
+    stages: dict[str, list[tuple[str, str]]] = {}
     for keyword, args in dockerfile_instructions():
+        if keyword == "FROM":
+            name = args.split()[-1] if " AS " in args.upper() else f"stage{len(stages)}"
+            stages[name] = []
+        if stages:
+            stages[list(stages)[-1]].append((keyword, args))
+    return stages
+
+
+def image_instructions(target: str) -> list[tuple[str, str]]:
+    """The instructions that make the image of stage ``target``: those of the stages it builds on
+    (``FROM <stage>``), then its own."""
+    stages = dockerfile_stages()
+    own = stages[target]
+    parent = own[0][1].split()[0]
+    return (image_instructions(parent) if parent in stages else []) + own[1:]
+
+
+def dockerfile_env(target: str = "learner") -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in image_instructions(target):
         if keyword == "ENV":
             for item in shlex.split(args):
                 key, _, value = item.partition("=")
@@ -497,16 +519,20 @@ def test_secrets_never_sit_in_a_configmap_or_a_plain_value() -> None:
 
 # -- Dockerfile ------------------------------------------------------------------------------------
 def test_dockerfile_installs_pinned_and_runs_the_learner_as_non_root() -> None:
-    instructions = dockerfile_instructions()
-    args = {k: v for kw, a in instructions if kw == "ARG" and "=" in a for k, _, v in [a.partition("=")]}
-    bases = [a.split()[0] for kw, a in instructions if kw == "FROM"]
+    every = dockerfile_instructions()
+    args = {k: v for kw, a in every if kw == "ARG" and "=" in a for k, _, v in [a.partition("=")]}
+    stages = dockerfile_stages()
+    bases = [a.split()[0] for kw, a in every if kw == "FROM" and a.split()[0] not in stages]
     assert bases
     for base in bases:
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
         assert resolved.startswith("python:3.11-slim"), base
-    runs = " ".join(a for kw, a in instructions if kw == "RUN")
-    assert re.search(r"pip install[^&;]*(-c|--constraint)[ =]constraints\.txt", runs)
-    copies = [a.split() for kw, a in instructions if kw == "COPY" and "--from" not in a]
+    assert list(stages)[-1] == "learner"  # the default target: `docker build` without --target
+    instructions = image_instructions("learner")
+    built = image_instructions(next(a.split("=")[1].split()[0] for kw, a in instructions if kw == "COPY"))
+    runs = " ".join(a for kw, a in built if kw == "RUN")
+    assert re.search(r"pip install[^&;]*(-c|--constraint)[ =]constraints\.txt '\.\[train\]'", runs)
+    copies = [a.split() for kw, a in built if kw == "COPY" and "--from" not in a]
     assert any("constraints.txt" in c[:-1] for c in copies)
 
     users = [a for kw, a in instructions if kw == "USER"]
@@ -533,6 +559,32 @@ def test_dockerfile_installs_pinned_and_runs_the_learner_as_non_root() -> None:
     healthcheck = next(a for kw, a in instructions if kw == "HEALTHCHECK")
     assert "/healthz" in healthcheck and "/readyz" not in healthcheck
     assert dockerfile_env().get("STREAM_LEARNER_METRICS__HOST") == "0.0.0.0"
+
+
+def test_the_serving_image_has_no_torch_and_runs_the_scoring_service() -> None:
+    instructions = image_instructions("serve")
+    (source,) = [a.split()[0].removeprefix("--from=") for kw, a in instructions if kw == "COPY"]
+    runs = " ".join(a for kw, a in image_instructions(source) if kw == "RUN")
+    assert re.search(r"pip install -c constraints\.txt '\.\[serve\]'", runs) and "[train]" not in runs
+    assert "! /opt/stream-learner/bin/pip list 2>/dev/null | grep -qiE '^(torch|triton) |^nvidia-'" in runs
+    assert "stream-learner serve --help" in runs  # the CLI runs without torch
+
+    users = [a for kw, a in instructions if kw == "USER"]
+    assert users and users[-1] == "10001:10001"
+    entrypoint = json.loads(next(a for kw, a in instructions if kw == "ENTRYPOINT"))
+    cmd = json.loads(next(a for kw, a in instructions if kw == "CMD" and a.startswith("[")))
+    command = entrypoint + cmd
+    assert command[command.index("stream-learner") :] == [
+        "stream-learner",
+        "serve",
+        "--config",
+        CONTAINER_CONFIG,
+    ]
+    serve = parse(["serve"])
+    assert [int(a) for kw, a in instructions if kw == "EXPOSE"] == [serve.port]
+    assert dockerfile_env("serve")["STREAM_LEARNER_SERVE_HOST"] == "0.0.0.0"
+    healthcheck = next(a for kw, a in instructions if kw == "HEALTHCHECK")
+    assert "/healthz" in healthcheck and "STREAM_LEARNER_SERVE_PORT" in healthcheck
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:

@@ -1,5 +1,6 @@
 """Packaging: the license is shipped and declared as an SPDX expression, the build backend is
-bounded, and the CPU-only torch route the README and the Dockerfile document fits the pins."""
+bounded, torch is the learner's extra (serving installs without it), and the CPU-only torch route the
+README and the Dockerfile document fits the pins."""
 
 from __future__ import annotations
 
@@ -49,19 +50,31 @@ def test_the_build_backend_is_bounded():
     assert "<" in bounds and bounds["<"] > bounds[">="]
 
 
+def test_torch_is_the_learners_extra_and_serving_installs_without_it():
+    base = {Requirement(r).name for r in PYPROJECT["project"]["dependencies"]}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert "torch" not in base and not any(name.startswith(("nvidia", "triton")) for name in base)
+    assert [Requirement(r).name for r in extras["train"]] == ["torch"]
+    assert "serve" in extras and "torch" not in {Requirement(r).name for r in extras["serve"]}
+    # what installs the learner for development and CI installs the extra
+    make = (REPO / "Makefile").read_text()
+    assert "-e '.[train,dev]'" in make and "-e '.[train,dev,bench]'" in make
+    metadata = importlib.metadata.metadata("stream-learner")
+    assert {"train", "serve"} <= set(metadata.get_all("Provides-Extra") or [])
+
+
 def test_the_cpu_torch_build_satisfies_the_same_pins():
     version = pinned("torch")
     assert SpecifierSet(f"=={version}").contains(f"{version}+cpu")
-    project_torch = next(
-        Requirement(r) for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch")
-    )
+    project_torch = Requirement(PYPROJECT["project"]["optional-dependencies"]["train"][0])
     assert project_torch.specifier.contains(f"{version}+cpu")
 
 
 def test_readme_and_image_document_both_torch_builds():
     readme = " ".join((REPO / "README.md").read_text().split())
     assert f"--extra-index-url {CPU_INDEX}" in readme
-    assert "pip install -c constraints.txt" in readme and "+cpu" in readme
+    assert "pip install -c constraints.txt '.[train]'" in readme and "+cpu" in readme
+    assert "pip install -c constraints.txt '.[serve]'" in readme
     assert "--build-arg TORCH=cpu" in readme
     dockerfile = (REPO / "deploy" / "docker" / "Dockerfile").read_text()
     assert re.search(r"^ARG TORCH=cuda$", dockerfile, re.M)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 
-import torch
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from stream_learner.config import Settings
@@ -66,7 +66,7 @@ def _publisher(sink: RecordingSink, registry: CollectorRegistry, **kw: object) -
 
 
 def _copy(kind: str) -> StateCopy:
-    return StateCopy({"w": torch.arange(4.0)}, {"events_trained": 5}, kind)
+    return StateCopy({"w": np.arange(4.0)}, {"events_trained": 5}, kind)
 
 
 def _meta(messages: list[bytes]) -> SnapshotMeta:
@@ -127,7 +127,7 @@ def test_metrics_and_checkpoint_wait_for_the_commit(tmp_path):
     assert registry.get_sample_value("stream_learner_snapshot_published_total", {"kind": "full"}) == 1
     (chain,) = list(checkpoints.chains())
     assert [s.meta.version for s in chain] == [2]
-    assert torch.equal(chain[0].tensors()["w"], torch.arange(4.0))
+    assert np.array_equal(chain[0].tensors()["w"], np.arange(4.0))
 
 
 def test_offsets_alone_move_on_in_a_new_version_with_the_windows_of_the_last():
@@ -163,7 +163,7 @@ def test_a_delta_with_the_whole_state_is_followed_by_the_whole_as_its_own_versio
     sink, registry = RecordingSink(), CollectorRegistry()
     pub = _publisher(sink, registry, version=4, committed_next={0: 100})
     pub.trained(_result(0, 999))
-    copy = StateCopy({"w": torch.arange(2.0)}, {"events_trained": 5}, "DELTA", full={"w": torch.arange(4.0)})
+    copy = StateCopy({"w": np.arange(2.0)}, {"events_trained": 5}, "DELTA", full={"w": np.arange(4.0)})
     assert pub.publish(copy, {0: 120}, {}, None) == [5, 6]
     delta, whole = (_meta(messages) for messages, _, _ in sink.published)
     assert (delta.kind, delta.base_version, whole.kind, whole.base_version) == ("DELTA", 4, "FULL", None)

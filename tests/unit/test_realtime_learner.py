@@ -14,10 +14,11 @@ from stream_learner.ingest.events import EventBatch, hash_id
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.realtime import EVENTS
-from stream_learner.serving.subscriber import ModelSubscriber, _serve
-from stream_learner.snapshots import delta
+from stream_learner.serving.subscriber import ModelSubscriber, _servable
+from stream_learner.snapshots import chain
 from stream_learner.snapshots.chain import newest_state
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta, encode_payload
+from stream_learner.snapshots.state import arrays, extract
 from tests.learning_support import assert_same_tensors, small_settings, windows
 
 
@@ -106,7 +107,7 @@ def _stream(count: int, seed: int = 0) -> list[Window]:
 def _snapshot(tensors: dict[str, torch.Tensor], learner: Learner, version: int, base: int | None) -> Snapshot:
     kind = "FULL" if base is None else "DELTA"
     meta = SnapshotMeta("m", version, kind, learner.spec.to_json(), 0, 0, 0, 0, base_version=base)
-    return Snapshot(meta, encode_payload(tensors).tobytes())
+    return Snapshot(meta, encode_payload(arrays(tensors)).tobytes())
 
 
 def test_a_delta_slices_the_features_by_the_rows_the_window_changed() -> None:
@@ -119,14 +120,13 @@ def test_a_delta_slices_the_features_by_the_rows_the_window_changed() -> None:
     window = _window(9, ["u1", "u2"], ["i1", "i1"], [1.0, 0.0])
     learner.process(window)
     touched = learner.trainer.take_touched()
-    cut = delta.extract(learner.tensors(copy=False), touched, learner.spec.fields, layout)
+    cut = extract(learner.tensors(copy=False), touched, learner.spec.fields, layout)
     rows = cut["delta.rows/user"]
     assert "features.user.sums" not in cut  # sliced, not whole
     assert len(cut["delta.slice/user/features.user.sums"]) == len(rows) == 2
     restored = newest_state([_snapshot(full, learner, 1, None), _snapshot(cut, learner, 2, 1)])
     assert "features.global.sums" in cut  # not row-aligned: whole
-    for name in learner.tensors():
-        assert torch.equal(restored[name], learner.tensors()[name]), name
+    assert_same_tensors(restored, learner.tensors())
 
 
 def test_serving_computes_the_learners_inputs_from_the_snapshot() -> None:
@@ -134,7 +134,7 @@ def test_serving_computes_the_learners_inputs_from_the_snapshot() -> None:
     stream = _stream(4)
     for w in stream[:3]:
         learner.process(w)
-    served = _serve([_snapshot(learner.tensors(), learner, 1, None)])
+    served = _servable(*chain.load([_snapshot(learner.tensors(), learner, 1, None)]))
     subscriber = ModelSubscriber(KafkaSettings(), "t", "m", registry=CollectorRegistry(), follow_input=False)
     subscriber._swap(served)
     nxt = _window(7, ["u3"] * 10, [f"i{k}" for k in range(10)], [0.0] * 10)

@@ -9,9 +9,11 @@ import pickle
 from dataclasses import replace
 
 import fastavro
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load as st_load
+from safetensors.numpy import load as st_load
+from safetensors.torch import save as torch_save
 
 from stream_learner.errors import SnapshotError
 from stream_learner.snapshots.format import (
@@ -44,17 +46,18 @@ META = SnapshotMeta(
 )
 
 
-def _tensors(n: int = 1000) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(n)
+def _tensors(n: int = 1000) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(n)
     return {
-        "model.embeddings.user.weight": torch.randn(n, 4, generator=g),
-        "model.bias": torch.randn(1, generator=g),
-        "optim.sparse.embeddings.user.weight.step": torch.tensor(3.0),
-        "half": torch.randn(5, 3, generator=g).to(torch.bfloat16),
-        "ids": torch.arange(7, dtype=torch.int64),
-        "mask": torch.tensor([True, False, True]),
-        "small": torch.arange(3, dtype=torch.int8),
-        "empty": torch.empty(0, 4),
+        "model.embeddings.user.weight": rng.standard_normal((n, 4), np.float32),
+        "model.bias": rng.standard_normal(1, np.float32),
+        "optim.sparse.embeddings.user.weight.step": np.array(3.0, np.float32),
+        "half": rng.standard_normal((5, 3)).astype(np.float16),
+        "sums": rng.standard_normal((4, 6)),
+        "ids": np.arange(7, dtype=np.int64),
+        "mask": np.array([True, False, True]),
+        "small": np.arange(3, dtype=np.int8),
+        "empty": np.empty((0, 4), np.float32),
     }
 
 
@@ -76,19 +79,40 @@ def test_payload_is_a_safetensors_file_with_every_tensor_bit_exact():
         assert loaded.keys() == tensors.keys()
         for name, tensor in tensors.items():
             assert loaded[name].dtype == tensor.dtype and loaded[name].shape == tensor.shape, name
-            assert torch.equal(loaded[name], tensor), name
-    assert describe_payload(data)["half"] == ("BF16", (5, 3))
+            assert loaded[name].tobytes() == tensor.tobytes(), name
+    assert describe_payload(data)["half"] == ("F16", (5, 3))
+    assert describe_payload(data)["optim.sparse.embeddings.user.weight.step"] == ("F32", ())
+    assert all(a.flags.writeable for a in decode_payload(data).values())  # a fold applies deltas in place
 
 
-def test_payload_of_a_non_contiguous_tensor_holds_its_values():
-    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
-    assert torch.equal(decode_payload(encode_payload({"t": t}).tobytes())["t"], t)
+def test_a_payload_torch_wrote_decodes_to_the_same_arrays():
+    """What safetensors writes from torch tensors (as older learners did) reads back value for value."""
+    tensors = {k: v for k, v in _tensors().items() if k != "half"}
+    as_torch = {k: torch.from_numpy(v) for k, v in tensors.items()}
+    loaded = decode_payload(torch_save(as_torch))
+    assert {k: (v.dtype, v.tobytes()) for k, v in loaded.items()} == {
+        k: (v.dtype, v.tobytes()) for k, v in tensors.items()
+    }
+
+
+def test_a_payload_of_a_dtype_numpy_lacks_is_refused():
+    data = torch_save({"w": torch.zeros(3, dtype=torch.bfloat16)})
+    with pytest.raises(SnapshotError) as err:
+        decode_payload(data)
+    assert err.value.reason == "not_safetensors" and "BF16" in str(err.value)
+
+
+@pytest.mark.parametrize("array", [np.arange(12.0).reshape(3, 4).T, np.arange(6, dtype=">i4")])
+def test_payload_of_a_non_contiguous_or_big_endian_array_holds_its_values(array):
+    decoded = decode_payload(encode_payload({"t": array}).tobytes())["t"]
+    assert np.array_equal(decoded, array) and decoded.dtype == array.dtype.newbyteorder("<")
 
 
 @pytest.mark.parametrize("rows", [0, 1, 3000, 6000])
 @pytest.mark.parametrize("max_bytes", [16 << 10, 64 << 10])
 def test_chunks_fit_the_limit_and_reassemble_to_the_same_payload(rows, max_bytes):
-    tensors = {"w": torch.randn(rows, 8), "b": torch.randn(3)}
+    rng = np.random.default_rng(rows)
+    tensors = {"w": rng.standard_normal((rows, 8), np.float32), "b": rng.standard_normal(3, np.float32)}
     payload = encode_payload(tensors)
     messages = list(encode(META, payload, max_bytes))
     assert all(len(m) <= max_bytes for m in messages)
@@ -99,13 +123,13 @@ def test_chunks_fit_the_limit_and_reassemble_to_the_same_payload(rows, max_bytes
     snap = _assemble(messages)
     assert snap.payload == payload.tobytes()
     assert snap.meta == META
-    assert torch.equal(snap.tensors()["w"], tensors["w"])
+    assert np.array_equal(snap.tensors()["w"], tensors["w"])
 
 
 def _zeros_payload(size: int):
     """A payload of exactly ``size`` bytes."""
-    k = size - encode_payload({"x": torch.zeros(size, dtype=torch.uint8)}).size + size
-    payload = encode_payload({"x": torch.zeros(k, dtype=torch.uint8)})
+    k = size - encode_payload({"x": np.zeros(size, np.uint8)}).size + size
+    payload = encode_payload({"x": np.zeros(k, np.uint8)})
     assert payload.size == size
     return payload
 
@@ -124,11 +148,12 @@ def test_the_chunk_size_boundary_is_exact():
 def test_a_limit_too_small_for_the_envelope_is_refused_with_the_setting_named():
     big_state = replace(META, state='{"x": "' + "y" * 40_000 + '"}')
     with pytest.raises(ValueError, match="max_message_bytes"):
-        list(encode(big_state, encode_payload({"w": torch.zeros(4)}), 40 << 10))
+        list(encode(big_state, encode_payload({"w": np.zeros(4, np.float32)}), 40 << 10))
 
 
 def _messages(rows: int = 5000, max_bytes: int = 16 << 10, meta: SnapshotMeta = META) -> list[bytes]:
-    return list(encode(meta, encode_payload({"w": torch.randn(rows, 4)}), max_bytes))
+    w = np.random.default_rng(rows).standard_normal((rows, 4), np.float32)
+    return list(encode(meta, encode_payload({"w": w}), max_bytes))
 
 
 def test_wrong_checksum_is_refused():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
-import torch
 
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
@@ -15,6 +15,7 @@ from stream_learner.snapshots.chain import Fold, load
 from stream_learner.snapshots.fit import OptimiserLayout
 from stream_learner.snapshots.format import Assembler, Snapshot, decode_chunk
 from stream_learner.snapshots.log import Entry, History, continues
+from stream_learner.snapshots.state import arrays
 from tests.snapshot_support import logistic_delta, logistic_spec, logistic_state, messages, meta
 
 MODEL = "m"
@@ -68,7 +69,7 @@ def test_continues_compares_specs_as_models_not_as_text():
     assert same.spec != before.spec and continues(same, before) is None
 
 
-def _snapshot(version: int, tensors: dict[str, torch.Tensor], kind: str = "FULL") -> Snapshot:
+def _snapshot(version: int, tensors: dict[str, np.ndarray], kind: str = "FULL") -> Snapshot:
     out = None
     assembler = Assembler()
     for message in messages(meta(MODEL, version, kind), tensors):
@@ -91,7 +92,7 @@ def test_non_finite_tensors_are_refused_in_a_full_snapshot_and_in_a_delta(bad):
     with pytest.raises(SnapshotError) as refused:
         fold.apply(_snapshot(2, delta, "DELTA"))
     assert refused.value.reason == "non_finite"
-    assert fold.meta.version == 1 and torch.isfinite(fold.tensors["model.bias"]).all()  # unchanged
+    assert fold.meta.version == 1 and np.isfinite(fold.tensors["model.bias"]).all()  # unchanged
 
 
 def _learner() -> Learner:
@@ -102,14 +103,14 @@ def _learner() -> Learner:
 
 def test_optimiser_state_must_fit_the_learner():
     learner = _learner()
-    fits, tensors, about = OptimiserLayout.of(learner), learner.tensors(), meta(MODEL, 3)
+    fits, tensors, about = OptimiserLayout.of(learner), arrays(learner.tensors()), meta(MODEL, 3)
     assert any(n.startswith("optim.sparse.") for n in tensors)
     fits.check(3, tensors, about)  # a learner's own state fits
 
     missing = {n: t for n, t in tensors.items() if not n.startswith("optim.sparse.")}
     wrong_shape = {n: t[:1] if n.endswith(".sum") else t for n, t in tensors.items()}
-    wrong_dtype = {n: t.double() if n.startswith("optim.") else t for n, t in tensors.items()}
-    stray = {**tensors, "optim.dense.nothing.exp_avg": torch.zeros(3)}
+    wrong_dtype = {n: t.astype(np.float64) if n.startswith("optim.") else t for n, t in tensors.items()}
+    stray = {**tensors, "optim.dense.nothing.exp_avg": np.zeros(3, np.float32)}
     for bad in (missing, wrong_shape, wrong_dtype, stray):
         with pytest.raises(SnapshotError) as refused:
             fits.check(3, bad, about)
@@ -119,5 +120,5 @@ def test_optimiser_state_must_fit_the_learner():
 def test_state_of_another_sparse_optimiser_is_not_required():
     learner = _learner()
     other = dataclasses.replace(meta(MODEL, 3), state='{"learner": {"sparse_optimizer": "adam"}}')
-    tensors = {n: t for n, t in learner.tensors().items() if not n.startswith("optim.sparse.")}
+    tensors = {n: t for n, t in arrays(learner.tensors()).items() if not n.startswith("optim.sparse.")}
     OptimiserLayout.of(learner).check(3, tensors, other)  # the restore drops it and starts afresh

@@ -1,4 +1,4 @@
-"""The contract every model follows, and the spec that describes one.
+"""The contract every model follows (its spec, `stream_learner.scoring.spec`, describes one).
 
 A model maps a LongTensor of table rows, one column per field, to one logit per event. Its id fields
 live in embedding tables (`tables()`), which are the sparse part of the model: optimised with sparse
@@ -8,48 +8,12 @@ gives a row to a new id, and initialisable from pretrained weights. Everything e
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-TableKind = Literal["hash", "dynamic"]
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str  # "user", "item" or "ctx.<name>"
-    rows: int
-    table: TableKind = "hash"  # how ids map to rows (see `stream_learner.learning.features`)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model's shape; travels as JSON in snapshots."""
-
-    kind: str
-    fields: tuple[FieldSpec, ...]
-    embedding_dim: int = 16
-    hidden: tuple[int, ...] = (64, 32)
-    dropout: float = 0.1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str) -> ModelSpec:
-        data = json.loads(text)
-        return ModelSpec(
-            kind=data["kind"],
-            fields=tuple(FieldSpec(**f) for f in data["fields"]),
-            embedding_dim=int(data["embedding_dim"]),
-            hidden=tuple(int(h) for h in data["hidden"]),
-            dropout=float(data["dropout"]),
-            extra=dict(data.get("extra", {})),
-        )
+from stream_learner.scoring.spec import ModelSpec, table_name
 
 
 @dataclass(frozen=True)
@@ -59,11 +23,6 @@ class Gradients:
 
     loss: torch.Tensor
     tables: dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def table_name(field_name: str) -> str:
-    """Module-safe name of a field's table (dots are not allowed in module names)."""
-    return field_name.replace(".", "_")
 
 
 class RecModel(nn.Module):
@@ -79,7 +38,7 @@ class RecModel(nn.Module):
             {table_name(f.name): nn.Embedding(f.rows, dim, sparse=sparse) for f in spec.fields}
         )
         self._extra_tables: dict[str, nn.ModuleDict] = {}
-        width = int(spec.extra.get("count_inputs", 0))
+        width = spec.count_inputs
         self.count_head = nn.Linear(width, 1, bias=False) if width else None
         if self.count_head is not None:
             with torch.no_grad():  # the learner sets its first weights (stream_learner.learning.realtime)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_learner.learning.models.base import Gradients, ModelSpec
+from stream_learner.learning.models.base import Gradients
 from stream_learner.learning.models.fm import FM, fm_interaction
+from stream_learner.scoring.spec import ModelSpec
 
 
 class DeepFM(FM):

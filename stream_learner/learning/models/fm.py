@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_learner.learning.models.base import Gradients, ModelSpec, RecModel
+from stream_learner.learning.models.base import Gradients, RecModel
+from stream_learner.scoring.spec import ModelSpec
 
 #: Standard deviation of the initial factors: large enough that pairwise terms learn from the start,
 #: small enough that their random products (std 0.03^2 x sqrt(dim) per pair) do not add noise to every

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_learner.learning.models.base import ModelSpec, RecModel
+from stream_learner.learning.models.base import RecModel
+from stream_learner.scoring.spec import ModelSpec
 
 
 class Logistic(RecModel):

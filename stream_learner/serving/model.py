@@ -1,8 +1,9 @@
-"""A trained model for scoring only: built from a snapshot's spec and tensors.
+"""A trained model for scoring only, in numpy: built from a snapshot's spec and arrays.
 
-`ServableModel` wraps the model (inference mode, dense embeddings) and the id mapping of a model
-state, and scores raw ids. It *shares* the state's ``model.*`` tensors: after construction they are
-the model's own parameters, so a delta applied to the state in place changes the model (the caller
+`ServableModel` maps raw ids to table rows with the snapshot's id mapping
+(`stream_learner.learning.features`), takes the real-time inputs from features kept current
+elsewhere (the input follower) or from the snapshot's own, and scores with `NumpyModel`. It *shares*
+the state's ``model.*`` arrays: a delta applied to the state in place changes the model (the caller
 then calls `refresh_features` when the delta carried id-table state).
 """
 
@@ -12,10 +13,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from stream_learner.learning.features import FeatureMapper
-from stream_learner.learning.models import ModelSpec, RecModel, build_model
+from stream_learner.scoring.model import NumpyModel
+from stream_learner.scoring.spec import ModelSpec
 
 #: Real-time inputs of (n, counted) rows at a time in ms, from features kept current elsewhere; None
 #: when they have none yet.
@@ -25,29 +26,22 @@ Inputs = Callable[[np.ndarray, int], np.ndarray | None]
 class ServableModel:
     """Scores (user, item, context) ids with the model a state describes."""
 
-    def __init__(self, spec: ModelSpec, state: dict[str, torch.Tensor]) -> None:
-        """Build the model of ``spec`` from ``state`` (``model.*`` and ``features.*`` tensors, as a
-        snapshot carries them); ``state``'s model tensors are replaced by the model's own. Raises
-        ValueError when the tensors do not fit the spec."""
-        params = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    def __init__(self, spec: ModelSpec, state: Mapping[str, np.ndarray], realtime: bool = True) -> None:
+        """The model of ``spec`` over ``state`` (``model.*`` and ``features.*`` arrays, as a snapshot
+        carries them); without ``realtime`` the snapshot's real-time features are not loaded (a
+        caller that keeps its own current passes `score` its ``inputs``). Raises ValueError when
+        the arrays do not fit the spec."""
         self.spec = spec
-        self.model: RecModel = build_model(spec, sparse=False)
-        try:
-            self.model.load_state_dict(params, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"the tensors are not those of the model spec: {exc}") from None
-        self.model.eval().requires_grad_(False)
-        state.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        self.model = NumpyModel(spec, state)
         self._state = state
-        self.mapper = FeatureMapper.from_spec(spec, self._features())
+        self.mapper = FeatureMapper.from_spec(spec, self._features(), realtime)
 
-    def _features(self) -> dict[str, torch.Tensor]:
+    def _features(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self._state.items() if k.startswith("features.")}
 
     def refresh_features(self, realtime: bool = True) -> None:
-        """Rebuild the id mapping from the state's ``features.*`` tensors (after they changed); the
-        real-time features too with ``realtime`` (without, they stay as they were: for a caller that
-        keeps its own current, `score`'s ``inputs``)."""
+        """Rebuild the id mapping from the state's ``features.*`` arrays (after they changed); the
+        real-time features too with ``realtime`` (without, they stay as they were)."""
         kept = self.mapper.realtime
         self.mapper = FeatureMapper.from_spec(self.spec, self._features(), realtime)
         if not realtime:
@@ -75,6 +69,4 @@ class ServableModel:
             x = inputs(counted, at) if inputs is not None else None
             if x is None:
                 x = self.mapper.realtime.query(counted, np.full(n, at, np.int64))
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(rows), None if x is None else torch.from_numpy(x))
-        return torch.sigmoid(logits.float()).numpy()
+        return self.model.scores(rows, x)
