@@ -1,5 +1,5 @@
 """Command line: ``stream-learner run | produce synthetic | demo | topics create |
-snapshots list|inspect|keygen | recommend | serve | rollback | replay | config``.
+snapshots list|inspect|export|keygen | recommend | serve | rollback | replay | config``.
 
 The arguments are declared in `stream_learner.cli.parser` (each flag shows its default and the
 environment variable it can also come from); settings of the job itself come from the TOML file and

@@ -157,6 +157,11 @@ def build() -> argparse.ArgumentParser:
     inspect = command(ssub, "inspect", "one snapshot's envelope, learner state and tensors, as JSON")
     _model_flags(inspect)
     inspect.add_argument("--version", type=int, help="the version to show (default: the newest)")
+    out = command(ssub, "export", "a version as an ONNX model, for onnxruntime in other languages")
+    _model_flags(out)
+    out.add_argument("--format", choices=["onnx"], default="onnx", help="what to write")
+    out.add_argument("--version", type=int, help="the version to export (default: the newest)")
+    out.add_argument("--output", type=Path, required=True, help="the file to write")
     command(ssub, "keygen", "a new Ed25519 key pair for snapshot.signing_key and snapshot.verify_key")
 
     rec = command(sub, "recommend", "the best items for a user, from the newest committed model")

@@ -1,4 +1,4 @@
-"""``stream-learner snapshots list|inspect`` and ``stream-learner recommend``: the committed
+"""``stream-learner snapshots list|inspect|export`` and ``stream-learner recommend``: the committed
 snapshots of a model, and what the newest one recommends."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from stream_learner.cli.common import EXIT_NOT_FOUND
+from stream_learner.cli.export import export_command
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
 from stream_learner.serving import ModelSubscriber
@@ -29,6 +30,8 @@ def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
 
 
 def snapshots(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "export":
+        return export_command(settings, args)
     with _snapshot_log(settings, args) as snapshots:
         if args.action == "list":
             entries = list(itertools.islice(snapshots.newest_first(), args.last))

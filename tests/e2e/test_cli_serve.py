@@ -143,7 +143,7 @@ def test_serve_a_learners_model(kafka_bootstrap, new_topic, tmp_path):
             status, body = wrong.call("GET", "/readyz")
         assert "is the model name right?" in body["problem"], body
     finally:
-        assert wrong.stop() == 0
+        assert wrong.stop() == 0, "".join(wrong.lines)
     assert any("no model of home-fed served" in line for line in wrong.lines), "".join(wrong.lines)
 
     with socket.socket() as taken:
