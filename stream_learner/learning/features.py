@@ -233,20 +233,20 @@ class FeatureMapper:
         spec: ModelSpec, tensors: Mapping[str, Any] | None = None, realtime: bool = True
     ) -> FeatureMapper:
         """The mapping a snapshot was trained with (for read-only lookups and the inputs when
-        serving); ``tensors`` are the snapshot's (only the ``features.*`` ones are read; the
-        real-time features' only with ``realtime``, else they start empty). Raises ValueError for a
-        spec whose inputs this version cannot compute."""
+        serving); ``tensors`` are the snapshot's (only the ``features.*`` ones are read). Without
+        ``realtime`` the mapper holds no real-time features (a caller that keeps them elsewhere).
+        Raises ValueError for a spec whose inputs this version cannot compute."""
         counted = spec.extra.get("count_fields", [])
         features = None
         if counted:
             if "features" not in spec.extra:
                 raise ValueError("the spec has count inputs of a version before real-time features")
             formula = Formula.from_dict(spec.extra["features"])
-            features = RealtimeFeatures([(f.name, f.rows) for f in spec.fields[: len(counted)]], formula)
-            if features.width != int(spec.extra.get("count_inputs", -1)):
-                raise ValueError(
-                    f"the spec says {spec.extra.get('count_inputs')} count inputs, not {features.width}"
-                )
+            width = Formula.width(len(counted))
+            if width != int(spec.extra.get("count_inputs", -1)):
+                raise ValueError(f"the spec says {spec.extra.get('count_inputs')} count inputs, not {width}")
+            if realtime:
+                features = RealtimeFeatures([(f.name, f.rows) for f in spec.fields[: len(counted)]], formula)
         mapper = FeatureMapper(
             [
                 DynamicField(f.name, f.rows) if f.table == "dynamic" else HashedField(f.name, f.rows)

@@ -34,6 +34,7 @@ class ServableModel:
         self.spec = spec
         self.model = NumpyModel(spec, state)
         self._state = state
+        self.counted = len(spec.extra.get("count_fields", []))  # fields the real-time inputs count
         self.mapper = FeatureMapper.from_spec(spec, self._features(), realtime)
 
     def _features(self) -> dict[str, np.ndarray]:
@@ -58,15 +59,21 @@ class ServableModel:
     ) -> np.ndarray:
         """Click probability of each item for the user (float32). A model with real-time inputs
         takes them as of ``at_ms`` (default: now) from ``inputs`` when it gives them, else from the
-        state's own features (those of the snapshot)."""
+        state's own features (those of the snapshot, when loaded: `LookupError` otherwise)."""
         n = len(item_ids)
         ctx = {name: [value] * n for name, value in (context or {}).items()}
         rows = self.mapper.rows_for_ids([user_id] * n, list(item_ids), ctx)
         x = None
-        if self.mapper.realtime is not None:
+        if self.counted:
             at = int(time.time() * 1000) if at_ms is None else int(at_ms)
-            counted = rows[:, : self.mapper.counted]
+            counted = rows[:, : self.counted]
             x = inputs(counted, at) if inputs is not None else None
             if x is None:
-                x = self.mapper.realtime.query(counted, np.full(n, at, np.int64))
+                x = self._own_inputs(counted, at)
         return self.model.scores(rows, x)
+
+    def _own_inputs(self, rows: np.ndarray, at_ms: int) -> np.ndarray:
+        """The real-time inputs of (n, counted) ``rows`` from the snapshot's features."""
+        if self.mapper.realtime is None:
+            raise LookupError("the model's real-time features are kept elsewhere and have none yet")
+        return self.mapper.realtime.query(rows, np.full(len(rows), at_ms, np.int64))

@@ -39,6 +39,7 @@ from stream_learner.kafka.admin import topic_messages
 from stream_learner.learning.features import FeatureMapper
 from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
 from stream_learner.scoring.spec import ModelSpec
+from stream_learner.serving import heap
 from stream_learner.serving.features import InputFollower
 from stream_learner.serving.lock import ReadWriteLock
 from stream_learner.serving.model import ServableModel
@@ -71,6 +72,12 @@ def _recent_items(meta: SnapshotMeta) -> tuple[str, ...]:
     except (json.JSONDecodeError, AttributeError):
         return ()
     return tuple(str(i) for i in items) if isinstance(items, list) else ()
+
+
+def _serves(name: str) -> bool:
+    """The tensors of a state that serving reads: the model's weights and the features (the
+    optimiser's are checked as the learner checks them, then dropped)."""
+    return name.startswith(("model.", "features."))
 
 
 def _servable(fold: chains.Fold, spec: ModelSpec, follow: bool = False) -> _Served:
@@ -263,10 +270,13 @@ class ModelSubscriber:
             try:
                 with self._log() as snapshots:
                     start = self._load_newest(snapshots)
+                    heap.release()
                     if self._served is None and self._ahead is None:
                         self._diagnose()
                     for entry in snapshots.follow(start, self._stop):
                         self._take(entry)
+                        if entry.snapshot is not None and entry.snapshot.meta.kind == "FULL":
+                            heap.release()  # the state it replaced, its payload and chunks are free
             except (BrokerError, SnapshotError) as exc:
                 self._set_problem(f"reading {self.topic} failed: {exc}")
                 log.warning("reading %s failed (%s); retrying in %.0f s", self.topic, exc, RETRY_SECONDS)
@@ -285,7 +295,7 @@ class ModelSubscriber:
             if known is not None and chain[-1].meta.version <= known.version:
                 break
             try:
-                fold, spec = chains.load(chain, self._refused_delta)
+                fold, spec = chains.load(chain, self._refused_delta, _serves)
             except SnapshotError as err:
                 self._refused(Entry(None, error=err))
                 continue
@@ -300,7 +310,9 @@ class ModelSubscriber:
                 self._note_held(applied[-1].meta)
             if passed:
                 if applied[passed[-1]].meta.version > (self.version or 0):
-                    self._swap(self._servable(*chains.load(applied[: passed[-1] + 1], self._refused_delta)))
+                    self._swap(
+                        self._servable(*chains.load(applied[: passed[-1] + 1], self._refused_delta, _serves))
+                    )
                 break
         if head is not None:
             self._ahead = head
@@ -360,7 +372,7 @@ class ModelSubscriber:
         served (a copy, made when the first held snapshot arrives)."""
         passes, served = self._passes(snap.meta), self._served
         if snap.meta.kind == "FULL":
-            fold, spec = chains.load([snap])
+            fold, spec = chains.load([snap], keep=_serves)
             if passes:
                 self._ahead = None
                 self._swap(self._servable(fold, spec))

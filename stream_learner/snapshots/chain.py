@@ -37,24 +37,38 @@ def continuing(full: Snapshot, later: Iterable[Snapshot]) -> list[Snapshot]:
     return out
 
 
+#: Which tensors a fold holds (the others are checked like them, then kept as placeholders).
+Keep = Callable[[str], bool]
+
+
+def _everything(name: str) -> bool:
+    return True
+
+
 class Fold:
     """The state a chain has reached: the full snapshot's tensors with the deltas after it applied
     in order. ``tensors`` may be changed in place only through `apply` (a servable model may share
-    them)."""
+    them). With ``keep``, the tensors it does not name are checked and then held as a
+    `delta.placeholder` of their dtype and shape (serving drops the optimiser state so)."""
 
-    def __init__(self, full: Snapshot) -> None:
+    def __init__(self, full: Snapshot, keep: Keep = _everything) -> None:
         if full.meta.kind != "FULL":
             raise SnapshotError("gap", f"v{full.meta.version} is a {full.meta.kind}, not a full snapshot")
-        self.tensors: dict[str, np.ndarray] = full.tensors()
-        check_finite(full.meta.version, self.tensors)
+        tensors = full.tensors()
+        check_finite(full.meta.version, tensors)
+        self.keep = keep
+        self.tensors: dict[str, np.ndarray] = {
+            name: t if keep(name) else delta.placeholder(t) for name, t in tensors.items()
+        }
         self.meta: SnapshotMeta = full.meta
         self.base: SnapshotMeta = full.meta
         self.applied = 1  # snapshots folded in, the full one included
 
     def copy(self) -> Fold:
-        """An independent copy (every tensor copied): to fold on while this state stays in use."""
+        """An independent copy (every tensor copied, placeholders shared): to fold on while this
+        state stays in use."""
         other = copy.copy(self)
-        other.tensors = {name: tensor.copy() for name, tensor in self.tensors.items()}
+        other.tensors = {name: t.copy() if t.flags.writeable else t for name, t in self.tensors.items()}
         return other
 
     def apply(self, snap: Snapshot) -> None:
@@ -71,7 +85,7 @@ class Fold:
             )
         tensors = snap.tensors()
         check_finite(m.version, tensors)
-        delta.apply(self.tensors, tensors)
+        delta.apply(self.tensors, tensors, self.keep)
         self.meta = m
         self.applied += 1
 
@@ -116,14 +130,16 @@ def read_spec(meta: SnapshotMeta) -> ModelSpec:
         raise SnapshotError("spec", f"v{meta.version} has an unreadable model spec: {exc!r}") from None
 
 
-def load(chain: Sequence[Snapshot], on_refused: OnRefused | None = None) -> tuple[Fold, ModelSpec]:
+def load(
+    chain: Sequence[Snapshot], on_refused: OnRefused | None = None, keep: Keep = _everything
+) -> tuple[Fold, ModelSpec]:
     """The verified state of ``chain`` (a full snapshot, then the deltas continuing it) and its spec.
     The full snapshot must carry a readable spec and exactly the model tensors that spec builds
     (names, shapes, float32), or the chain is refused (`SnapshotError`); the deltas are folded in as
-    `Fold.apply_all` does."""
+    `Fold.apply_all` does, holding the tensors ``keep`` names."""
     full = chain[0]
     spec = read_spec(full.meta)
-    fold = Fold(full)
+    fold = Fold(full, keep)
     model = {
         k[len("model.") :]: (tuple(v.shape), str(v.dtype))
         for k, v in fold.tensors.items()

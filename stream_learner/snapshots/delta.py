@@ -15,7 +15,7 @@ chain in order to the full snapshot they follow gives exactly the state they wer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 import numpy as np
@@ -29,11 +29,22 @@ SLICE = "delta.slice/"
 LISTS = "features.pending."
 
 
-def apply(base: dict[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> None:
+def placeholder(array: np.ndarray) -> np.ndarray:
+    """An array of ``array``'s dtype and shape that holds no memory (zero broadcast, read-only): what
+    a state keeps of a tensor it does not need, so that deltas are checked against it all the same."""
+    return np.broadcast_to(np.zeros((), array.dtype), array.shape)
+
+
+def apply(
+    base: dict[str, np.ndarray],
+    delta: Mapping[str, np.ndarray],
+    keep: Callable[[str], bool] = lambda name: True,
+) -> None:
     """Apply ``delta`` to ``base`` in place. Everything is checked before anything changes: a bad
     delta raises `SnapshotError` ("bad_delta") and leaves ``base`` as it was. A tensor of the same
     shape is written into the base's array (whoever shares it sees the change); a list that grew
-    or shrank, and a tensor the base lacks, are replaced by (added as) the delta's own array."""
+    or shrank, and a tensor the base lacks, are replaced by (added as) the delta's own array. Only
+    tensors named by ``keep`` are written; the others stay (or become) a `placeholder`."""
     rows = {k[len(ROWS) :]: v for k, v in delta.items() if k.startswith(ROWS)}
     for key, index in rows.items():
         if index.dtype != np.int64 or index.ndim != 1:
@@ -59,7 +70,9 @@ def apply(base: dict[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> None:
             _bad(f"{name} is {value.dtype}{tuple(value.shape)}, the base has {theirs}")
         plan.append((name, idx, value))
     for name, idx, value in plan:
-        if name not in base or (idx is None and base[name].shape != value.shape):
+        if not keep(name):
+            base[name] = placeholder(value if idx is None else base[name])
+        elif name not in base or (idx is None and base[name].shape != value.shape):
             base[name] = value  # new, or a list that grew or shrank: replaced
         elif idx is not None:
             base[name][idx] = value

@@ -14,7 +14,7 @@ from stream_learner.learning.learner import Learner
 from stream_learner.runtime.worker import Worker
 from stream_learner.scoring.spec import FieldSpec
 from stream_learner.snapshots import delta
-from stream_learner.snapshots.chain import newest_state
+from stream_learner.snapshots.chain import Fold, newest_state
 from stream_learner.snapshots.format import Snapshot, SnapshotMeta, encode_payload
 from stream_learner.snapshots.state import StateCopier, StateCopy, extract
 from tests.learning_support import assert_same_tensors
@@ -251,3 +251,41 @@ def test_replay_refuses_a_gap_and_a_chain_without_a_full_snapshot():
     assert err.value.reason == "gap"
     with pytest.raises(SnapshotError):
         newest_state([later])
+
+
+def test_a_fold_that_keeps_part_of_the_state_checks_the_rest_as_the_learner_does():
+    """Serving keeps the model and the features: the optimiser state is checked as the learner
+    checks it (a delta whose optimiser rows do not fit is refused by both), then held as a
+    placeholder of its dtype and shape that holds no memory."""
+    learner = Learner(_settings(kind="fm"))
+    rng = np.random.default_rng(5)
+    worker = Worker(learner, StateCopier(learner, full_every=4))
+    copies = _run(learner, worker, [_window(rng, k) for k in range(3)])
+    snapshots = [_snapshot(c, v, None if c.kind == "FULL" else v - 1) for v, (c, _) in enumerate(copies, 1)]
+
+    def keep(name: str) -> bool:
+        return not name.startswith("optim.")
+
+    fold = Fold(snapshots[0], keep)
+    fold.apply_all(snapshots[1:])
+    whole = newest_state(snapshots)
+    assert fold.tensors.keys() == whole.keys() and any(not keep(n) for n in whole)
+    for name, tensor in fold.tensors.items():
+        assert (tensor.dtype, tensor.shape) == (whole[name].dtype, whole[name].shape), name
+        if keep(name):
+            assert np.array_equal(tensor, whole[name]), name
+        else:
+            assert not tensor.flags.writeable and not any(tensor.strides), name  # no memory of its own
+    assert fold.copy().tensors["model.bias"] is not fold.tensors["model.bias"]
+
+    cut = dict(copies[2][0].tensors)
+    optim = next(k for k in cut if k.startswith("delta.slice/") and "/optim." in k)
+    cut[optim] = cut[optim].astype(np.float64)
+    bad = Snapshot(
+        SnapshotMeta("m", 4, "DELTA", "{}", 0, 0, 0, 0, base_version=3), encode_payload(cut).tobytes()
+    )
+    for fold in (Fold(snapshots[0]), Fold(snapshots[0], keep)):
+        fold.apply_all(snapshots[1:])
+        with pytest.raises(SnapshotError) as err:
+            fold.apply(bad)
+        assert err.value.reason == "bad_delta" and fold.meta.version == 3
