@@ -27,6 +27,7 @@ ALL = [
     "distributed",
     "catchup",
     "serving",
+    "serving_memory",
 ]
 #: Benchmarks that are a module run with arguments (the others: ``python -m benchmarks.NAME``).
 ARGS = {"freshness_distributed": ["benchmarks.freshness", "--workers", "2"]}
