@@ -12,8 +12,9 @@ items (``POST /score``).
 
 1. Maximum rate: hey without a rate limit on ``CONNECTIONS`` connections for the span.
 2. Loads, in alternated rounds (``--rounds``): 50% and 90% of that maximum, and the target rate of
-   1,000 requests/s; hey paces each connection (``-q``) and writes every request's start and latency
-   (``-o csv``). A request failed when hey has no answer for it or the answer is not 200.
+   1,000 requests/s; one hey process per connection, started spread over a period, paces it
+   (``-q``) and writes every request's start and latency (``-o csv``). A request failed when hey
+   has no answer for it or the answer is not 200.
    Swaps are the service's own log lines (``serving model M vN``); a request is *during a swap*
    when it began from ``SWAP_BEFORE`` before such a line to ``SWAP_AFTER`` after it (reading,
    verifying and loading the snapshot come before the line, the features' rebase after it),
@@ -54,8 +55,8 @@ from stream_learner.config import Settings
 from stream_learner.tools.produce import produce_synthetic
 
 PARTITIONS = 3
-WINDOW_SECONDS = 2.0
-CONNECTIONS = 32
+WINDOW_SECONDS = 5.0
+CONNECTIONS = 16
 CANDIDATES = 100
 TARGET_RATE = 1000.0
 TARGET_P99_SECONDS = 0.010
@@ -135,45 +136,43 @@ def free_port() -> int:
 
 
 def run_hey(service: Service, binary: str, body: Path, seconds: float, rate: float | None) -> dict[str, Any]:
-    """One hey run: every request's start (absolute time), latency and status; ``rate`` None: as fast
-    as the connections go, for ``seconds``; else paced to ``rate`` in all, as many requests as that
-    makes in ``seconds`` (any that hey could not send or had no answer for count as failed)."""
-    args = [
-        binary,
-        "-m",
-        "POST",
-        "-T",
-        "application/json",
-        "-D",
-        str(body),
-        "-c",
-        str(CONNECTIONS),
-        "-o",
-        "csv",
-    ]
+    """One run: every request's start (absolute time), latency and status. ``rate`` None: hey on
+    `CONNECTIONS` connections as fast as they go, for ``seconds``. Else paced to ``rate`` in all:
+    `CONNECTIONS` hey processes of one connection each, started a period / `CONNECTIONS` apart, so
+    that requests arrive spread over each period (one hey's connections all tick together: 32 at
+    once every period queue behind each other, which is hey's pacing, not the service's latency);
+    as many requests as that makes in ``seconds``, any not answered counting as failed."""
+    base = [binary, "-m", "POST", "-T", "application/json", "-D", str(body), "-o", "csv"]
+    url = service.url + "/score"
+    runs: list[tuple[list[str], int | None]]
     if rate is None:
-        args += ["-z", f"{seconds}s"]
-        expected = None
+        runs = [([*base, "-c", str(CONNECTIONS), "-z", f"{seconds}s", url], None)]
     else:
-        expected = max(CONNECTIONS, round(rate * seconds / CONNECTIONS) * CONNECTIONS)
-        args += ["-n", str(expected), "-q", f"{rate / CONNECTIONS:.3f}"]
-    cpu, began = service.cpu_seconds(), time.time()
-    out = subprocess.run(
-        [*args, service.url + "/score"], capture_output=True, text=True, timeout=seconds * 3 + 60, check=True
-    )
+        each = max(1, round(rate * seconds / CONNECTIONS))
+        args = [*base, "-c", "1", "-n", str(each), "-q", f"{rate / CONNECTIONS:.3f}", url]
+        runs = [(args, each)] * CONNECTIONS
+    cpu = service.cpu_seconds()
+    procs = []
+    for args, expected in runs:
+        procs.append((subprocess.Popen(args, stdout=subprocess.PIPE, text=True), time.time(), expected))
+        if rate is not None:
+            time.sleep(1 / rate)  # a period (connections / rate) over the connections
+    starts, latency, status, unanswered = [], [], [], 0
+    for proc, began, expected in procs:
+        out, _ = proc.communicate(timeout=seconds * 3 + 60)
+        rows = list(csv.DictReader(io.StringIO(out)))
+        starts += [began + float(r["offset"]) for r in rows]
+        latency += [float(r["response-time"]) for r in rows]
+        status += [int(r["status-code"]) for r in rows]
+        unanswered += 0 if expected is None else expected - len(rows)
     cpu = service.cpu_seconds() - cpu
-    rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    starts = began + np.array([float(r["offset"]) for r in rows])
-    latency = np.array([float(r["response-time"]) for r in rows])
-    status = np.array([int(r["status-code"]) for r in rows])
-    duration = float((starts + latency).max() - starts.min()) if len(rows) else seconds
-    unanswered = 0 if expected is None else expected - len(rows)
+    start, took = np.array(starts), np.array(latency)
     return {
-        "starts": starts,
-        "latency": latency,
-        "ok": status == 200,
+        "starts": start,
+        "latency": took,
+        "ok": np.array(status) == 200,
         "unanswered": unanswered,
-        "seconds": duration,
+        "seconds": float((start + took).max() - start.min()) if len(start) else seconds,
         "cpu_seconds": cpu,
     }
 
