@@ -1,6 +1,6 @@
 """The scoring service under HTTP load while the learner publishes a new version every few seconds.
 
-    .venv/bin/python -m benchmarks.serving                       # about 12 minutes on 2 cores
+    .venv/bin/python -m benchmarks.serving                       # about 8 minutes on 2 cores
     STREAM_LEARNER_BENCH_RESULTS=/tmp/x.json .venv/bin/python -m benchmarks.serving --seconds 5 --rounds 1
 
 On this machine, all at once: synthetic events produced live (``--events-per-second``); the learner
