@@ -21,7 +21,8 @@ the subscriber serves the snapshots' features (``follow_input=False``), as befor
 
 3. Feature freshness (issue 21): once more at 50% of the maximum, the subscriber also follows the
    input and applies every event to the real-time features (`stream_learner.serving.features`, in
-   this process, on the same two cores as the learner and the producer); its histogram
+   this process, on the same two cores as the learner and the producer, which runs in a process of
+   its own for this run: a serving process does not produce the input); its histogram
    ``stream_learner_subscriber_feature_lag_seconds`` (per applied batch, from the Kafka timestamp of
    ten of its events, from their Kafka timestamps to the batch being applied) gives the p50 and p99,
    interpolated within buckets. Target: p99 <= FEATURE_TARGET_SECONDS, and every event read
@@ -38,12 +39,14 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import multiprocessing
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +159,11 @@ def live(
         try:
             time.sleep(8 if workers == 1 else 20)  # the learner starts (the ranks meet), takes its lease
             total = seconds + 3 * WINDOW_SECONDS + 3
-            chunks = _produce(settings, topic, rate, total)
+            if follow_input:  # the serving process serves; the producer is another service's
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    chunks = pool.submit(_produce, settings, topic, rate, total).result()
+            else:
+                chunks = _produce(settings, topic, rate, total)
             time.sleep(3)
             if follow_input and subscriber.input is not None:
                 read_to_end = subscriber.input.wait_for(end_offsets(address, topic, PARTITIONS), 30)
