@@ -373,4 +373,9 @@ class FeatureMapper:
 
 
 def _keys(ids: Sequence[str | None]) -> np.ndarray:
-    return np.array([hash_id(i) if i else MISSING_KEY for i in ids], dtype=np.int64)
+    """The key of every id, each distinct one hashed once (a request repeats its user and context)."""
+    keys: dict[str | None, int] = {}
+    for i in ids:
+        if i not in keys:
+            keys[i] = hash_id(i) if i else MISSING_KEY
+    return np.fromiter((keys[i] for i in ids), np.int64, len(ids))

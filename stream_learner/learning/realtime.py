@@ -37,9 +37,9 @@ The inputs are the user's four, then the item's three (`Formula.width`).
 
 An event's surprise is its label minus sigmoid(logit(rate_user) + logit(rate_item) - logit(g)) with
 the rates of its own inputs. A window is one compiled pass over its events in time order
-(`stream_learner.learning.realtime_scan`); a query from serving is a few numpy operations on the state
-and the pending labels. docs/snapshot-format.md gives the formulas and the state for implementations
-in other languages.
+(`stream_learner.learning.realtime_scan.scan`); a query from serving reads the state and the pending
+labels due (`realtime_scan.query`). docs/snapshot-format.md gives the formulas and the state for
+implementations in other languages.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_learner.learning.realtime_scan import scan
+from stream_learner.learning.realtime_scan import query, scan
 
 #: Inputs per counted field, in order.
 INPUTS = ("rate", "activity", "surprise", "recent_surprise")
@@ -154,10 +154,6 @@ class Prepared:
     sums: list[np.ndarray]
     refs: list[np.ndarray]
     pending: dict[str, np.ndarray]
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p) - np.log1p(-p)
 
 
 class RealtimeFeatures:
@@ -265,44 +261,17 @@ class RealtimeFeatures:
         """Inputs of (n, fields) ``rows`` at times ``time_ms`` (int64 ms), from the state and the
         pending labels due by then: for serving, once every event before those times was applied."""
         f, p = self.formula, self.pending
-        rows, time_ms = np.asarray(rows, np.int64), np.asarray(time_ms, np.int64)
-        out = np.empty((len(time_ms), self.width), np.float32)
-        for at in np.unique(time_ms):
-            these = np.flatnonzero(time_ms == at)
-            limit = int(at) - f.delay_ms
-            due = slice(0, int(np.searchsorted(p["time_ms"], limit, "left")))
-            out[these] = self._inputs_at(rows[these], limit, {k: v[due] for k, v in p.items()})
-        return out
-
-    def _inputs_at(self, rows: np.ndarray, limit: int, due: dict[str, np.ndarray]) -> np.ndarray:
-        """The inputs of ``rows`` with labels counted up to ``limit``: the state's and the ``due``
-        pending ones."""
-        f, n = self.formula, len(rows)
-        tau = float(f.recent_ms)
-        g_labelled = self.sums[2][0, LABELLED] + len(due["time_ms"])
-        g = (self.sums[2][0, POSITIVES] + due["label"].sum()) / g_labelled if g_labelled > 0 else 0.5
-        g = min(max(g, f.rate_clip), 1 - f.rate_clip)
-        out = np.empty((n, self.width), np.float32)
-        for i, k in enumerate((0, len(INPUTS))):
-            column = rows[:, i]
-            state = self.sums[i][column]
-            mine = np.isin(due["rows"][:, i], column)  # the due labels of these rows: few
-            due_i = {name: values[mine] for name, values in due.items()}
-            hit = due_i["rows"][:, i][None, :] == column[:, None]  # (queries, their due labels)
-            labelled = state[:, LABELLED] + hit.sum(1)
-            positives = state[:, POSITIVES] + hit @ due_i["label"]
-            surprise = state[:, SURPRISE] + hit @ due_i["surprise"]
-            rate = np.clip((positives + f.prior * g) / (labelled + f.prior), f.rate_clip, 1 - f.rate_clip)
-            out[:, k] = _logit(rate)
-            out[:, k + 1] = np.log1p(state[:, EVENTS]) / f.activity_scale
-            out[:, k + 2] = surprise / (labelled + f.prior) * f.surprise_scale
-            if i == 0:
-                ref = self.labels_ms[0][column]
-                decay = np.where(limit > ref, np.exp(-np.maximum(limit - ref, 0) / tau), 1.0)
-                weights = np.exp(-np.maximum(limit - due_i["time_ms"], 0) / tau)
-                weight = state[:, RECENT_WEIGHT] * decay + hit @ weights
-                recent = state[:, RECENT_SURPRISE] * decay + hit @ (due_i["surprise"] * weights)
-                out[:, k + 3] = recent / (weight + f.recent_prior) * f.surprise_scale
+        rows, times = np.asarray(rows, np.int64).reshape(-1, 2), np.asarray(time_ms, np.int64)
+        out = np.empty((len(times), self.width), np.float32)
+        column = np.ascontiguousarray
+        query(
+            column(rows[:, 0]), column(rows[:, 1]), times,
+            column(p["rows"][:, 0]), column(p["rows"][:, 1]), p["time_ms"], p["label"], p["surprise"],
+            self.sums[0], self.labels_ms[0], self.sums[1], self.sums[2],
+            f.delay_ms, float(f.recent_ms), f.prior, f.rate_clip, f.activity_scale, f.surprise_scale,
+            f.recent_prior,
+            out,
+        )  # fmt: skip
         return out
 
     def reset(self, fresh: Mapping[int, np.ndarray]) -> None:

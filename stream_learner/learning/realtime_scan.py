@@ -224,3 +224,69 @@ def scan(  # type: ignore[no-untyped-def]
     for e in range(counts_i[0]):
         item_slots[item_touched[e]] = -1
     return counts_u[0], counts_i[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def query(  # type: ignore[no-untyped-def]
+    users,
+    items,
+    times,  # the queries: rows and times
+    p_users,
+    p_items,
+    p_times,
+    p_labels,
+    p_surprise,  # the pending labels, in time order
+    user_state,
+    user_refs,
+    item_state,
+    global_state,
+    delay,
+    tau,
+    prior,
+    clip,
+    activity_scale,
+    surprise_scale,
+    recent_prior,
+    inputs,
+):
+    """Fill ``inputs`` ((n, 7)) of queries (user and item rows at a time) from the state and the
+    pending labels due by then (older than the time minus the delay), as `scan` computes an event's
+    inputs; for serving, once every event before those times has been folded into the state."""
+    for q in range(len(times)):
+        limit = times[q] - delay
+        u, i = users[q], items[q]
+        g_labelled, g_positives = global_state[0, LABELLED], global_state[0, POSITIVES]
+        su = user_state[u].copy()
+        si = item_state[i].copy()
+        ref = user_refs[u]
+        weight = su[RECENT_WEIGHT] * (math.exp(-(limit - ref) / tau) if limit > ref else 1.0)
+        recent = su[RECENT_SURPRISE] * (math.exp(-(limit - ref) / tau) if limit > ref else 1.0)
+        for e in range(len(p_times)):  # the due labels, in time order
+            if p_times[e] >= limit:
+                break
+            g_labelled += 1.0
+            g_positives += p_labels[e]
+            if p_users[e] == u:
+                su[LABELLED] += 1.0
+                su[POSITIVES] += p_labels[e]
+                su[SURPRISE] += p_surprise[e]
+                decay = math.exp(-(limit - p_times[e]) / tau)
+                weight += decay
+                recent += p_surprise[e] * decay
+            if p_items[e] == i:
+                si[LABELLED] += 1.0
+                si[POSITIVES] += p_labels[e]
+                si[SURPRISE] += p_surprise[e]
+        g = g_positives / g_labelled if g_labelled > 0 else 0.5
+        g = min(max(g, clip), 1.0 - clip)
+        inputs[q, 0] = _logit(
+            min(max((su[POSITIVES] + prior * g) / (su[LABELLED] + prior), clip), 1.0 - clip)
+        )
+        inputs[q, 1] = math.log1p(su[EVENTS]) / activity_scale
+        inputs[q, 2] = su[SURPRISE] / (su[LABELLED] + prior) * surprise_scale
+        inputs[q, 3] = recent / (weight + recent_prior) * surprise_scale
+        inputs[q, 4] = _logit(
+            min(max((si[POSITIVES] + prior * g) / (si[LABELLED] + prior), clip), 1.0 - clip)
+        )
+        inputs[q, 5] = math.log1p(si[EVENTS]) / activity_scale
+        inputs[q, 6] = si[SURPRISE] / (si[LABELLED] + prior) * surprise_scale
