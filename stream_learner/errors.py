@@ -40,6 +40,7 @@ SnapshotRefusal = Literal[
     "non_finite",  # a tensor holds NaN or infinite values
     "state",  # the learner's restore only: the snapshot's learner state does not restore
     "missing_tensor",  # the learner's restore only: a tensor its state needs is missing or misshapen
+    "form",  # a serving snapshot where a training one is needed (the learner's restore), or mixed forms
 ]
 
 

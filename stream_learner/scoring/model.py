@@ -11,6 +11,10 @@ real-time inputs and c the ``count_head`` weights (0 for a model without them):
 
 The score is sigmoid(logit). Computed in float32, as the torch model computes it; only the order in
 which floats are added differs, which moves a score by less than 1e-6.
+
+The tables may be a serving form's (`stream_learner.scoring.compact`): only the rows present, at
+float32, float16 or int8 with per-row scales; the rows an event needs are looked up and
+dequantised, the tables are never expanded, and an absent row is zeros.
 """
 
 from __future__ import annotations
@@ -19,20 +23,25 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from stream_learner.scoring import compact
 from stream_learner.scoring.layout import DTYPE, state_shapes
 from stream_learner.scoring.spec import ModelSpec, table_name
 
-PREFIX = "model."
+PREFIX = compact.PREFIX
 
 
 class NumpyModel:
-    """The model of ``spec`` over the ``model.*`` weights of a state. It reads them from ``tensors``
-    at every call, so a delta applied to that state in place changes the scores."""
+    """The model of ``spec`` over the ``model.*`` weights of a state (a training state's, or a
+    serving form's). It reads them from ``tensors`` at every call, so a delta applied to that state
+    changes the scores."""
 
     def __init__(self, spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
-        """Raises ValueError when a weight of the spec is missing or not float32 of its shape."""
-        problems = []
-        for name, shape in state_shapes(spec).items():
+        """Raises ValueError when a weight of the spec is missing or not float32 of its shape (not
+        of the serving form's layout, for a serving form)."""
+        self.compact = compact.is_compact(tensors)
+        problems = compact.problems(spec, tensors) if self.compact else []
+        shapes = {} if self.compact else state_shapes(spec)
+        for name, shape in shapes.items():
             value = tensors.get(PREFIX + name)
             if value is None:
                 problems.append(f"missing {PREFIX}{name}")
@@ -47,19 +56,24 @@ class NumpyModel:
     def _weight(self, name: str) -> np.ndarray:
         return self._tensors[PREFIX + name]
 
+    def _rows(self, table: str, field: int, rows: np.ndarray) -> np.ndarray:
+        """(n, width) float32 rows of ``table`` (``embeddings`` or ``linear.weights``) of a field."""
+        name = f"{table}.{self._tables[field]}.weight"
+        if self.compact:
+            return compact.gather(self._tensors, self._tables[field], PREFIX + name, rows)
+        return self._weight(name)[rows]
+
     def logits(self, rows: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         """The logit of each event of (n, fields) table ``rows`` (float32), with its (n, width)
         real-time ``inputs`` when the model takes them."""
         rows = np.asarray(rows, np.int64)
         vectors = np.stack(
-            [self._weight(f"embeddings.{t}.weight")[rows[:, i]] for i, t in enumerate(self._tables)], axis=1
+            [self._rows("embeddings", i, rows[:, i]) for i in range(len(self._tables))], axis=1
         )  # (n, fields, dim)
         logit = self._weight("bias")[0] + self._count_logit(inputs, len(rows))
         if self.spec.kind == "logistic":
             return logit + vectors.sum(axis=(1, 2))
-        first = sum(
-            self._weight(f"linear.weights.{t}.weight")[rows[:, i], 0] for i, t in enumerate(self._tables)
-        )
+        first = sum(self._rows("linear.weights", i, rows[:, i])[:, 0] for i in range(len(self._tables)))
         total = vectors.sum(axis=1)
         interaction = 0.5 * (np.square(total) - np.square(vectors).sum(axis=1)).sum(axis=1)
         logit = logit + first + interaction

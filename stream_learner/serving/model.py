@@ -4,7 +4,9 @@
 (`stream_learner.learning.features`), takes the real-time inputs from features kept current
 elsewhere (the input follower) or from the snapshot's own, and scores with `NumpyModel`. It *shares*
 the state's ``model.*`` arrays: a delta applied to the state in place changes the model (the caller
-then calls `refresh_features` when the delta carried id-table state).
+then calls `refresh_features` when the delta carried id-table state). A serving form's state
+(`stream_learner.scoring.compact`) is read as it is: ids through `CompactIds`, inputs through
+`compact_inputs`, nothing expanded.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from stream_learner.learning.features import FeatureMapper
 from stream_learner.scoring.model import NumpyModel
 from stream_learner.scoring.spec import ModelSpec
+from stream_learner.serving.compact import CompactIds, compact_inputs
 
 #: Real-time inputs of (n, counted) rows at a time in ms, from features kept current elsewhere; None
 #: when they have none yet.
@@ -35,7 +38,16 @@ class ServableModel:
         self.model = NumpyModel(spec, state)
         self._state = state
         self.counted = len(spec.extra.get("count_fields", []))  # fields the real-time inputs count
-        self.mapper = FeatureMapper.from_spec(spec, self._features(), realtime)
+        self._own = realtime  # the snapshot's real-time features answer (else the caller's)
+        self.mapper: FeatureMapper | CompactIds = self._mapper(realtime)
+
+    def _mapper(self, realtime: bool) -> FeatureMapper | CompactIds:
+        if self.model.compact:
+            try:
+                return CompactIds(self.spec, self._state)
+            except KeyError as exc:
+                raise ValueError(f"the serving form lacks {exc}") from None
+        return FeatureMapper.from_spec(self.spec, self._features(), realtime)
 
     def _features(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self._state.items() if k.startswith("features.")}
@@ -43,6 +55,9 @@ class ServableModel:
     def refresh_features(self, realtime: bool = True) -> None:
         """Rebuild the id mapping from the state's ``features.*`` arrays (after they changed); the
         real-time features too with ``realtime`` (without, they stay as they were)."""
+        if not isinstance(self.mapper, FeatureMapper):
+            self.mapper = self._mapper(realtime)
+            return
         kept = self.mapper.realtime
         self.mapper = FeatureMapper.from_spec(self.spec, self._features(), realtime)
         if not realtime:
@@ -74,6 +89,10 @@ class ServableModel:
 
     def _own_inputs(self, rows: np.ndarray, at_ms: int) -> np.ndarray:
         """The real-time inputs of (n, counted) ``rows`` from the snapshot's features."""
+        if not isinstance(self.mapper, FeatureMapper):
+            if not self._own:
+                raise LookupError("the model's real-time features are kept elsewhere and have none yet")
+            return compact_inputs(self.spec, self._state, rows, at_ms)
         if self.mapper.realtime is None:
             raise LookupError("the model's real-time features are kept elsewhere and have none yet")
         return self.mapper.realtime.query(rows, np.full(len(rows), at_ms, np.int64))

@@ -19,6 +19,10 @@ served; the last one that passed stays in service. Later deltas build on held on
 subscriber folds them into a copy of the state (``_ahead``, twice the memory while it exists) and
 serves that copy as soon as a snapshot passes. ``serve_held=True`` serves every snapshot, as a
 subscriber that knows no gate does.
+
+Either form of a model is followed: the training snapshots (``snapshot.topic``), or the serving form
+(``serving.form_topic``: `stream_learner.snapshots.serving_form`), which is held as it arrives, only
+the rows present and at its precision; each snapshot says which it is.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ from stream_learner.learning.features import FeatureMapper
 from stream_learner.metrics import REGISTRY, CollectorRegistry, SubscriberMetrics
 from stream_learner.scoring.spec import ModelSpec
 from stream_learner.serving import heap
+from stream_learner.serving.compact import expand_features
 from stream_learner.serving.features import InputFollower
 from stream_learner.serving.lock import ReadWriteLock
 from stream_learner.serving.model import ServableModel
 from stream_learner.snapshots import chain as chains
+from stream_learner.snapshots import serving_form
 from stream_learner.snapshots.format import Snapshot, SnapshotKind, SnapshotMeta
 from stream_learner.snapshots.gate import verdict_of
 from stream_learner.snapshots.log import Entry, SnapshotLog
@@ -52,6 +58,8 @@ from stream_learner.snapshots.signing import Verifier
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
+#: A folded state of either form.
+Fold = chains.Fold | serving_form.ServingFold
 #: How long `ModelSubscriber.close` waits for each of its threads.
 CLOSE_SECONDS = 10.0
 
@@ -59,7 +67,7 @@ CLOSE_SECONDS = 10.0
 @dataclass(frozen=True)
 class _Served:
     meta: SnapshotMeta
-    fold: chains.Fold  # the state; the model shares its tensors, deltas are folded into it in place
+    fold: Fold  # the state; the model shares its tensors, deltas are folded into it in place
     model: ServableModel
     recent_items: tuple[str, ...]
     #: The features the input follower takes when this state is swapped in (then dropped here).
@@ -80,7 +88,14 @@ def _serves(name: str) -> bool:
     return name.startswith(("model.", "features."))
 
 
-def _servable(fold: chains.Fold, spec: ModelSpec, follow: bool = False) -> _Served:
+def _load(chain: Sequence[Snapshot], on_refused: chains.OnRefused | None = None) -> tuple[Fold, ModelSpec]:
+    """The verified state of a chain of either form (the optimiser's tensors checked and dropped)."""
+    if chain[0].meta.form == "serving":
+        return serving_form.load(chain, on_refused)
+    return chains.load(chain, on_refused, _serves)
+
+
+def _servable(fold: Fold, spec: ModelSpec, follow: bool = False) -> _Served:
     """The model of a folded state. With ``follow`` the snapshot's features are loaded for the input
     follower, which keeps them current, instead of into the model."""
     try:
@@ -91,8 +106,11 @@ def _servable(fold: chains.Fold, spec: ModelSpec, follow: bool = False) -> _Serv
     return _Served(fold.meta, fold, model, _recent_items(fold.meta), features)
 
 
-def _features(spec: ModelSpec, fold: chains.Fold) -> FeatureMapper:
-    """The id mapping and real-time features of a folded state (copies: the follower changes them)."""
+def _features(spec: ModelSpec, fold: Fold) -> FeatureMapper:
+    """The id mapping and real-time features of a folded state (copies: the follower changes them;
+    a serving form's in the training layout, every row)."""
+    if isinstance(fold, serving_form.ServingFold):
+        return FeatureMapper.from_spec(spec, expand_features(spec, fold.tensors))
     return FeatureMapper.from_spec(spec, {k: v for k, v in fold.tensors.items() if k.startswith("features.")})
 
 
@@ -126,7 +144,7 @@ class ModelSubscriber:
         [validation] (default: the defaults, with ``kafka``); off, they stay those of the snapshot."""
         self.kafka, self.topic, self.model_name = kafka, topic, model_name
         self._serve_held = serve_held
-        self._ahead: tuple[chains.Fold, ModelSpec] | None = None  # folded past the model served
+        self._ahead: tuple[Fold, ModelSpec] | None = None  # folded past the model served
         self._verifier = Verifier.of(verify_key, require_signature)
         self.metrics = SubscriberMetrics(
             model_name,
@@ -289,13 +307,13 @@ class ModelSubscriber:
         """Follow the newest chain that loads and serve its newest snapshot that passed the gate
         (from an older chain when it has none), unless what is followed is as new; return the
         offset to follow from."""
-        head: tuple[chains.Fold, ModelSpec] | None = None
+        head: tuple[Fold, ModelSpec] | None = None
         for chain in snapshots.chains():
             known = self._head()
             if known is not None and chain[-1].meta.version <= known.version:
                 break
             try:
-                fold, spec = chains.load(chain, self._refused_delta, _serves)
+                fold, spec = _load(chain, self._refused_delta)
             except SnapshotError as err:
                 self._refused(Entry(None, error=err))
                 continue
@@ -311,7 +329,7 @@ class ModelSubscriber:
             if passed:
                 if applied[passed[-1]].meta.version > (self.version or 0):
                     self._swap(
-                        self._servable(*chains.load(applied[: passed[-1] + 1], self._refused_delta, _serves))
+                        self._servable(*_load(applied[: passed[-1] + 1], self._refused_delta))
                     )
                 break
         if head is not None:
@@ -372,7 +390,7 @@ class ModelSubscriber:
         served (a copy, made when the first held snapshot arrives)."""
         passes, served = self._passes(snap.meta), self._served
         if snap.meta.kind == "FULL":
-            fold, spec = chains.load([snap], keep=_serves)
+            fold, spec = _load([snap])
             if passes:
                 self._ahead = None
                 self._swap(self._servable(fold, spec))
@@ -439,7 +457,7 @@ class ModelSubscriber:
         if self._on_update is not None:
             self._on_update(m)
 
-    def _servable(self, fold: chains.Fold, spec: ModelSpec) -> _Served:
+    def _servable(self, fold: Fold, spec: ModelSpec) -> _Served:
         """The model of a verified state (`chains.load`: the learner's restore verifies the same
         way); a follower of the input keeps its own real-time features."""
         return _servable(fold, spec, follow=self.input is not None)

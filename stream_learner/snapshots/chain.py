@@ -52,6 +52,13 @@ class Fold:
     `delta.placeholder` of their dtype and shape (serving drops the optimiser state so)."""
 
     def __init__(self, full: Snapshot, keep: Keep = _everything) -> None:
+        if full.meta.form != "training":
+            raise SnapshotError(
+                "form",
+                f"v{full.meta.version} is a serving snapshot: it has no optimiser state and only the "
+                "rows that hold information, so it cannot restore a learner (restore from the "
+                "training snapshots of snapshot.topic)",
+            )
         if full.meta.kind != "FULL":
             raise SnapshotError("gap", f"v{full.meta.version} is a {full.meta.kind}, not a full snapshot")
         tensors = full.tensors()
@@ -75,6 +82,10 @@ class Fold:
         """Fold in the next delta. Raises `SnapshotError` ("gap" when it does not continue this
         state, "bad_delta" when it does not fit it) and then leaves the state as it was."""
         m = snap.meta
+        if m.form != self.meta.form:
+            raise SnapshotError(
+                "form", f"v{m.version} is a {m.form} snapshot; the state is a {self.meta.form} one"
+            )
         if m.kind != "DELTA" or m.base_version != self.meta.version:
             raise SnapshotError(
                 "gap", f"{m.kind.lower()} v{m.version} continues v{m.base_version}, not v{self.meta.version}"

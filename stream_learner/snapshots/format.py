@@ -11,7 +11,8 @@ docs/snapshot-format.md.
 
 Two envelope layouts: ``format_version`` 1 has no ``signature`` field (what every unsigned snapshot is
 written as, so that readers before signing read it), 2 has it. Both are read into the newest schema
-by Avro schema resolution.
+by Avro schema resolution. ``format_version`` 3 is the layout of 2 for the *serving form* of a version
+(`stream_learner.snapshots.serving_form`: another payload layout, which readers before it refuse).
 """
 
 from __future__ import annotations
@@ -38,13 +39,21 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 #: The layout with the ``signature`` field, written when the snapshot is signed.
 SIGNED_FORMAT_VERSION = 2
+#: The serving form (signed or not), in the layout of `SIGNED_FORMAT_VERSION`.
+SERVING_FORMAT_VERSION = 3
 #: A full snapshot holds the whole state; a delta the rows changed since the version before it.
 SnapshotKind = Literal["FULL", "DELTA"]
+#: ``training``: the whole state, a learner restores from it; ``serving``: what scoring reads only.
+SnapshotForm = Literal["training", "serving"]
 SNAPSHOT_SCHEMA = fastavro.parse_schema(load_schema("model_snapshot"))
 _UNSIGNED = load_schema("model_snapshot")
 _UNSIGNED["fields"] = [f for f in _UNSIGNED["fields"] if f["name"] != "signature"]
 #: The writer schema of each envelope layout.
-WRITER_SCHEMAS = {FORMAT_VERSION: fastavro.parse_schema(_UNSIGNED), SIGNED_FORMAT_VERSION: SNAPSHOT_SCHEMA}
+WRITER_SCHEMAS = {
+    FORMAT_VERSION: fastavro.parse_schema(_UNSIGNED),
+    SIGNED_FORMAT_VERSION: SNAPSHOT_SCHEMA,
+    SERVING_FORMAT_VERSION: SNAPSHOT_SCHEMA,
+}
 #: Highest version a snapshot may carry: far beyond any real history, and no overflow after it.
 MAX_VERSION = 1 << 62
 #: What a signature signs begins with this (so that it can mean nothing else).
@@ -64,6 +73,8 @@ _DTYPES = {
     np.dtype(np.int32): "I32",
     np.dtype(np.int16): "I16",
     np.dtype(np.int8): "I8",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.uint16): "U16",
     np.dtype(np.uint8): "U8",
     np.dtype(np.bool_): "BOOL",
 }
@@ -95,6 +106,7 @@ class SnapshotMeta:
     metrics: dict[str, float] = field(default_factory=dict)
     state: str = "{}"
     base_version: int | None = None
+    form: SnapshotForm = "training"
 
     def state_dict(self) -> dict[str, Any]:
         return json.loads(self.state)
@@ -207,14 +219,17 @@ def encode(
     meta: SnapshotMeta, payload: Payload, max_message_bytes: int, sign: Sign | None = None
 ) -> Iterator[bytes]:
     """Avro envelopes of the snapshot, one per chunk, each at most ``max_message_bytes`` long; signed
-    (format 2) when ``sign`` is given, else in the format 1 layout."""
+    (format 2) when ``sign`` is given, else in the format 1 layout; a serving form as format 3,
+    signed or not."""
     base = _envelope(meta)
     base.update(payload_sha256=payload.sha256, payload_size=payload.size)
-    schema = WRITER_SCHEMAS[FORMAT_VERSION]
+    schema = WRITER_SCHEMAS[base["format_version"]]
+    if schema is SNAPSHOT_SCHEMA:
+        base["signature"] = None
     if sign is not None:
         schema = SNAPSHOT_SCHEMA
         base.update(
-            format_version=SIGNED_FORMAT_VERSION,
+            format_version=_format_version(meta, signed=True),
             signature=sign(signed_message(meta, payload.sha256, payload.size)),
         )
     room = (
@@ -240,10 +255,11 @@ def signed_message(meta: SnapshotMeta, sha256: str, size: int) -> bytes:
     """What a snapshot's signature signs: `SIGNATURE_CONTEXT`, then the Avro encoding (format 2
     layout) of its envelope with the metrics map in key order, ``chunk_index`` and ``chunk_count`` 0,
     an empty payload and a null signature. So it covers every field of the metadata (model name,
-    version, kind, base version, offsets, spec, state, ...) and the payload's sha256 and size."""
+    version, kind, base version, offsets, spec, state, ...), the form (``format_version`` 2 or 3)
+    and the payload's sha256 and size."""
     record = {
         **_envelope(meta),
-        "format_version": SIGNED_FORMAT_VERSION,
+        "format_version": _format_version(meta, signed=True),
         "metrics": dict(sorted(meta.metrics.items())),
         "payload_sha256": sha256,
         "payload_size": size,
@@ -263,9 +279,15 @@ def _encoded_size(schema: Any, record: dict[str, Any]) -> int:
     return buf.tell()
 
 
+def _format_version(meta: SnapshotMeta, signed: bool) -> int:
+    if meta.form == "serving":
+        return SERVING_FORMAT_VERSION
+    return SIGNED_FORMAT_VERSION if signed else FORMAT_VERSION
+
+
 def _envelope(meta: SnapshotMeta) -> dict[str, Any]:
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": _format_version(meta, signed=False),
         "model_name": meta.model_name,
         "version": meta.version,
         "kind": meta.kind,
@@ -339,6 +361,7 @@ def decode_chunk(value: bytes | None) -> Chunk:
         metrics=dict(rec["metrics"]),
         state=rec["state"],
         base_version=rec["base_version"],
+        form="serving" if rec["format_version"] == SERVING_FORMAT_VERSION else "training",
     )
     return Chunk(
         meta,

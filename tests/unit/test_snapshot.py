@@ -19,6 +19,7 @@ from stream_learner.errors import SnapshotError
 from stream_learner.snapshots.format import (
     SIGNED_FORMAT_VERSION,
     SNAPSHOT_SCHEMA,
+    WRITER_SCHEMAS,
     Assembler,
     PartitionRange,
     Snapshot,
@@ -239,7 +240,7 @@ def _raw_envelope(**overrides: object) -> bytes:
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        (_raw_envelope(format_version=SIGNED_FORMAT_VERSION + 1), "format_version"),
+        (_raw_envelope(format_version=max(WRITER_SCHEMAS) + 1), "format_version"),
         (_raw_envelope(chunk_index=3, chunk_count=2), "missing_chunk"),
         (_raw_envelope(kind="DELTA"), "decode"),  # a delta must name its base
         (_raw_envelope() + b"\x00", "decode"),
