@@ -641,6 +641,36 @@ class WarmStartSettings(_Section):
         return self
 
 
+class DistillSettings(_Section):
+    """A smaller student model trained beside the model, per window, on the model's outputs mixed with
+    the true labels, and published as a model of its own (learning/student.py; off by default)."""
+
+    enabled: bool = Field(False, description="Train and publish a student model beside the model.")
+    model_name: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="The student's model name on the snapshot topic (default: <model.name>.student).",
+    )
+    kind: Literal["logistic", "fm", "dnn"] | None = Field(
+        None, description="The student's model kind (default: the model's)."
+    )
+    embedding_dim: int = Field(4, gt=0, description="Width of the student's id embeddings (fm, dnn).")
+    hidden: list[int] | None = Field(
+        None, description="The student's MLP layer widths (dnn; default: the model's)."
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of the model's probabilities (soft labels) in the student's targets; the "
+        "true labels weigh 1 - alpha.",
+    )
+
+    def name_for(self, model_name: str) -> str:
+        """The student's model name beside model ``model_name``."""
+        return self.model_name or f"{model_name}.student"
+
+
 class DistributedSettings(_Section):
     """A job of several ranks launched by torchrun (see docs/distributed.md)."""
 
@@ -676,6 +706,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     warm_start: WarmStartSettings = WarmStartSettings()
     distributed: DistributedSettings = DistributedSettings()
+    distill: DistillSettings = DistillSettings()
 
     @model_validator(mode="after")
     def _delay_within_expiry(self) -> Settings:
@@ -684,6 +715,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "features.feedback_delay_seconds must be shorter than model.expire_after_seconds: a "
                 "row is given to a new id only when no label of its old id can be pending"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _student_named_apart(self) -> Settings:
+        if self.distill.enabled and self.distill.name_for(self.model.name) == self.model.name:
+            raise ValueError(
+                "distill.model_name must differ from model.name: the student is a model of its own"
             )
         return self
 

@@ -41,6 +41,8 @@ from stream_learner.kafka.clients import client_config
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_SNAPSHOTS = 2
+#: A snapshot message: keyed by the model published, or a (key, message) pair of another model.
+Message = bytes | tuple[bytes, bytes]
 #: Bound on the producer's local queue (librdkafka copies each message until it is acknowledged).
 MIN_QUEUE_KBYTES = 256 << 10
 
@@ -116,15 +118,16 @@ class Sink:
 
     def publish(
         self,
-        chunks: Callable[[], Iterable[bytes]],
+        chunks: Callable[[], Iterable[Message]],
         key: bytes,
         offsets: dict[int, int],
         group_metadata: object,
         committed: Callable[[], None],
     ) -> None:
-        """Queue a snapshot: the messages ``chunks()`` yields (called on the sink's thread), committed
-        with ``offsets`` (next offset per input partition); ``committed`` is called after the commit.
-        Waits while `MAX_QUEUED_SNAPSHOTS` snapshots are queued."""
+        """Queue a snapshot: the messages ``chunks()`` yields (called on the sink's thread; keyed by
+        ``key``, or a (key, message) pair for another model's snapshot in the same transaction, such
+        as a student's), committed with ``offsets`` (next offset per input partition); ``committed``
+        is called after the commit. Waits while `MAX_QUEUED_SNAPSHOTS` snapshots are queued."""
         while not self._room.acquire(timeout=0.2):
             if self._failure is not None and self._reported:
                 raise self._failure
@@ -264,7 +267,7 @@ class Sink:
 
     def _publish(
         self,
-        chunks: Callable[[], Iterable[bytes]],
+        chunks: Callable[[], Iterable[Message]],
         key: bytes,
         offsets: dict[int, int],
         group_metadata: object,
@@ -273,7 +276,8 @@ class Sink:
         try:
             self._begin()
             for chunk in chunks():
-                self._produce(self.snapshot_topic, chunk, key)
+                own, value = chunk if isinstance(chunk, tuple) else (key, chunk)
+                self._produce(self.snapshot_topic, value, own)
             if self.exactly_once:
                 tps = [TopicPartition(self.input_topic, p, o) for p, o in offsets.items()]
                 self._transactional(

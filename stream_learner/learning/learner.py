@@ -20,7 +20,7 @@ rate the controller's. An empty window changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,22 @@ class WindowResult:
     probabilities: np.ndarray | None = None  # prequential: the model before this window, per event
 
 
+@dataclass(frozen=True)
+class Lesson:
+    """A window as the model saw it, for a student trained beside it (`stream_learner.learning.student`):
+    the rows and real-time inputs its events were scored with and their labels; when the model trained
+    on it, the rows and inputs of the events trained (the first ``len(trained_rows)``) and the rows
+    given to new ids; and the rows whose feature state changed (field index, rows), for deltas."""
+
+    scored_rows: np.ndarray
+    scored_inputs: np.ndarray | None
+    labels: np.ndarray
+    changed: list[tuple[int, np.ndarray]]
+    trained_rows: np.ndarray | None = None  # None: the window was not trained on
+    trained_inputs: np.ndarray | None = None
+    fresh: dict[int, np.ndarray] | None = None
+
+
 class Learner:
     """Feature mapper, model, trainer and learning-rate controller for one model name."""
 
@@ -92,6 +108,7 @@ class Learner:
         self.drift = DriftReaction(settings.lr)
         self.recent = RecentItems(settings.snapshot.recent_items)
         self.events_trained = 0  # cumulative over the model's life, carried in snapshots
+        self.lesson: Lesson | None = None  # the last window processed, for a student
 
     def process(self, window: Window) -> WindowResult:
         """Score the window with the current model, then train on it unless the guard objects; fold
@@ -100,7 +117,8 @@ class Learner:
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
         scored_rows = self.features.rows(events)
         scored = self._prepare(scored_rows, window)
-        evaluation, probs = self.trainer.score(scored_rows, events.label, self._inputs(scored))
+        lesson = self.lesson = Lesson(scored_rows, self._inputs(scored), events.label, [])
+        evaluation, probs = self.trainer.score(scored_rows, events.label, lesson.scored_inputs)
         common: dict[str, Any] = dict(
             start_ms=window.start_ms,
             end_ms=window.end_ms,
@@ -149,10 +167,14 @@ class Learner:
             self.drift.done()
             self.features.commit(placement)
             for field, plan in placement.plans.items():  # expired slots changed outside the trained rows
-                self.trainer.mark_touched(field, plan.expired)
+                self._mark(field, plan.expired)
             self.events_trained += len(train)
             self.recent.add(train.item_ids, train.timestamp_ms)
             holdout = self._holdout(scored_rows[cut:], events.take(slice(cut, None)), inputs, cut)
+            trained = None if inputs is None else inputs[:cut]
+            self.lesson = replace(
+                lesson, trained_rows=placement.rows, trained_inputs=trained, fresh=placement.fresh
+            )
         self._fold(placed if step.applied else scored, placement.fresh if step.applied else None)
         return WindowResult(
             **common,
@@ -195,7 +217,13 @@ class Learner:
         if fresh:
             realtime.reset(fresh)
         for field, rows in realtime.fold(prepared).items():
-            self.trainer.mark_touched(field, rows)
+            self._mark(field, rows)
+
+    def _mark(self, field: int, rows: np.ndarray) -> None:
+        """Count rows of a field as changed for the next delta (the student's too: `Lesson.changed`)."""
+        self.trainer.mark_touched(field, rows)
+        if self.lesson is not None:
+            self.lesson.changed.append((field, rows))
 
     def _holdout(
         self, rows: np.ndarray, held: EventBatch, inputs: np.ndarray | None, cut: int

@@ -65,6 +65,18 @@ class Metrics:
             f"{P}validation_loss", "Prequential log loss of the last window (before training).", registry=r
         )
         self.validation_auc = Gauge(f"{P}validation_auc", "Prequential AUC of the last window.", registry=r)
+        self.student_validation_loss = Gauge(
+            f"{P}student_validation_loss",
+            "Prequential log loss of the last window by the student model ([distill]), before training.",
+            ["student"],
+            registry=r,
+        )
+        self.student_validation_auc = Gauge(
+            f"{P}student_validation_auc",
+            "Prequential AUC of the last window by the student.",
+            ["student"],
+            registry=r,
+        )
         self.learning_rate = Gauge(f"{P}learning_rate", "Current learning rate.", registry=r)
         self.drift_detected = Counter(f"{P}drift_detected", "Drift detections on the loss.", registry=r)
         self.drift_rows_reset = Counter(

@@ -35,6 +35,7 @@ from stream_learner.learning.trainer import resolve_device
 from stream_learner.metrics import CollectorRegistry, Metrics, MetricsServer
 from stream_learner.runtime.catchup import CatchUp
 from stream_learner.runtime.commits import Commits
+from stream_learner.runtime.distill import start_student
 from stream_learner.runtime.intake import Intake, holds_input
 from stream_learner.runtime.report import Reporter, Summary, start_metrics_at_zero
 from stream_learner.runtime.rollback import Rollbacks
@@ -196,7 +197,10 @@ class App:
             dict(restored.layout),
             delta_first=s.snapshot.full_every > 1,  # a full snapshot is also sent as a delta before it
         )
+        student = start_student(s, learner, restored.meta, self.metrics, signer, verifier, self._refused)
         worker = Worker(learner, copier)
+        if student is not None:
+            worker.student, worker.student_copier = student.student, student.copier
         worker.start()
         stack.callback(lambda: worker.close(self._remaining()))
         reporter = Reporter(
@@ -216,6 +220,7 @@ class App:
             window_end_ms=restored.meta.window_end_ms if restored.meta else None,
             newest_event_ms=restored.meta.newest_event_ms if restored.meta else 0,
             restored=restored.meta,
+            companion=student.companion if student else None,
         )
         intake = Intake(
             settings=s,

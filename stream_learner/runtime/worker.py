@@ -3,7 +3,8 @@
 Windows go in through a queue, results come out through another, in order. torch releases the GIL
 while it computes, so polling keeps the consumer alive during long steps. When a result is marked
 for a snapshot, the worker copies the model state right after that window, before the next one
-(`stream_learner.snapshots.state.StateCopier`: whole or as a delta).
+(`stream_learner.snapshots.state.StateCopier`: whole or as a delta). A student beside the model
+(``[distill]``) learns each window right after the model, and its state is copied with the model's.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner, WindowResult
+from stream_learner.learning.student import Student
 from stream_learner.snapshots.publisher import Rollback
 from stream_learner.snapshots.state import StateCopier, StateCopy
 
@@ -48,6 +50,8 @@ class _Job:
 class Worker:
     learner: Learner
     copier: StateCopier
+    student: Student | None = None  # trained on the learner's outputs, after it
+    student_copier: StateCopier | None = None
     _inbox: queue.Queue[_Job | None] = field(default_factory=queue.Queue)
     _outbox: queue.Queue[Output] = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
@@ -136,7 +140,10 @@ class Worker:
                 rollback = job.restore() if job.restore is not None else None
                 self.learner.trainer.batch_multiplier = job.batch_multiplier
                 result = self.learner.process(job.window) if job.window is not None else None
-                state = self.copier.copy() if job.snapshot else None
+                if self.student is not None and result is not None:
+                    self.student.trainer.batch_multiplier = job.batch_multiplier
+                    self.student.learn(result)
+                state = self._copy() if job.snapshot else None
                 out = Output(
                     job.window, result, state, rollback=rollback, batch_multiplier=job.batch_multiplier
                 )
@@ -144,6 +151,13 @@ class Worker:
             except BaseException as exc:  # surfaced to the polling loop, which stops the job
                 self._outbox.put(Output(job.window, None, error=exc))
                 return
+
+    def _copy(self) -> StateCopy:
+        """The learner's state, with the student's beside it."""
+        state = self.copier.copy()
+        if self.student_copier is None:
+            return state
+        return replace(state, companion=self.student_copier.copy())
 
 
 T = TypeVar("T")

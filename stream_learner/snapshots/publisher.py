@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from stream_learner.config import Settings
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import WindowResult
+from stream_learner.snapshots.companion import Companion, Pending
 from stream_learner.snapshots.format import (
     PartitionRange,
     Payload,
@@ -48,7 +49,7 @@ class SnapshotSink(Protocol):
 
     def publish(
         self,
-        chunks: Callable[[], Iterable[bytes]],
+        chunks: Callable[[], Iterable[bytes | tuple[bytes, bytes]]],
         key: bytes,
         offsets: dict[int, int],
         group_metadata: object,
@@ -87,6 +88,7 @@ class Publisher:
     control_next: int | None = None  # the next control request to read (`runtime.rollback`)
     control_published: int | None = field(init=False, default=None)  # in the last snapshot
     restored: InitVar[SnapshotMeta | None] = None  # the snapshot the model was restored from
+    companion: Companion | None = None  # a student's snapshots, in the same transactions
     gate: Gate = field(init=False)
     lineage: Lineage = field(init=False)
 
@@ -168,30 +170,36 @@ class Publisher:
         full_state = {"learner": state.learner_state, **resume_state, **extra, "gate": gate}
         full_state["lineage"] = self.lineage.take(self.version + 1)
         meta = self._meta(state.kind, frontier, full_state, evidence)
+        companion, student_state = self.companion, state.companion
+        student = companion.prepare(student_state, meta) if companion and student_state else None
         self.version = meta.version
         self.committed_next = dict(frontier)
         self.window_start_ms = None
         encoded: dict[str, Any] = {}
         max_bytes = self.settings.snapshot.max_message_bytes
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Iterator[bytes | tuple[bytes, bytes]]:
             encoded["started"] = time.perf_counter()
             encoded["payload"] = payload = encode_payload(state.tensors)
             encoded["chunks"] = 0
             for message in encode(meta, payload, max_bytes, self.sign):
                 encoded["chunks"] += 1
                 yield message
+            if student is not None:
+                yield from student.messages()
 
         self.sink.publish(
             chunks,
             self.settings.model.name.encode(),
             frontier,
             group_metadata,
-            committed=lambda: self._committed(meta, encoded),
+            committed=lambda: self._committed(meta, encoded, student),
         )
 
-    def _committed(self, meta: SnapshotMeta, encoded: dict[str, Any]) -> None:
+    def _committed(self, meta: SnapshotMeta, encoded: dict[str, Any], student: Pending | None = None) -> None:
         """On the sink's thread, right after the commit."""
+        if student is not None:
+            student.committed()
         payload: Payload = encoded["payload"]
         self.on_committed(meta, payload.size)
         if meta.kind == "FULL" and 3 * payload.size > self.settings.snapshot.retention_bytes:

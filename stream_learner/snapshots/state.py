@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from stream_learner.learning.learner import Learner
-from stream_learner.scoring.spec import FieldSpec, table_name
+from stream_learner.learning.trainer import Trainer
+from stream_learner.scoring.spec import FieldSpec, ModelSpec, table_name
 from stream_learner.snapshots.delta import ROWS, SLICE
 from stream_learner.snapshots.format import SnapshotKind
 
@@ -37,11 +37,23 @@ class StateCopy:
     learner_state: dict[str, Any]
     kind: SnapshotKind = "FULL"
     full: dict[str, np.ndarray] | None = None  # with a delta: the whole state, published after it
+    companion: StateCopy | None = None  # a student's state after the same window (`snapshots.companion`)
+
+
+class Copied(Protocol):
+    """What a copy is taken of: a `Learner`, or a student beside one (`learning.student.Student`)."""
+
+    spec: ModelSpec
+    trainer: Trainer
+
+    def tensors(self, copy: bool = True) -> dict[str, torch.Tensor]: ...
+
+    def state(self) -> dict[str, Any]: ...
 
 
 @dataclass
 class StateCopier:
-    learner: Learner
+    learner: Copied
     full_every: int = 1
     #: Deltas since the last full copy; None when the next copy must be full.
     since_full: int | None = None

@@ -27,6 +27,10 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("warm_start.pretrained", "not supported by a distributed job (restore a snapshot)")
     if settings.catchup.enabled:
         raise ConfigError("catchup.enabled", "not supported by a distributed job (ranks train in lockstep)")
+    if settings.distill.enabled:
+        raise ConfigError(
+            "distill.enabled", "not supported by a distributed job (a student trains in one process)"
+        )
 
 
 def check_partitions(settings: Settings, partitions: int, ranks: int, setting: str) -> None:
