@@ -8,9 +8,10 @@ app on a pool of ``workers`` threads, so the server never uses more than ``1 + w
 (``workers`` 0: on the loop's own thread, which saves two thread hand-overs per request when the app
 is quick and holds the GIL anyway).
 
-- A request must arrive complete, headers at most `MAX_HEADER_BYTES`, within ``timeout`` seconds
-  of the connection (or of the previous response on a kept-alive connection); a response not taken
-  within ``timeout`` ends the connection too.
+- A request must arrive complete (head and body), headers at most `MAX_HEADER_BYTES`, within
+  ``timeout`` seconds of the connection (or of the previous response on a kept-alive connection); a
+  response not taken within ``timeout`` ends the connection too. One timer per request: the answer
+  is written to the socket at once, and only one the client is slow to take waits on a second.
 - At most ``max_connections`` are open. A new one beyond that closes the connection that has waited
   longest for a request, so idle or stalled clients cannot lock out a scraper or a probe; only when
   none is waiting is the newcomer answered 503.
@@ -130,43 +131,54 @@ class BoundedHTTPServer:
         """Read one request and answer it; True to keep the connection for another."""
         self._waiting[writer] = None
         try:
-            async with asyncio.timeout(self._timeout):  # no task per call, unlike wait_for
-                head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            head = b""
+            async with asyncio.timeout(self._timeout):  # the whole request; no task, unlike wait_for
+                request, refusal = await self._request(reader, writer)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             return False
         finally:
             self._waiting.pop(writer, None)
-        request = _parse(head, self.address)
-        refusal = None if request is None else self._body_refusal(request[2])
-        if request is None or refusal is not None:
-            status = "400 Bad Request" if refusal is None else refusal
+        if request is None:
+            status = refusal or "400 Bad Request"
             writer.write(_response(status, [], status.split(" ", 1)[1].lower().encode() + b"\n", keep=False))
             keep = False
         else:
-            environ, keep, length = request
-            if length and self._max_body:
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        body = await reader.readexactly(length)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                    return False
-                environ["wsgi.input"] = io.BytesIO(body)
-            else:
-                keep = keep and not length  # a body left unread ends the connection
+            environ, keep = request
             assert self._loop is not None
             if self._pool is None:  # answered on the loop's thread: no hand-over, one request at a time
                 status, headers, answer = self._call(environ)
             else:
                 status, headers, answer = await self._loop.run_in_executor(self._pool, self._call, environ)
             writer.write(_response(status, headers, answer, keep, head=environ["REQUEST_METHOD"] == "HEAD"))
-        try:
-            async with asyncio.timeout(self._timeout):
-                await writer.drain()
-        except (TimeoutError, ConnectionError):
-            return False
+        if writer.transport.get_write_buffer_size():  # only an answer the client is slow to take waits
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await writer.drain()
+            except (TimeoutError, ConnectionError):
+                return False
         return keep
+
+    async def _request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[tuple[dict[str, Any], bool] | None, str | None]:
+        """The next request's environ (its body in ``wsgi.input``) and whether the client would keep
+        the connection; or None and the status that refuses it (None: a bad request)."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            head = b""
+        self._waiting.pop(writer, None)  # no longer idle: `_make_room` leaves it be
+        request = _parse(head, self.address)
+        if request is None:
+            return None, None
+        environ, keep, length = request
+        refusal = self._body_refusal(length)
+        if refusal is not None:
+            return None, refusal
+        if length and self._max_body:
+            environ["wsgi.input"] = io.BytesIO(await reader.readexactly(length))
+        else:
+            keep = keep and not length  # a body left unread ends the connection
+        return (environ, keep), None
 
     def _body_refusal(self, length: int) -> str | None:
         """The status that refuses a body of ``length`` bytes (-1: no length given), or None."""
