@@ -526,10 +526,28 @@ class ServingSettings(_Section):
         description="Topic through which rollback requests reach the active learner (one partition, "
         "created when missing); default: <snapshot.topic>.control.",
     )
+    publish_form: bool = Field(
+        False,
+        description="Also publish a serving form of every version (no optimiser state, only the rows "
+        "that hold information, weights at serving.precision) to serving.form_topic, in the same "
+        "transaction as the training snapshot (docs/decisions/serving-snapshots.md).",
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "int8",
+        description="Weights of the serving form: float32, float16, or int8 with a float32 scale per "
+        "row (tables one wide in float16).",
+    )
+    form_topic: str | None = Field(
+        None, description="Topic of the serving form (one partition); default: <snapshot.topic>.serving."
+    )
 
     @property
     def gated(self) -> bool:
         return self.max_auc_drop is not None or self.max_loss_rise is not None
+
+    def form_topic_for(self, snapshot_topic: str) -> str:
+        """The serving form's topic beside snapshot topic ``snapshot_topic``."""
+        return self.form_topic or f"{snapshot_topic}.serving"
 
 
 class CatchupSettings(_Section):
@@ -715,6 +733,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "features.feedback_delay_seconds must be shorter than model.expire_after_seconds: a "
                 "row is given to a new id only when no label of its old id can be pending"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _serving_form_apart(self) -> Settings:
+        topic = self.serving.form_topic_for(self.snapshot.topic)
+        if topic in (self.snapshot.topic, self.serving.control_topic):
+            raise ValueError(
+                "serving.form_topic must differ from snapshot.topic and serving.control_topic: the "
+                "serving form has no optimiser state and cannot restore a learner"
             )
         return self
 

@@ -69,6 +69,13 @@ class Job(Protocol):
     def leaving_since(self) -> float | None: ...
 
 
+def form_topic(settings: Settings, args: argparse.Namespace) -> str:
+    """The topic of the form ``--form`` names: the training snapshots, or the serving form."""
+    if getattr(args, "form", "training") == "serving":
+        return settings.serving.form_topic_for(settings.snapshot.topic)
+    return settings.snapshot.topic
+
+
 def install_signal_handlers(app: Job) -> None:
     def handle(signum: int, _frame: object) -> None:
         log.info(

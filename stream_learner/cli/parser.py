@@ -154,9 +154,11 @@ def build() -> argparse.ArgumentParser:
     listing = command(ssub, "list", "the newest snapshots, oldest first, verified")
     _model_flags(listing)
     listing.add_argument("--last", type=int, default=20, help="how many snapshots (newest)")
+    _form_flag(listing)
     inspect = command(ssub, "inspect", "one snapshot's envelope, learner state and tensors, as JSON")
     _model_flags(inspect)
     inspect.add_argument("--version", type=int, help="the version to show (default: the newest)")
+    _form_flag(inspect)
     out = command(ssub, "export", "a version as an ONNX model, for onnxruntime in other languages")
     _model_flags(out)
     out.add_argument("--format", choices=["onnx"], default="onnx", help="what to write")
@@ -171,6 +173,7 @@ def build() -> argparse.ArgumentParser:
     rec.add_argument(
         "--candidates", help="comma-separated item ids (default: the recently active items in the snapshot)"
     )
+    _form_flag(rec)
 
     srv = command(sub, "serve", "an HTTP/JSON scoring service that follows the model's snapshots and input")
     _model_flags(srv)
@@ -192,6 +195,7 @@ def build() -> argparse.ArgumentParser:
         action="store_true",
         help="score with the real-time features of each snapshot instead of keeping them current",
     )
+    _form_flag(srv)
 
     back = command(sub, "rollback", "make the active learner return to an older version's model")
     _model_flags(back)
@@ -234,6 +238,15 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     )
     _kafka_flags(parser, "snapshot")
     parser.add_argument("--model", help="model name (default: model.name from the settings)")
+
+
+def _form_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--form",
+        choices=["training", "serving"],
+        default="training",
+        help="read the training snapshots (snapshot.topic) or the serving form (serving.form_topic)",
+    )
 
 
 def _kafka_flags(parser: argparse.ArgumentParser, topic: str) -> None:

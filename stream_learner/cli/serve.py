@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from stream_learner.cli.common import form_topic
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
 from stream_learner.metrics import REGISTRY
@@ -34,7 +35,7 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     """Serve until a signal; exit 0 then, 2 when the port cannot be had."""
-    name, topic = settings.model.name, settings.snapshot.topic
+    name, topic = settings.model.name, form_topic(settings, args)
     subscriber = ModelSubscriber(
         settings.kafka,
         topic,

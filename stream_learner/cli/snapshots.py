@@ -1,5 +1,7 @@
 """``stream-learner snapshots list|inspect|export`` and ``stream-learner recommend``: the committed
-snapshots of a model, and what the newest one recommends."""
+snapshots of a model, and what the newest one recommends. ``--form serving`` reads the serving form
+(``serving.form_topic``) instead of the training snapshots; ``inspect`` of a training snapshot also
+summarises the serving form of the same version when there is one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from stream_learner.cli.common import EXIT_NOT_FOUND
+from stream_learner.cli.common import EXIT_NOT_FOUND, form_topic
 from stream_learner.cli.export import export_command
 from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
@@ -20,13 +22,15 @@ from stream_learner.snapshots import signing
 from stream_learner.snapshots.format import Snapshot, describe_payload
 from stream_learner.snapshots.gate import verdict_of
 from stream_learner.snapshots.log import Entry, SnapshotLog
+from stream_learner.snapshots.serving_form import GONE
 
 
-def _snapshot_log(settings: Settings, args: argparse.Namespace) -> SnapshotLog:
+def _snapshot_log(settings: Settings, args: argparse.Namespace, topic: str | None = None) -> SnapshotLog:
     name = args.model or settings.model.name
     verify = signing.verifier(settings.snapshot)
     timeout = settings.kafka.startup_timeout_seconds
-    return SnapshotLog(settings.kafka, settings.snapshot.topic, name, timeout=timeout, verify=verify)
+    topic = topic or form_topic(settings, args)
+    return SnapshotLog(settings.kafka, topic, name, timeout=timeout, verify=verify)
 
 
 def snapshots(settings: Settings, args: argparse.Namespace) -> int:
@@ -38,14 +42,17 @@ def snapshots(settings: Settings, args: argparse.Namespace) -> int:
             for entry in reversed(entries):
                 print(_entry_line(entry))
             if not entries:
-                where = f"{settings.snapshot.topic} at {settings.kafka.bootstrap_servers}"
+                where = f"{form_topic(settings, args)} at {settings.kafka.bootstrap_servers}"
                 print(f"no snapshots of {snapshots.key.decode()} on {where}")
             return 0
         for entry in snapshots.newest_first():
             snap = entry.snapshot
             if snap is not None and args.version in (None, snap.meta.version):
                 try:
-                    print(json.dumps(_inspect(snap), indent=2))
+                    shown = _inspect(snap)
+                    if snap.meta.form == "training":
+                        shown["serving_form"] = _serving_form_of(settings, args, snap.meta.version)
+                    print(json.dumps(shown, indent=2))
                 except (SnapshotError, ValueError) as err:
                     print(f"stream-learner: v{snap.meta.version} cannot be shown: {err}", file=sys.stderr)
                     return EXIT_NOT_FOUND
@@ -66,6 +73,31 @@ def _entry_line(entry: Entry) -> str:
         f"{len(entry.snapshot.payload):>11} B  windows [{m.window_start_ms}, {m.window_end_ms})  "
         f"offsets {ranges}{'  HELD' if verdict_of(m)[0] == 'held' else ''}"
     )
+
+
+def _serving_form_of(settings: Settings, args: argparse.Namespace, version: int) -> dict[str, Any] | None:
+    """A summary of the serving form of ``version`` (None when its topic holds none)."""
+    topic = settings.serving.form_topic_for(settings.snapshot.topic)
+    with _snapshot_log(settings, args, topic) as serving:
+        for entry in serving.newest_first():
+            snap = entry.snapshot
+            if snap is not None and snap.meta.version <= version:
+                return _summary(snap, topic) if snap.meta.version == version else None
+    return None
+
+
+def _summary(snap: Snapshot, topic: str) -> dict[str, Any]:
+    """The serving form in brief: its kind, bytes, rows present (or changed) per field, weights' dtypes."""
+    tensors = describe_payload(snap.payload)
+    present = {n: shape[0] for n, (_, shape) in tensors.items() if n.count("/") == 1}
+    return {
+        "topic": topic,
+        "kind": snap.meta.kind,
+        "payload_bytes": len(snap.payload),
+        "rows": {n.removeprefix("rows/"): k for n, k in present.items() if n.startswith("rows/")},
+        "gone": {n.removeprefix(GONE): k for n, k in present.items() if n.startswith(GONE)},
+        "weights": sorted({dtype for n, (dtype, _) in tensors.items() if "/model." in n}),
+    }
 
 
 def _inspect(snap: Snapshot) -> dict[str, Any]:
@@ -91,7 +123,7 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
     name = args.model or settings.model.name
     with ModelSubscriber(
         settings.kafka,
-        settings.snapshot.topic,
+        form_topic(settings, args),
         name,
         verify_key=signing.verify_key(settings.snapshot),
         require_signature=settings.snapshot.require_signature,

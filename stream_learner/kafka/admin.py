@@ -74,6 +74,9 @@ def ensure_topics(settings: Settings, input_partitions: int | None = None) -> li
         NewTopic(settings.snapshot.topic, 1, config=snapshot_topic_config(settings)),
         NewTopic(settings.dead_letter.topic, 1),
     ]
+    if settings.serving.publish_form:  # the serving form: a snapshot topic of its own
+        topic = settings.serving.form_topic_for(settings.snapshot.topic)
+        wanted.append(NewTopic(topic, 1, config=snapshot_topic_config(settings)))
     if input_partitions:
         wanted.append(NewTopic(settings.input.topic, input_partitions))
     try:

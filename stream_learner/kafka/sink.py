@@ -41,8 +41,9 @@ from stream_learner.kafka.clients import client_config
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_SNAPSHOTS = 2
-#: A snapshot message: keyed by the model published, or a (key, message) pair of another model.
-Message = bytes | tuple[bytes, bytes]
+#: A snapshot message: keyed by the model published, or a (key, message) pair of another model, or a
+#: (topic, key, message) triple for another topic (the serving form's).
+Message = bytes | tuple[bytes, bytes] | tuple[str, bytes, bytes]
 #: Bound on the producer's local queue (librdkafka copies each message until it is acknowledged).
 MIN_QUEUE_KBYTES = 256 << 10
 
@@ -276,8 +277,8 @@ class Sink:
         try:
             self._begin()
             for chunk in chunks():
-                own, value = chunk if isinstance(chunk, tuple) else (key, chunk)
-                self._produce(self.snapshot_topic, value, own)
+                topic, own, value = _addressed(chunk, self.snapshot_topic, key)
+                self._produce(topic, value, own)
             if self.exactly_once:
                 tps = [TopicPartition(self.input_topic, p, o) for p, o in offsets.items()]
                 self._transactional(
@@ -324,6 +325,15 @@ class Sink:
             self._in_transaction = False
         except KafkaException as exc:
             log.warning("could not abort the transaction: %s", exc)
+
+
+def _addressed(message: Message, topic: str, key: bytes) -> tuple[str, bytes, bytes]:
+    """(topic, key, value) of a snapshot message, with the defaults it leaves out."""
+    if isinstance(message, bytes):
+        return topic, key, message
+    if len(message) == 2:
+        return topic, *message
+    return message
 
 
 def _failure(exc: KafkaException, what: str) -> Exception:

@@ -7,6 +7,9 @@ window range and newest event time trained since the last snapshot, the quality 
 (`stream_learner.snapshots.lineage`: what replay needs). Versions and ranges are assigned
 on the polling thread, in order; encoding and the commit happen on the sink's thread, and
 ``on_committed`` (metrics) and the local checkpoint, when configured, follow the commit there.
+With ``serving.publish_form`` every version also goes out in its serving form
+(`stream_learner.snapshots.serving_form`), converted on the sink's thread, to
+``serving.form_topic`` in the same transaction: the same version, kind, offsets and metadata.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any, Protocol
 
 from stream_learner.config import Settings
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import WindowResult
+from stream_learner.scoring.spec import ModelSpec
+from stream_learner.snapshots import serving_form
 from stream_learner.snapshots.companion import Companion, Pending
 from stream_learner.snapshots.format import (
     PartitionRange,
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Called after a commit with the snapshot's metadata and its messages (for a local checkpoint).
 Checkpoint = Callable[[SnapshotMeta, Iterable[bytes]], None]
+#: A message of a snapshot (`stream_learner.kafka.sink.Message`): keyed by the model, a (key, message)
+#: pair of another model, or (topic, key, message) for another topic.
+Message = bytes | tuple[bytes, bytes] | tuple[str, bytes, bytes]
 #: Called after a commit with the snapshot's metadata and its payload size in bytes.
 Committed = Callable[[SnapshotMeta, int], None]
 
@@ -49,7 +57,7 @@ class SnapshotSink(Protocol):
 
     def publish(
         self,
-        chunks: Callable[[], Iterable[bytes | tuple[bytes, bytes]]],
+        chunks: Callable[[], Iterable[Message]],
         key: bytes,
         offsets: dict[int, int],
         group_metadata: object,
@@ -178,7 +186,7 @@ class Publisher:
         encoded: dict[str, Any] = {}
         max_bytes = self.settings.snapshot.max_message_bytes
 
-        def chunks() -> Iterator[bytes | tuple[bytes, bytes]]:
+        def chunks() -> Iterator[Message]:
             encoded["started"] = time.perf_counter()
             encoded["payload"] = payload = encode_payload(state.tensors)
             encoded["chunks"] = 0
@@ -187,6 +195,8 @@ class Publisher:
                 yield message
             if student is not None:
                 yield from student.messages()
+            if self.settings.serving.publish_form:
+                yield from self._serving_form(meta, state.tensors, encoded)
 
         self.sink.publish(
             chunks,
@@ -195,6 +205,19 @@ class Publisher:
             group_metadata,
             committed=lambda: self._committed(meta, encoded, student),
         )
+
+    def _serving_form(
+        self, meta: SnapshotMeta, tensors: dict[str, Any], encoded: dict[str, Any]
+    ) -> Iterator[tuple[str, bytes, bytes]]:
+        """The serving form's messages of the version ``meta`` describes (on the sink's thread)."""
+        s = self.settings
+        spec = ModelSpec.from_json(self.spec_json)
+        payload = encode_payload(serving_form.convert(tensors, spec, s.serving.precision))
+        encoded["serving_form"] = payload.size
+        topic, key = s.serving.form_topic_for(s.snapshot.topic), s.model.name.encode()
+        form = replace(meta, form="serving")
+        for message in encode(form, payload, s.snapshot.max_message_bytes, self.sign):
+            yield topic, key, message
 
     def _committed(self, meta: SnapshotMeta, encoded: dict[str, Any], student: Pending | None = None) -> None:
         """On the sink's thread, right after the commit."""
@@ -209,11 +232,12 @@ class Publisher:
                 self.settings.snapshot.retention_bytes,
             )
         log.info(
-            "snapshot v%d (%s) committed: %d bytes in %d chunks, %.3f s",
+            "snapshot v%d (%s) committed: %d bytes in %d chunks%s, %.3f s",
             meta.version,
             meta.kind.lower(),
             payload.size,
             encoded["chunks"],
+            f", its serving form {encoded['serving_form']} bytes" if "serving_form" in encoded else "",
             time.perf_counter() - encoded["started"],
         )
         if self.checkpoint is not None:

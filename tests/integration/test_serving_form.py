@@ -1,0 +1,102 @@
+"""The serving form through the real broker: a learner with ``serving.publish_form`` publishes every
+version twice, in the same transactions (the same versions, kinds and offsets on both topics), signed;
+a subscriber with the public key follows the serving form and scores as one following the training
+snapshots does; and a learner told to restore from the serving form's topic refuses it ("form") and
+starts afresh."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from stream_learner.config import Settings
+from stream_learner.ingest.windowing import make_windower
+from stream_learner.learning.learner import Learner
+from stream_learner.serving import ModelSubscriber
+from stream_learner.snapshots import signing
+from stream_learner.snapshots.recovery import restore
+from stream_learner.tools.produce import produce_synthetic
+from stream_learner.tools.synthetic import SyntheticConfig
+from tests.support import AppThread, learner_settings, read_snapshots
+
+EVENTS = 4_000
+ITEMS = [f"i{k}" for k in range(50)]
+
+
+def _settings(bootstrap: str, topic: str, private: str, public: str) -> Settings:
+    return learner_settings(
+        bootstrap,
+        topic,
+        model={"kind": "fm", "embedding_dim": 8},
+        snapshot={"every_windows": 1, "full_every": 3, "signing_key": private, "verify_key": public},
+        serving={"publish_form": True, "precision": "int8"},
+    )
+
+
+def _subscriber(settings: Settings, topic: str, public: str) -> ModelSubscriber:
+    return ModelSubscriber(
+        settings.kafka,
+        topic,
+        settings.model.name,
+        registry=CollectorRegistry(),
+        verify_key=public,
+        require_signature=True,
+        follow_input=False,
+    )
+
+
+def test_the_serving_form_is_published_with_each_version_and_served(kafka_bootstrap: str, new_topic) -> None:
+    private, public = signing.generate()
+    topic = new_topic("events", partitions=2)
+    settings = _settings(kafka_bootstrap, topic, private, public)
+    produce_synthetic(settings.kafka, topic, EVENTS, rate=1000, backfill=True, config=SyntheticConfig(seed=4))
+    with AppThread(settings, exit_when_idle=True) as run:
+        run.join(120)
+    form_topic = settings.serving.form_topic_for(settings.snapshot.topic)
+    training = read_snapshots(kafka_bootstrap, settings.snapshot.topic)
+    serving = read_snapshots(kafka_bootstrap, form_topic)
+    assert len(training) >= 4
+    assert [s.meta.form for s in serving] == ["serving"] * len(training)
+    for a, b in zip(training, serving, strict=True):
+        assert (a.meta.version, a.meta.kind, a.meta.offsets, a.meta.state) == (
+            b.meta.version, b.meta.kind, b.meta.offsets, b.meta.state,
+        )  # fmt: skip
+    assert {s.meta.kind for s in serving} == {"FULL", "DELTA"}
+    full = [(a, b) for a, b in zip(training, serving, strict=True) if a.meta.kind == "FULL"][-1]
+    assert 3 * len(full[1].payload) < len(full[0].payload)  # no optimiser state, int8, rows present
+
+    with (
+        _subscriber(settings, form_topic, public) as small,
+        _subscriber(settings, settings.snapshot.topic, public) as whole,
+    ):
+        assert small.refresh() == whole.refresh() == training[-1].meta.version
+        at = training[-1].meta.newest_event_ms
+        for user in ("u1", "u42", "someone-new"):
+            np.testing.assert_allclose(
+                small.score(user, ITEMS, at_ms=at), whole.score(user, ITEMS, at_ms=at), atol=0.02
+            )
+
+
+def test_a_learner_refuses_to_restore_from_the_serving_form(kafka_bootstrap: str, new_topic) -> None:
+    private, public = signing.generate()
+    topic = new_topic("events", partitions=1)
+    settings = _settings(kafka_bootstrap, topic, private, public)
+    produce_synthetic(settings.kafka, topic, 1_500, rate=1000, backfill=True, config=SyntheticConfig(seed=5))
+    with AppThread(settings, exit_when_idle=True) as run:
+        run.join(120)
+    misread = settings.model_copy(
+        update={
+            "snapshot": settings.snapshot.model_copy(
+                update={"topic": settings.serving.form_topic_for(settings.snapshot.topic)}
+            )
+        }
+    )
+    refused: list[str] = []
+    restored = restore(
+        misread,
+        lambda: (Learner(misread), make_windower(misread)),
+        verifier=signing.verifier(misread.snapshot),
+        on_refused=lambda err: refused.append(f"{err.reason}: {err.detail}"),
+    )
+    assert restored.meta is None and restored.resume == {}
+    assert refused and all(r.startswith("form: ") and "cannot restore a learner" in r for r in refused)
