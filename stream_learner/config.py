@@ -290,8 +290,22 @@ class ModelSettings(_Section):
         "hash", description="How user and item ids map to rows: hashing, or a collisionless dynamic table."
     )
     admit_after: int = Field(1, gt=0, description="Dynamic table: sightings before an id gets its own row.")
-    expire_after_seconds: float = Field(
-        7 * 86400.0, gt=0, description="Dynamic table: rows unseen for this long (event time) are reused."
+    expire_after_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Dynamic table: rows unseen for this long (event time) are freed even when the room "
+        "is not needed (off by default: a full table prunes, see prune_by).",
+    )
+    prune_by: Literal["least_recent", "least_seen", "smallest_norm"] = Field(
+        "least_recent",
+        description="Dynamic table: when new ids find it full, the rows it reclaims first: of ids seen "
+        "least recently, seen least often (needs count_features), or of the smallest weights' norm.",
+    )
+    prune_fraction: float = Field(
+        1 / 64,
+        gt=0,
+        le=0.5,
+        description="Dynamic table: share of its rows it reclaims, at least, each time new ids find it full.",
     )
     count_features: bool = Field(
         True,
@@ -308,6 +322,12 @@ class ModelSettings(_Section):
                 )
             if rows <= 0:
                 raise ValueError(f"model.context_field_buckets.{name} must be positive")
+        return self
+
+    @model_validator(mode="after")
+    def _prune_by_counts(self) -> ModelSettings:
+        if self.prune_by == "least_seen" and not self.count_features:
+            raise ValueError("model.prune_by = least_seen needs model.count_features (its events counts)")
         return self
 
     def context_rows(self, name: str) -> int:
@@ -729,7 +749,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _delay_within_expiry(self) -> Settings:
         m = self.model
-        if m.table == "dynamic" and self.features.feedback_delay_seconds >= m.expire_after_seconds:
+        expiry = m.expire_after_seconds
+        if m.table == "dynamic" and expiry is not None and self.features.feedback_delay_seconds >= expiry:
             raise ValueError(
                 "features.feedback_delay_seconds must be shorter than model.expire_after_seconds: a "
                 "row is given to a new id only when no label of its old id can be pending"

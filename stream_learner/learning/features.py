@@ -6,9 +6,13 @@ two ways:
 - `HashedField` (default): ``key mod rows``. Stateless; collisions are accepted.
 - `DynamicField`: collisionless, in the manner of Monolith. Every id gets a slot of its own; it is
   *admitted* (uses its slot's row) once it has been seen ``admit_after`` times, and until then shares
-  row 0, the out-of-vocabulary row. Slots not seen for ``expire_after_ms`` of event time expire and are
-  given to new ids; a slot given to a new id must have its weights and optimiser state reset (the
-  learner passes `Placement.fresh` to the trainer). When every slot is taken, new ids use row 0.
+  row 0, the out-of-vocabulary row. Its slots are its memory ceiling: when a window brings more new
+  ids than there are free slots, the table reclaims the slots worth least (`pruning.Pruning`: by
+  default those whose ids were seen least recently) and gives them to the new ids. Optionally, slots
+  not seen for ``expire_after_ms`` of event time expire whether or not the room is needed. A slot
+  freed or given to a new id must have its weights, optimiser state and real-time sums reset (the
+  learner passes `Placement.fresh` to the trainer and the real-time features), so a freed slot holds
+  nothing of its old id. When every slot is taken and none may be reclaimed, new ids use row 0.
 
 Training changes a dynamic table in two steps, so that a window the guard refuses changes nothing:
 `place` plans the rows of a window without changing anything, `commit` applies the plan once the
@@ -24,6 +28,7 @@ slot) and ``pending`` (int32, sightings still needed before admission; 0 = admit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -32,6 +37,7 @@ import numpy as np
 
 from stream_learner.config import FeatureSettings, ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, EventBatch, hash_id
+from stream_learner.learning.pruning import Pruning, RowWorth, WorthOf
 from stream_learner.learning.realtime import Formula, RealtimeFeatures, Stream
 from stream_learner.scoring.spec import FieldSpec, ModelSpec
 
@@ -42,13 +48,15 @@ STATE_ARRAYS = ("keys", "last_seen_ms", "pending")
 
 @dataclass
 class TableStats:
-    """Counts of a dynamic table: slots in use now; ids admitted, expired and unplaced so far (on a
-    field), or in one window (in `WindowResult.tables`, which the metrics add to their counters)."""
+    """Counts of a dynamic table: slots in use now; ids admitted, expired, pruned and unplaced so
+    far (on a field), or in one window (in `WindowResult.tables`, which the metrics add to their
+    counters)."""
 
     in_use: int = 0
     admitted: int = 0
     expired: int = 0
     unplaced: int = 0  # new ids that found every slot taken
+    pruned: int = 0  # slots reclaimed because the table was full
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,14 @@ class Plan:
     new_slots: np.ndarray  # slots given to new ids (their rows must be reset)
     new_keys: np.ndarray
     expired: np.ndarray  # slots freed because unseen for too long
+    pruned: np.ndarray  # slots reclaimed because the table was full (`pruning.Pruning`)
     admitted: int
     unplaced: int
+
+    @property
+    def freed(self) -> np.ndarray:
+        """Every slot the plan takes from its id (expired or pruned)."""
+        return np.concatenate((self.expired, self.pruned))
 
 
 class HashedField:
@@ -83,12 +97,20 @@ class DynamicField:
 
     table: Final = "dynamic"
 
-    def __init__(self, name: str, rows: int, admit_after: int = 1, expire_after_ms: int = 1 << 62) -> None:
+    def __init__(
+        self,
+        name: str,
+        rows: int,
+        admit_after: int = 1,
+        expire_after_ms: int | None = None,
+        pruning: Pruning | None = None,
+    ) -> None:
         if rows < 2:
             raise ValueError(f"a dynamic table needs at least 2 rows; {name} has {rows}")
         self.name, self.rows = name, rows
         self.admit_after = admit_after
         self.expire_after_ms = expire_after_ms
+        self.pruning = pruning or Pruning()
         self.keys = np.zeros(rows, np.int64)
         self.last_seen_ms = np.full(rows, FREE, np.int64)
         self.pending = np.zeros(rows, np.int32)
@@ -110,25 +132,34 @@ class DynamicField:
         admitted[admitted] = self.pending[slots[admitted]] == 0
         return np.where(admitted, slots, OOV_ROW)
 
-    def place(self, keys: np.ndarray, times_ms: np.ndarray) -> Plan:
+    def place(self, keys: np.ndarray, times_ms: np.ndarray, worth: RowWorth | None = None) -> Plan:
         """Plan the rows of a window's events without changing the table. Slots unseen for longer
-        than the expiry (by the window's newest event time) are freed first, lowest free slots are
-        given to new ids in key order, and an id seen in the window is admitted for all of it."""
+        than the expiry (by the window's newest event time) are freed first; then, when the new ids
+        outnumber the free slots, the pruning policy reclaims slots (of ids not seen in the window,
+        by ``worth`` of this field's rows when the policy needs more than ``last_seen_ms``); lowest
+        free slots are given to new ids in key order, and an id seen in the window is admitted for
+        all of it."""
         if len(keys) == 0:
             none = np.empty(0, np.int64)
-            return Plan(none, none, np.empty(0, np.int32), none, none, none, none, 0, 0)
+            return Plan(none, none, np.empty(0, np.int32), none, none, none, none, none, 0, 0)
         uniq, inverse, sightings = np.unique(keys, return_inverse=True, return_counts=True)
         last = np.full(len(uniq), FREE, np.int64)
         np.maximum.at(last, inverse, times_ms)
         slots = self._find(uniq)
         found = slots > 0
+        newest = int(times_ms.max())
         taken = self.last_seen_ms != FREE
-        stale = taken & (self.last_seen_ms < int(times_ms.max()) - self.expire_after_ms)
-        stale[slots[found]] = False
-        expired = np.flatnonzero(stale)
-        taken[expired] = False
+        seen = np.zeros(self.rows, bool)
+        seen[slots[found]] = True
+        seen[OOV_ROW] = True
+        expired = np.empty(0, np.int64)
+        if self.expire_after_ms is not None:
+            expired = np.flatnonzero(taken & ~seen & (self.last_seen_ms < newest - self.expire_after_ms))
+            taken[expired] = False
         taken[OOV_ROW] = True
         new = np.flatnonzero(~found)
+        pruned = self._prune(len(new) - int((~taken).sum()), taken & ~seen, newest, worth)
+        taken[pruned] = False
         given = np.flatnonzero(~taken)[: len(new)]
         slots[new[: len(given)]] = given
         placed = slots > 0
@@ -143,22 +174,37 @@ class DynamicField:
             new_slots=given,
             new_keys=uniq[new[: len(given)]],
             expired=expired,
+            pruned=pruned,
             admitted=int(((before > 0) & (pending == 0) & placed).sum()),
             unplaced=len(new) - len(given),
         )
 
+    def _prune(self, needed: int, candidates: np.ndarray, newest: int, worth: RowWorth | None) -> np.ndarray:
+        """The slots to reclaim when ``needed`` more slots are wanted than are free (none when
+        ``needed`` <= 0): of the ``candidates`` (a mask of taken slots whose ids the window does not
+        hold), those last seen more than the guard before the newest event (as an expiry of the
+        guard plus 1 ms would: a label of theirs may still be pending otherwise)."""
+        if needed <= 0:
+            return np.empty(0, np.int64)
+        p = self.pruning
+        candidates = np.flatnonzero(candidates & (self.last_seen_ms < newest - p.guard_ms - 1))
+        values = self.last_seen_ms if worth is None else worth()
+        return p.choose(values, candidates, p.count(self.rows, needed))
+
     def commit(self, plan: Plan) -> None:
         """Apply a plan made by `place` (nothing else may have changed the table in between)."""
-        self.last_seen_ms[plan.expired] = FREE
-        self.pending[plan.expired] = 0
-        self.keys[plan.expired] = 0
+        freed = plan.freed
+        self.last_seen_ms[freed] = FREE
+        self.pending[freed] = 0
+        self.keys[freed] = 0
         self.keys[plan.new_slots] = plan.new_keys
         self.pending[plan.slots] = plan.pending
         self.last_seen_ms[plan.slots] = plan.last_seen
         self.stats.admitted += plan.admitted
         self.stats.expired += len(plan.expired)
+        self.stats.pruned += len(plan.pruned)
         self.stats.unplaced += plan.unplaced
-        if len(plan.expired) or len(plan.new_slots):
+        if len(freed) or len(plan.new_slots):
             self._reindex()
 
     def state(self) -> dict[str, np.ndarray]:
@@ -193,7 +239,7 @@ class Placement:
     """The rows of a window for training, and what committing it will change."""
 
     rows: np.ndarray  # (n, fields) int64
-    fresh: dict[int, np.ndarray]  # field index -> rows given to new ids (reset before training)
+    fresh: dict[int, np.ndarray]  # field index -> rows given to new ids or freed (reset before training)
     plans: dict[int, Plan]  # field index -> plan of each dynamic field
 
 
@@ -207,11 +253,15 @@ class FeatureMapper:
 
     @staticmethod
     def from_settings(settings: ModelSettings, features: FeatureSettings) -> FeatureMapper:
-        expire_ms = int(settings.expire_after_seconds * 1000)
+        expiry = settings.expire_after_seconds
+        expire_ms = None if expiry is None else int(expiry * 1000)
+        pruning = Pruning(
+            settings.prune_by, settings.prune_fraction, int(features.feedback_delay_seconds * 1000)
+        )
 
         def id_field(name: str, rows: int) -> Field:
             if settings.table == "dynamic":
-                return DynamicField(name, rows, settings.admit_after, expire_ms)
+                return DynamicField(name, rows, settings.admit_after, expire_ms, pruning)
             return HashedField(name, rows)
 
         fields = [id_field("user", settings.user_buckets), id_field("item", settings.item_buckets)]
@@ -321,18 +371,22 @@ class FeatureMapper:
             columns.append(_keys(values) if values is not None else np.full(len(item_ids), MISSING_KEY))
         return self.rows_from_keys(columns)
 
-    def place(self, batch: EventBatch) -> Placement:
-        """Plan the rows of a window for training (admitting ids); `commit` applies the plan."""
+    def place(self, batch: EventBatch, worth: WorthOf | None = None) -> Placement:
+        """Plan the rows of a window for training (admitting ids, pruning full tables by ``worth``
+        of a field's rows, `pruning.Worth`); `commit` applies the plan. The slots given to new ids
+        and those freed are `Placement.fresh`: all are reset."""
         columns = self._columns(batch)
         out = np.empty((len(batch), len(self.fields)), dtype=np.int64)
         fresh: dict[int, np.ndarray] = {}
         plans: dict[int, Plan] = {}
         for i, (f, keys) in enumerate(zip(self.fields, columns, strict=True)):
             if isinstance(f, DynamicField):
-                plans[i] = plan = f.place(keys, batch.timestamp_ms)
+                of_field = None if worth is None else functools.partial(worth, i)
+                plans[i] = plan = f.place(keys, batch.timestamp_ms, of_field)
                 out[:, i] = plan.rows
-                if len(plan.new_slots):
-                    fresh[i] = plan.new_slots
+                changed = np.union1d(plan.new_slots, plan.freed)
+                if len(changed):
+                    fresh[i] = changed
             else:
                 out[:, i] = f.lookup(keys)
         return Placement(out, fresh, plans)

@@ -33,6 +33,7 @@ from stream_learner.learning.drift_reaction import DriftReaction
 from stream_learner.learning.features import DynamicField, FeatureMapper, Placement, TableStats
 from stream_learner.learning.guard import LossGuard, SkipReason
 from stream_learner.learning.models import ModelSpec, build_model
+from stream_learner.learning.pruning import Worth
 from stream_learner.learning.rates import LRUpdate, make_controller
 from stream_learner.learning.realtime import Prepared
 from stream_learner.learning.recent import RecentItems
@@ -106,6 +107,7 @@ class Learner:
                 self.model.count_head.weight.copy_(weights.reshape(1, -1))
         self.guard = LossGuard(settings.guard)
         self.drift = DriftReaction(settings.lr)
+        self.worth = Worth(m.prune_by, self.features.realtime, self.trainer.tables, self.trainer.table_field)
         self.recent = RecentItems(settings.snapshot.recent_items)
         self.events_trained = 0  # cumulative over the model's life, carried in snapshots
         self.lesson: Lesson | None = None  # the last window processed, for a student
@@ -116,8 +118,13 @@ class Learner:
         events = window.events
         newest = int(events.timestamp_ms.max()) if len(events) else window.end_ms
         scored_rows = self.features.rows(events)
-        scored = self._prepare(scored_rows, window)
-        lesson = self.lesson = Lesson(scored_rows, self._inputs(scored), events.label, [])
+        cut = self._cut(len(events))
+        train = events.take(slice(0, cut))  # a view, not a copy
+        placement = self.features.place(train, self.worth.provider())
+        # The real-time inputs follow the rows the window is trained with: an id new to a dynamic
+        # table counts in its own (fresh) row from its first event, as in a hashed table, not in row 0.
+        placed = self._prepare(np.concatenate((placement.rows, scored_rows[cut:])), window, placement.fresh)
+        lesson = self.lesson = Lesson(scored_rows, self._inputs(placed), events.label, [])
         evaluation, probs = self.trainer.score(scored_rows, events.label, lesson.scored_inputs)
         common: dict[str, Any] = dict(
             start_ms=window.start_ms,
@@ -133,11 +140,8 @@ class Learner:
             self.drift.arm()
         skipped = self.guard.check(evaluation.loss, evaluation.count, evaluation.variance)
         if skipped:
-            self._fold(scored, None)
+            self._fold(self._unplaced(scored_rows, window, placement, placed), None)
             return WindowResult(**common, evaluation=evaluation, lr=update, step=None, skipped=skipped)
-        cut = self._cut(len(events))
-        train = events.take(slice(0, cut))  # a view, not a copy
-        placement = self.features.place(train)
         fresh, resets, undo = placement.fresh, None, None
         if self.drift.pending:
             undo = self.drift.forget(self.trainer, placement.rows)
@@ -146,11 +150,6 @@ class Learner:
             fresh = dict(fresh)
             for i, r in drifted.items():
                 fresh[i] = np.union1d(fresh.get(i, r), r)
-        placed = scored
-        if placement.fresh or not np.array_equal(placement.rows, scored_rows[:cut]):
-            placed = self._prepare(
-                np.concatenate((placement.rows, scored_rows[cut:])), window, placement.fresh
-            )
         inputs = self._inputs(placed)
         step = self.trainer.train(
             placement.rows,
@@ -175,7 +174,10 @@ class Learner:
             self.lesson = replace(
                 lesson, trained_rows=placement.rows, trained_inputs=trained, fresh=placement.fresh
             )
-        self._fold(placed if step.applied else scored, placement.fresh if step.applied else None)
+        if step.applied:
+            self._fold(placed, placement.fresh)
+        else:
+            self._fold(self._unplaced(scored_rows, window, placement, placed), None)
         return WindowResult(
             **common,
             evaluation=evaluation,
@@ -203,6 +205,15 @@ class Learner:
         else:
             until = int(whole.time_ms.max())
         return realtime.window(whole, until, fresh)
+
+    def _unplaced(
+        self, rows: np.ndarray, window: Window, placement: Placement, placed: Prepared | None
+    ) -> Prepared | None:
+        """The real-time state of a window not applied, with its ``rows`` as the tables stand (its
+        placement dropped: new ids count in row 0); ``placed`` when the placement changed no row."""
+        if not placement.fresh and np.array_equal(placement.rows, rows[: len(placement.rows)]):
+            return placed
+        return self._prepare(rows, window)
 
     def _inputs(self, prepared: Prepared | None) -> np.ndarray | None:
         """This process's (or rank's) events' inputs."""
@@ -235,7 +246,8 @@ class Learner:
         return evaluation if evaluation.count else None
 
     def _table_changes(self, placement: Placement | None) -> dict[str, TableStats] | None:
-        """Per dynamic table: rows in use now, and what this window admitted, expired, left unplaced."""
+        """Per dynamic table: rows in use now, and what this window admitted, expired, left unplaced,
+        pruned."""
         out = {}
         for i, field in enumerate(self.features.fields):
             if isinstance(field, DynamicField):
@@ -245,6 +257,7 @@ class Learner:
                     plan.admitted if plan else 0,
                     len(plan.expired) if plan else 0,
                     plan.unplaced if plan else 0,
+                    len(plan.pruned) if plan else 0,
                 )
         return out or None
 
@@ -297,8 +310,8 @@ class Learner:
         for name, counts in state.get("tables", {}).items():
             stats = current.get(name)
             if stats is not None:
-                stats.admitted, stats.expired, stats.unplaced = (
-                    int(counts.get(k, 0)) for k in ("admitted", "expired", "unplaced")
+                stats.admitted, stats.expired, stats.unplaced, stats.pruned = (
+                    int(counts.get(k, 0)) for k in ("admitted", "expired", "unplaced", "pruned")
                 )
         self.events_trained = int(state.get("events_trained", 0))
         self.recent.restore(list(state.get("recent_items", [])))

@@ -79,12 +79,12 @@ def test_holdout_keeps_the_newest_events_out_of_training() -> None:
 
 def test_dynamic_tables_recycle_rows_and_export_their_counts() -> None:
     settings = small_settings(
-        model={"table": "dynamic", "user_buckets": 40, "expire_after_seconds": 1.0, "kind": "fm"}
+        model={"table": "dynamic", "user_buckets": 40, "expire_after_seconds": 0.2, "kind": "fm"}
     )
     learner = Learner(settings)
     fresh = fresh_when_training(learner)
     metrics = Metrics(CollectorRegistry())
-    ws = list(windows(4, size=500))  # 300 users in 39 slots, windows 0.5 s apart, expiry 1 s
+    ws = list(windows(4, size=500))  # 300 users in 39 slots, windows of 0.5 s, expiry 0.2 s (before pruning)
     results = [learner.process(w) for w in ws]
     for r in results:
         metrics.record_tables(r.tables)
