@@ -94,11 +94,14 @@ def _counted(spec: ModelSpec) -> list[str]:
 
 
 def _gather_sums(tensors: Mapping[str, np.ndarray], name: str, rows: np.ndarray) -> np.ndarray:
+    """The (n, 6) float64 sums of field ``name`` at ``rows`` (zeros where absent), rows found once."""
     key = table_name(name)
-    columns = [
-        compact.gather(tensors, key, f"features.{name}.sums.{c}", rows, np.float64) for c in range(len(SUMS))
-    ]
-    return np.stack(columns, axis=1)
+    pos, hit = compact.positions(tensors[compact.rows_name(key)], rows)
+    out = np.zeros((len(rows), len(SUMS)))
+    at = pos[hit]
+    for c in range(len(SUMS)):
+        out[hit, c] = tensors[compact.aligned_name(key, f"features.{name}.sums.{c}")][at]
+    return out
 
 
 def compact_inputs(

@@ -123,11 +123,20 @@ def convert(
     rows it touched: those that hold information as ``rows/<key>``, the others as ``gone/<key>``).
     Optimiser state is left out; dense weights and the whole feature tensors (global row, pending
     labels) travel as they are."""
+    return convert_each(tensors, spec, (precision,))[precision]
+
+
+def convert_each(
+    tensors: Mapping[str, np.ndarray], spec: ModelSpec, precisions: Sequence[Precision]
+) -> dict[Precision, dict[str, np.ndarray]]:
+    """`convert` at each of ``precisions``, the rows present found once (the forms share every
+    tensor but the model tables)."""
     names = {table_name(f.name): f.name for f in spec.fields}
     is_delta = any(n.startswith(delta.ROWS) for n in tensors)
     rows: dict[str, np.ndarray] = {}
     aligned: dict[str, dict[str, np.ndarray]] = {key: {} for key in names}
     out: dict[str, np.ndarray] = {}
+    tables: dict[Precision, dict[str, np.ndarray]] = {p: {} for p in precisions}
     for name, values in tensors.items():
         if is_delta and name.startswith(delta.ROWS):
             rows[name[len(delta.ROWS) :]] = values
@@ -154,15 +163,19 @@ def convert(
                 continue
             kept = values[mask]
             if name.startswith("model."):
-                parts = _weights(kept, precision, name)
-            elif kept.ndim == 2:
+                for p in precisions:
+                    tables[p].update(
+                        {compact.aligned_name(key, n): v for n, v in _weights(kept, p, name).items()}
+                    )
+                continue
+            if kept.ndim == 2:
                 parts = {
                     f"{name}.{c}": narrowest(np.ascontiguousarray(kept[:, c])) for c in range(kept.shape[1])
                 }
             else:
                 parts = {name: narrowest(kept)}
             out.update({compact.aligned_name(key, n): v for n, v in parts.items()})
-    return out
+    return {p: out | tables[p] for p in precisions}
 
 
 def len_of(spec: ModelSpec, key: str) -> int:
