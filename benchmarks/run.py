@@ -28,6 +28,7 @@ ALL = [
     "catchup",
     "serving",
     "serving_memory",
+    "compression",
 ]
 #: Benchmarks that are a module run with arguments (the others: ``python -m benchmarks.NAME``).
 ARGS = {"freshness_distributed": ["benchmarks.freshness", "--workers", "2"]}
