@@ -11,6 +11,7 @@ and the service keeps looking.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -68,6 +69,8 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         subscriber.start(wait=settings.kafka.startup_timeout_seconds)
         if subscriber.ready:
             log.info("ready: model %s v%s", name, subscriber.version)
+        gc.collect()
+        gc.freeze()  # what start-up made (modules, compiled kernels) stays out of every later collection
         try:
             stop.wait()
         finally:
