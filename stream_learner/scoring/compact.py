@@ -63,11 +63,13 @@ def gather(
     rows: np.ndarray,
     dtype: type = np.float32,
     fill: float = 0,
+    where: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Values of ``name`` at ``rows`` of field ``key`` in ``dtype``, ``fill`` where a row is absent;
-    int8 values are dequantised with their scales (only the rows gathered)."""
+    int8 values are dequantised with their scales (only the rows gathered). ``where``: the rows'
+    `positions`, when already found."""
     values = tensors[aligned_name(key, name)]
-    pos, hit = positions(tensors[rows_name(key)], rows)
+    pos, hit = where if where is not None else positions(tensors[rows_name(key)], rows)
     out = np.full((len(pos), *values.shape[1:]), fill, dtype)
     at = pos[hit]
     if values.dtype == np.int8:

@@ -56,24 +56,37 @@ class NumpyModel:
     def _weight(self, name: str) -> np.ndarray:
         return self._tensors[PREFIX + name]
 
-    def _rows(self, table: str, field: int, rows: np.ndarray) -> np.ndarray:
-        """(n, width) float32 rows of ``table`` (``embeddings`` or ``linear.weights``) of a field."""
+    def _rows(self, table: str, field: int, rows: np.ndarray, where: list | None) -> np.ndarray:
+        """(n, width) float32 rows of ``table`` (``embeddings`` or ``linear.weights``) of a field
+        (``where``: a serving form's positions of each field's rows)."""
         name = f"{table}.{self._tables[field]}.weight"
-        if self.compact:
-            return compact.gather(self._tensors, self._tables[field], PREFIX + name, rows)
+        if where is not None:
+            return compact.gather(self._tensors, self._tables[field], PREFIX + name, rows, where=where[field])
         return self._weight(name)[rows]
+
+    def _where(self, rows: np.ndarray) -> list | None:
+        """A serving form's positions of each field's rows (found once for all its tables)."""
+        if not self.compact:
+            return None
+        return [
+            compact.positions(self._tensors[compact.rows_name(t)], rows[:, i])
+            for i, t in enumerate(self._tables)
+        ]
 
     def logits(self, rows: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         """The logit of each event of (n, fields) table ``rows`` (float32), with its (n, width)
         real-time ``inputs`` when the model takes them."""
         rows = np.asarray(rows, np.int64)
+        where = self._where(rows)
         vectors = np.stack(
-            [self._rows("embeddings", i, rows[:, i]) for i in range(len(self._tables))], axis=1
+            [self._rows("embeddings", i, rows[:, i], where) for i in range(len(self._tables))], axis=1
         )  # (n, fields, dim)
         logit = self._weight("bias")[0] + self._count_logit(inputs, len(rows))
         if self.spec.kind == "logistic":
             return logit + vectors.sum(axis=(1, 2))
-        first = sum(self._rows("linear.weights", i, rows[:, i])[:, 0] for i in range(len(self._tables)))
+        first = sum(
+            self._rows("linear.weights", i, rows[:, i], where)[:, 0] for i in range(len(self._tables))
+        )
         total = vectors.sum(axis=1)
         interaction = 0.5 * (np.square(total) - np.square(vectors).sum(axis=1)).sum(axis=1)
         logit = logit + first + interaction

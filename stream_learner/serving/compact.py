@@ -93,10 +93,13 @@ def _counted(spec: ModelSpec) -> list[str]:
     return [str(name) for name in spec.extra.get("count_fields", [])]
 
 
-def _gather_sums(tensors: Mapping[str, np.ndarray], name: str, rows: np.ndarray) -> np.ndarray:
-    """The (n, 6) float64 sums of field ``name`` at ``rows`` (zeros where absent), rows found once."""
+def _gather_sums(
+    tensors: Mapping[str, np.ndarray], name: str, rows: np.ndarray, where: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """The (n, 6) float64 sums of field ``name`` at ``rows`` (zeros where absent; ``where``: their
+    `compact.positions`)."""
     key = table_name(name)
-    pos, hit = compact.positions(tensors[compact.rows_name(key)], rows)
+    pos, hit = where
     out = np.zeros((len(rows), len(SUMS)))
     at = pos[hit]
     for c in range(len(SUMS)):
@@ -105,7 +108,7 @@ def _gather_sums(tensors: Mapping[str, np.ndarray], name: str, rows: np.ndarray)
 
 
 def compact_inputs(
-    spec: ModelSpec, tensors: Mapping[str, np.ndarray], rows: np.ndarray, at_ms: int
+    spec: ModelSpec, formula: Formula, tensors: Mapping[str, np.ndarray], rows: np.ndarray, at_ms: int
 ) -> np.ndarray:
     """Real-time inputs of (n, 2) user and item ``rows`` at ``at_ms`` from a serving form's features:
     the rows asked for are gathered into a table of their own (plus one row of zeros that the pending
@@ -117,13 +120,13 @@ def compact_inputs(
         unique, inverse = np.unique(rows[:, i], return_inverse=True)
         uniques.append(unique)
         local.append(inverse.reshape(-1).astype(np.int64))
-    features = RealtimeFeatures(
-        [(user, len(uniques[0]) + 1), (item, len(uniques[1]) + 1)], Formula.from_dict(spec.extra["features"])
-    )
+    features = RealtimeFeatures([(user, len(uniques[0]) + 1), (item, len(uniques[1]) + 1)], formula)
     for i, name in enumerate((user, item)):
-        features.sums[i][:-1] = _gather_sums(tensors, name, uniques[i])
+        key = table_name(name)
+        where = compact.positions(tensors[compact.rows_name(key)], uniques[i])
+        features.sums[i][:-1] = _gather_sums(tensors, name, uniques[i], where)
         refs = compact.gather(
-            tensors, table_name(name), f"features.{name}.{LABELS_MS}", uniques[i], np.int64, NO_TIME
+            tensors, key, f"features.{name}.{LABELS_MS}", uniques[i], np.int64, NO_TIME, where
         )
         features.labels_ms[i][:-1] = refs
     features.sums[2] = np.asarray(tensors[f"features.{GLOBAL}.sums"], np.float64)
@@ -162,7 +165,8 @@ def expand_features(spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> dict[
             }
         if f.name in _counted(spec):
             sums = np.zeros((f.rows, len(SUMS)))
-            sums[present] = _gather_sums(tensors, f.name, present)
+            located = (np.arange(len(present)), np.ones(len(present), bool))  # every row present, in order
+            sums[present] = _gather_sums(tensors, f.name, present, located)
             refs = np.full(f.rows, NO_TIME, np.int64)
             refs[present] = tensors[compact.aligned_name(key, f"features.{f.name}.{LABELS_MS}")]
             out |= {f"features.{f.name}.sums": sums, f"features.{f.name}.{LABELS_MS}": refs}

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from stream_learner.learning.features import FeatureMapper
+from stream_learner.learning.realtime import Formula
 from stream_learner.scoring.model import NumpyModel
 from stream_learner.scoring.spec import ModelSpec
 from stream_learner.serving.compact import CompactIds, compact_inputs
@@ -39,6 +40,7 @@ class ServableModel:
         self._state = state
         self.counted = len(spec.extra.get("count_fields", []))  # fields the real-time inputs count
         self._own = realtime  # the snapshot's real-time features answer (else the caller's)
+        self._formula: Formula | None = None  # a serving form's real-time constants, once read
         self.mapper: FeatureMapper | CompactIds = self._mapper(realtime)
 
     def _mapper(self, realtime: bool) -> FeatureMapper | CompactIds:
@@ -92,7 +94,9 @@ class ServableModel:
         if not isinstance(self.mapper, FeatureMapper):
             if not self._own:
                 raise LookupError("the model's real-time features are kept elsewhere and have none yet")
-            return compact_inputs(self.spec, self._state, rows, at_ms)
+            if self._formula is None:
+                self._formula = Formula.from_dict(self.spec.extra["features"])
+            return compact_inputs(self.spec, self._formula, self._state, rows, at_ms)
         if self.mapper.realtime is None:
             raise LookupError("the model's real-time features are kept elsewhere and have none yet")
         return self.mapper.realtime.query(rows, np.full(len(rows), at_ms, np.int64))
