@@ -64,5 +64,7 @@ def start_student(
         max_message_bytes=s.snapshot.max_message_bytes,
         sign=sign,
         version=start.version,
+        form_topic=s.serving.form_topic_for(s.snapshot.topic) if s.serving.publish_form else None,
+        precision=s.serving.precision,
     )
     return StudentParts(student, copier, companion)

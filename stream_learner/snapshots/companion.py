@@ -8,7 +8,9 @@ ranges, window range and newest event time of the model's snapshot it travels wi
 student's name and signed by the same signer. The publisher yields them after the model's messages,
 in the model's transaction: both commit, with the input offsets, or neither does (exactly-once holds
 for both). A copy that is a delta with the whole state too gives two versions, the whole one adding
-no offsets (as the model's do). The student is not judged by the quality gate.
+no offsets (as the model's do). With ``serving.publish_form`` each version goes to the serving
+form's topic too, in its serving form (`stream_learner.snapshots.serving_form`), as the model's do.
+The student is not judged by the quality gate.
 
 `restore_companion` restores the student on start: its newest chain that loads, when that chain ends
 at the same input offsets as the model restored (then both continue from there). Otherwise (no
@@ -31,6 +33,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import SnapshotError
 from stream_learner.scoring.spec import ModelSpec
 from stream_learner.snapshots import chain as chains
+from stream_learner.snapshots import serving_form
 from stream_learner.snapshots.format import (
     Chunk,
     PartitionRange,
@@ -41,6 +44,7 @@ from stream_learner.snapshots.format import (
     encode_payload,
 )
 from stream_learner.snapshots.log import Entry, SnapshotLog
+from stream_learner.snapshots.serving_form import Precision
 from stream_learner.snapshots.state import StateCopy
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ class Companion:
     max_message_bytes: int
     sign: Sign | None = None
     version: int = 0  # the last version handed out
+    form_topic: str | None = None  # with ``serving.publish_form``: where the serving form goes
+    precision: Precision = "int8"  # the serving form's
 
     def prepare(self, state: StateCopy, teacher: SnapshotMeta) -> Pending:
         """The student's version(s) for ``state``, beside the model's snapshot ``teacher`` (on the
@@ -107,14 +113,21 @@ class Pending:
     companion: Companion
     sizes: list[int] = field(default_factory=list)
 
-    def messages(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, message) of every chunk of every version (on the sink's thread)."""
-        key = self.companion.name.encode()
+    def messages(self) -> Iterator[tuple[bytes, bytes] | tuple[str, bytes, bytes]]:
+        """(key, message) of every chunk of every version, and (topic, key, message) of its serving
+        form when there is one (on the sink's thread)."""
+        c = self.companion
+        key = c.name.encode()
         for meta, tensors in self.versions:
             payload = encode_payload(tensors)
             self.sizes.append(payload.size)
-            for message in encode(meta, payload, self.companion.max_message_bytes, self.companion.sign):
+            for message in encode(meta, payload, c.max_message_bytes, c.sign):
                 yield key, message
+            if c.form_topic is not None:
+                spec = ModelSpec.from_json(c.spec_json)
+                small = encode_payload(serving_form.convert(tensors, spec, c.precision))
+                for message in encode(replace(meta, form="serving"), small, c.max_message_bytes, c.sign):
+                    yield c.form_topic, key, message
 
     def committed(self) -> None:
         for (meta, _), size in zip(self.versions, self.sizes, strict=False):

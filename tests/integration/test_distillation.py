@@ -143,3 +143,39 @@ def test_a_student_without_its_chain_starts_fresh_beside_the_restored_model(
     student = _of(history, settings.distill.name_for(settings.model.name))
     assert student and student[0].meta.kind == "FULL" and student[0].meta.version == 1
     _assert_beside(_of(history, settings.model.name), student)
+
+
+def test_the_students_serving_form_goes_out_beside_its_training_snapshots(kafka_bootstrap, new_topic) -> None:
+    private, public = signing.generate()
+    topic = new_topic("events", partitions=1)
+    base = _settings(kafka_bootstrap, topic, private)
+    settings = base.model_copy(
+        update={"serving": base.serving.model_copy(update={"publish_form": True, "precision": "int8"})}
+    )
+    _learn(settings, topic, seed=7).stop()
+    student_name = settings.distill.name_for(settings.model.name)
+    form_topic = settings.serving.form_topic_for(settings.snapshot.topic)
+    training = _of(read_snapshots(kafka_bootstrap, settings.snapshot.topic), student_name)
+    serving = _of(read_snapshots(kafka_bootstrap, form_topic), student_name)
+    assert training and [s.meta.form for s in serving] == ["serving"] * len(training)
+    for a, b in zip(training, serving, strict=True):
+        assert (a.meta.version, a.meta.kind, a.meta.offsets) == (b.meta.version, b.meta.kind, b.meta.offsets)
+    subscribers = [
+        ModelSubscriber(
+            settings.kafka,
+            t,
+            student_name,
+            registry=CollectorRegistry(),
+            verify_key=public,
+            require_signature=True,
+            follow_input=False,
+        )
+        for t in (form_topic, settings.snapshot.topic)
+    ]
+    with subscribers[0] as small, subscribers[1] as whole:
+        assert small.refresh() == whole.refresh() == training[-1].meta.version
+        at = training[-1].meta.newest_event_ms
+        items = list(whole.recent_items())[:50]
+        np.testing.assert_allclose(
+            small.score("u3", items, at_ms=at), whole.score("u3", items, at_ms=at), atol=0.02
+        )
