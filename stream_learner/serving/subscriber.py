@@ -328,9 +328,7 @@ class ModelSubscriber:
                 self._note_held(applied[-1].meta)
             if passed:
                 if applied[passed[-1]].meta.version > (self.version or 0):
-                    self._swap(
-                        self._servable(*_load(applied[: passed[-1] + 1], self._refused_delta))
-                    )
+                    self._swap(self._servable(*_load(applied[: passed[-1] + 1], self._refused_delta)))
                 break
         if head is not None:
             self._ahead = head
