@@ -177,7 +177,7 @@ def main() -> None:
     movielens = run_stream(windows, overrides)
     print(f"synthetic, {events:,} events in windows of {SYNTHETIC_WINDOW:,}:", flush=True)
     synthetic = run_stream(synthetic_windows(events), real.with_window({}, "count", SYNTHETIC_WINDOW))
-    results = {
+    results: dict[str, Any] = {
         "protocol": {
             "teacher": "the defaults (fm, embedding_dim 16), CPU, one thread",
             "students": STUDENTS,
