@@ -6,6 +6,11 @@ starts afresh."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -45,7 +50,20 @@ def _subscriber(settings: Settings, topic: str, public: str) -> ModelSubscriber:
     )
 
 
-def test_the_serving_form_is_published_with_each_version_and_served(kafka_bootstrap: str, new_topic) -> None:
+def _cli(config: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_learner", "--log-level", "WARNING", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_serving_form_is_published_with_each_version_and_served(
+    kafka_bootstrap: str, new_topic, tmp_path: Path
+) -> None:
     private, public = signing.generate()
     topic = new_topic("events", partitions=2)
     settings = _settings(kafka_bootstrap, topic, private, public)
@@ -75,6 +93,19 @@ def test_the_serving_form_is_published_with_each_version_and_served(kafka_bootst
             np.testing.assert_allclose(
                 small.score(user, ITEMS, at_ms=at), whole.score(user, ITEMS, at_ms=at), atol=0.02
             )
+
+    config = tmp_path / "learner.toml"
+    config.write_text(
+        f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n'
+        f'[snapshot]\ntopic = "{settings.snapshot.topic}"\n[model]\nname = "{settings.model.name}"\n'
+    )
+    shown = json.loads(_cli(config, "snapshots", "inspect"))
+    assert shown["form"] == "training" and shown["version"] == training[-1].meta.version
+    brief = shown["serving_form"]
+    assert brief["kind"] == serving[-1].meta.kind and brief["payload_bytes"] == len(serving[-1].payload)
+    assert brief["rows"]["user"] > 0 and "I8" in brief["weights"]
+    listed = _cli(config, "snapshots", "list", "--form", "serving", "--last", "2").splitlines()
+    assert [line.split()[1] for line in listed] == [f"v{s.meta.version}" for s in serving[-2:]]
 
 
 def test_a_learner_refuses_to_restore_from_the_serving_form(kafka_bootstrap: str, new_topic) -> None:
