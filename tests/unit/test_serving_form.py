@@ -13,11 +13,12 @@ import pytest
 
 from stream_learner.errors import SnapshotError
 from stream_learner.ingest.events import hash_id
-from stream_learner.learning.features import FREE
+from stream_learner.learning.features import FREE, FeatureMapper
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.realtime import NO_TIME
 from stream_learner.scoring import compact
 from stream_learner.scoring.spec import FieldSpec, ModelSpec
+from stream_learner.serving.compact import expand_features
 from stream_learner.serving.model import ServableModel
 from stream_learner.snapshots import chain as chains
 from stream_learner.snapshots import serving_form, signing
@@ -255,3 +256,22 @@ def test_a_serving_snapshot_refuses_to_restore_a_learner() -> None:
         chains.load([snap])
     assert refused.value.reason == "form"
     assert "no optimiser state" in str(refused.value) and "cannot restore a learner" in str(refused.value)
+
+
+@pytest.mark.parametrize("table", ["hash", "dynamic"])
+def test_a_follower_of_the_input_takes_the_serving_forms_features_in_the_training_layout(table: str) -> None:
+    """The input follower needs every row: the serving form's features expanded give the training
+    form's mapping and real-time inputs, absent rows empty."""
+    learner, _ = _learner(table=table)
+    spec, state = learner.spec, arrays(learner.tensors())
+    form = serving_form.convert(state, spec, "int8")
+    expanded = FeatureMapper.from_spec(spec, expand_features(spec, form))
+    training = FeatureMapper.from_spec(spec, _absent_zeroed(spec, state, form))
+    users, items = [*USERS, "never-seen"] * 2, ITEMS[: len(USERS) + 1] * 2
+    rows = expanded.rows_for_ids(users, items)
+    np.testing.assert_array_equal(rows, training.rows_for_ids(users, items))
+    assert expanded.realtime is not None and training.realtime is not None
+    at = np.full(len(rows), AT, np.int64)
+    np.testing.assert_array_equal(
+        expanded.realtime.query(rows[:, :2], at), training.realtime.query(rows[:, :2], at)
+    )
