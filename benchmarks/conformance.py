@@ -9,10 +9,13 @@ are drawn from a seeded generator and whose id tables and real-time features com
 stream of events applied as the learner applies a window (`FeatureMapper.place` / `commit`,
 `RealtimeFeatures.window` / `fold`). The snapshot is written as a learner writes one (one full
 snapshot, format 1, in the checkpoint-file framing: each envelope after its 4-byte big-endian
-length); each query's keys, rows, real-time inputs, logits and scores are the package's own
-(`stream_learner.serving.model.ServableModel`, whose model is `stream_learner.scoring.model`).
-tests/unit/test_conformance.py checks that the package still computes them, that this script
-writes them again, and that the ONNX export scores them within 1e-5.
+length); a case with a ``precision`` is the serving form of such a state (format 3,
+`stream_learner.snapshots.serving_form`), the rows its stream touched holding information (as a
+sparse optimiser's state would say); each query's keys, rows, real-time inputs, logits and scores
+are the package's own (`stream_learner.serving.model.ServableModel`, whose model is
+`stream_learner.scoring.model`). tests/unit/test_conformance.py checks that the package still
+computes them, that this script writes them again, and that the ONNX export scores the training
+snapshots' within 1e-5.
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ from stream_learner.avro_schemas import load_schema
 from stream_learner.config import FeatureSettings, ModelSettings
 from stream_learner.ingest.events import MISSING_KEY, EventBatch, hash_id
 from stream_learner.learning.features import FeatureMapper
+from stream_learner.learning.realtime import Formula
 from stream_learner.scoring.layout import state_shapes
-from stream_learner.scoring.spec import ModelSpec
+from stream_learner.scoring.spec import ModelSpec, table_name
+from stream_learner.serving.compact import compact_inputs
 from stream_learner.serving.model import ServableModel
+from stream_learner.snapshots import serving_form
+from stream_learner.snapshots.format import SERVING_FORMAT_VERSION, SNAPSHOT_SCHEMA
 
 OUTPUT = Path(__file__).resolve().parents[1] / "conformance"
 #: The time the snapshots were made and the queries are asked around (fixed: the files never change).
@@ -54,6 +61,7 @@ class Case:
     delay_seconds: float = 0.0
     seed: int = 0
     queries: list[dict[str, Any]] = field(default_factory=list)
+    precision: serving_form.Precision | None = None  # the serving form at this precision
 
 
 def _queries(context: bool) -> list[dict[str, Any]]:
@@ -68,25 +76,23 @@ def _queries(context: bool) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+FM_CONTEXT = {
+    "kind": "fm",
+    "embedding_dim": 4,
+    "user_buckets": 97,
+    "item_buckets": 61,
+    "context_fields": ["device"],
+    "context_buckets": 7,
+}
+
 CASES = [
     Case(
         "logistic-hashed",
         {"kind": "logistic", "user_buckets": 97, "item_buckets": 61, "count_features": False},
         queries=_queries(context=False),
     ),
-    Case(
-        "fm-hashed-context",
-        {
-            "kind": "fm",
-            "embedding_dim": 4,
-            "user_buckets": 97,
-            "item_buckets": 61,
-            "context_fields": ["device"],
-            "context_buckets": 7,
-        },
-        seed=1,
-        queries=_queries(context=True),
-    ),
+    Case("fm-hashed-context", FM_CONTEXT, seed=1, queries=_queries(context=True)),
+    Case("fm-serving-int8", FM_CONTEXT, seed=1, queries=_queries(context=True), precision="int8"),
     Case(
         "dnn-dynamic-delayed",
         {
@@ -132,15 +138,18 @@ def _window(batch: EventBatch, start: int, stop: int) -> EventBatch:
 
 
 def state(case: Case) -> tuple[ModelSpec, dict[str, np.ndarray], list[str]]:
-    """The model spec, the tensors of the snapshot and its recently active items."""
+    """The model spec, the tensors of the snapshot (the serving form's, for a case with a precision)
+    and its recently active items."""
     rng = np.random.default_rng(case.seed)
     settings = ModelSettings.model_validate(case.model)
     features = FeatureSettings(feedback_delay_seconds=case.delay_seconds)
     mapper = FeatureMapper.from_settings(settings, features)
     batch = _events(rng, bool(settings.context_fields))
+    touched = []
     for start in range(0, EVENTS, 150):  # four windows, each applied as the learner applies one
         window = _window(batch, start, start + 150)
         placement = mapper.place(window)
+        touched.append(placement.rows)
         if mapper.realtime is not None:
             until = int(window.timestamp_ms.max()) + 1
             prepared = mapper.realtime.window(mapper.stream(placement.rows, window), until, placement.fresh)
@@ -161,15 +170,26 @@ def state(case: Case) -> tuple[ModelSpec, dict[str, np.ndarray], list[str]]:
     }
     tensors |= {k: np.ascontiguousarray(v) for k, v in mapper.state().items()}
     recent = list(dict.fromkeys(batch.item_ids[::-1].tolist()))[:10]
-    return spec, tensors, recent
+    if case.precision is None:
+        return spec, tensors, recent
+    rows = np.concatenate(touched)
+    for i, f in enumerate(spec.fields):  # what a sparse optimiser would hold: the rows trained
+        for table in ("embeddings", "linear.weights"):
+            name = f"{table}.{table_name(f.name)}.weight"
+            accumulator = np.zeros_like(tensors[f"model.{name}"])
+            accumulator[rows[:, i]] = 1.0
+            tensors[f"optim.sparse.{name}.sum"] = accumulator
+    return spec, serving_form.convert(tensors, spec, case.precision), recent
 
 
 def envelope(case: Case, spec: ModelSpec, payload: bytes, recent: list[str]) -> bytes:
-    """The one envelope (format 1: no signature field) of version 1 of the case's model."""
+    """The one envelope of version 1 of the case's model: format 1 (no signature field), or 3 for a
+    serving form (the layout with it, unsigned)."""
     schema = load_schema("model_snapshot")
     schema["fields"] = [f for f in schema["fields"] if f["name"] != "signature"]
+    serving = {"signature": None} if case.precision is not None else {}
     record = {
-        "format_version": 1,
+        "format_version": SERVING_FORMAT_VERSION if serving else 1,
         "model_name": case.name,
         "version": 1,
         "kind": "FULL",
@@ -187,9 +207,10 @@ def envelope(case: Case, spec: ModelSpec, payload: bytes, recent: list[str]) -> 
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "payload_size": len(payload),
         "payload": payload,
+        **serving,
     }
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    fastavro.schemaless_writer(buf, SNAPSHOT_SCHEMA if serving else fastavro.parse_schema(schema), record)
     return buf.getvalue()
 
 
@@ -200,9 +221,13 @@ def expected(spec: ModelSpec, tensors: dict[str, np.ndarray], query: dict[str, A
     context = {k: [v] * n for k, v in (query["context"] or {}).items()}
     rows = served.mapper.rows_for_ids([query["user"]] * n, items, context)
     inputs = None
-    if served.mapper.realtime is not None:
-        counted = rows[:, : served.mapper.counted]
-        inputs = served.mapper.realtime.query(counted, np.full(n, query["at_ms"], np.int64))
+    if spec.count_inputs:
+        counted, at = rows[:, : served.counted], query["at_ms"]
+        if isinstance(served.mapper, FeatureMapper):
+            assert served.mapper.realtime is not None
+            inputs = served.mapper.realtime.query(counted, np.full(n, at, np.int64))
+        else:  # a serving form: from the rows present only
+            inputs = compact_inputs(spec, Formula.from_dict(spec.extra["features"]), tensors, counted, at)
     names = [f.name.removeprefix("ctx.") for f in spec.fields[2:]]
     return {
         "keys": {
