@@ -188,7 +188,7 @@ def envelope(case: Case, spec: ModelSpec, payload: bytes, recent: list[str]) -> 
     schema = load_schema("model_snapshot")
     schema["fields"] = [f for f in schema["fields"] if f["name"] != "signature"]
     serving = {"signature": None} if case.precision is not None else {}
-    record = {
+    record: dict[str, Any] = {
         "format_version": SERVING_FORMAT_VERSION if serving else 1,
         "model_name": case.name,
         "version": 1,
