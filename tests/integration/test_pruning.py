@@ -1,6 +1,7 @@
 """Pruning through the real broker: a learner whose dynamic user table is smaller than its users
-never holds more than its slots, its full snapshots show reclaimed slots free and reset, and the
-subscriber scores a pruned user as it scores an id it never saw."""
+never holds more than its slots, its full snapshots show reclaimed slots free and reset, the
+subscriber scores a pruned user as it scores an id it never saw, and a version whose windows pruned
+replays byte for byte (the choice is a function of the stream)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from stream_learner.ingest.events import hash_id
 from stream_learner.learning.features import FREE, OOV_ROW, DynamicField
 from stream_learner.serving.subscriber import ModelSubscriber
+from stream_learner.snapshots.replay import replay
 from stream_learner.tools.produce import produce_synthetic
 from stream_learner.tools.synthetic import SyntheticConfig
 from tests.support import AppThread, learner_settings, read_snapshots
@@ -24,6 +26,7 @@ def test_pruned_users_leave_the_snapshot_and_score_as_unseen(kafka_bootstrap, ne
         kafka_bootstrap,
         topic,
         model={"kind": "fm", "table": "dynamic", "user_buckets": SLOTS + 1, "prune_fraction": 0.5},
+        train={"device": "cpu", "deterministic": True},
         window={"size_seconds": 0.1},  # about 100 events and 90 users a window: many ids wait outside
         snapshot={"every_windows": 2, "full_every": 2},
     )
@@ -67,3 +70,7 @@ def test_pruned_users_leave_the_snapshot_and_score_as_unseen(kafka_bootstrap, ne
             np.testing.assert_array_equal(subscriber.score(user, items, at_ms=at), unseen)
         kept = next(f"u{k}" for k in range(USERS) if hash_id(f"u{k}") in held)
         assert not np.array_equal(subscriber.score(kept, items, at_ms=at), unseen)
+
+    last_delta = [s for s in snapshots if s.meta.kind == "DELTA"][-1]  # the table full long before
+    report = replay(settings, last_delta.meta.version)
+    assert report.identical and report.windows > 0, report
