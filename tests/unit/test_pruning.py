@@ -16,7 +16,7 @@ from stream_learner.ingest.windowing import Window
 from stream_learner.learning.features import FREE, OOV_ROW, DynamicField
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.pruning import Pruning
-from stream_learner.learning.realtime import EVENTS
+from stream_learner.learning.realtime import EVENTS, INPUTS, Formula
 from stream_learner.serving.model import ServableModel
 from tests.learning_support import small_settings
 
@@ -215,3 +215,15 @@ def test_a_restored_learner_prunes_as_the_uninterrupted_one() -> None:
 def test_least_seen_needs_the_counts() -> None:
     with pytest.raises(ValueError, match=r"model\.prune_by"):
         pruning_settings(prune_by="least_seen", count_features=False)
+
+
+def test_a_new_id_counts_in_its_own_row_from_its_first_event_when_its_window_is_scored() -> None:
+    """Not in row 0 with every other new id: a dynamic table's window is scored with the real-time
+    inputs of the rows it is trained with, as a hashed table's is."""
+    learner = Learner(pruning_settings())
+    users = ["a", "b", "a", "b", "a", "c"]
+    learner.process(window(0, users, ["i0"] * len(users)))
+    assert learner.lesson is not None and learner.lesson.scored_inputs is not None
+    activity = learner.lesson.scored_inputs[:, INPUTS.index("activity")]  # the user's, first
+    expected = np.log1p([0, 0, 1, 1, 2, 0]) / Formula().activity_scale
+    np.testing.assert_allclose(activity, expected, rtol=1e-6)
