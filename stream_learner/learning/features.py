@@ -194,6 +194,8 @@ class DynamicField:
     def commit(self, plan: Plan) -> None:
         """Apply a plan made by `place` (nothing else may have changed the table in between)."""
         freed = plan.freed
+        if len(freed) or len(plan.new_slots):
+            self._reindex_changed(self.keys[freed], plan.new_keys, plan.new_slots)
         self.last_seen_ms[freed] = FREE
         self.pending[freed] = 0
         self.keys[freed] = 0
@@ -204,8 +206,6 @@ class DynamicField:
         self.stats.expired += len(plan.expired)
         self.stats.pruned += len(plan.pruned)
         self.stats.unplaced += plan.unplaced
-        if len(freed) or len(plan.new_slots):
-            self._reindex()
 
     def state(self) -> dict[str, np.ndarray]:
         return {"keys": self.keys, "last_seen_ms": self.last_seen_ms, "pending": self.pending}
@@ -229,6 +229,17 @@ class DynamicField:
         self._sorted_keys = self.keys[taken][order]
         self._sorted_slots = taken[order]
         self.stats.in_use = len(taken)
+
+    def _reindex_changed(self, gone: np.ndarray, keys: np.ndarray, slots: np.ndarray) -> None:
+        """`_reindex` for a commit, in linear time: the keys of freed slots ``gone`` leave the
+        sorted index, the new ``keys`` (sorted, unique) of ``slots`` enter it."""
+        at = np.searchsorted(self._sorted_keys, gone)
+        sorted_keys = np.delete(self._sorted_keys, at)
+        sorted_slots = np.delete(self._sorted_slots, at)
+        at = np.searchsorted(sorted_keys, keys)
+        self._sorted_keys = np.insert(sorted_keys, at, keys)
+        self._sorted_slots = np.insert(sorted_slots, at, slots)
+        self.stats.in_use = len(self._sorted_keys)
 
 
 Field = HashedField | DynamicField

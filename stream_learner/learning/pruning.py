@@ -55,11 +55,15 @@ class Pruning:
         return max(needed, int(rows * self.fraction))
 
     def choose(self, worth: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
-        """The ``count`` candidate slots of least ``worth`` (ties: the lowest slot first), sorted."""
+        """The ``count`` slots of least ``worth`` among the (sorted) ``candidates``, ties going to the
+        lowest slot, sorted; in linear time (a partition, not a sort of the table)."""
         if count >= len(candidates):
             return candidates
-        order = np.lexsort((candidates, worth[candidates]))[:count]
-        return np.sort(candidates[order])
+        values = worth[candidates]
+        kth = np.partition(values, count - 1)[count - 1]
+        below = candidates[values < kth]
+        ties = candidates[values == kth][: count - len(below)]
+        return np.sort(np.concatenate((below, ties)))
 
 
 class Worth:

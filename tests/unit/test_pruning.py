@@ -103,9 +103,13 @@ def test_the_ceiling_holds_and_pruning_frees_the_least_recent_first(
             kept[OOV_ROW] = False
             assert before[plan.pruned].max() <= before[kept].min(initial=np.iinfo(np.int64).max)
         # an id the table holds maps to its own slot; one it does not hold to row 0
+        held = np.flatnonzero(table.last_seen_ms != FREE)
+        np.testing.assert_array_equal(table.lookup(table.keys[held]), held)
         for k in set(ids):
             slot = table.lookup(keys(k))[0]
             assert slot == OOV_ROW or table.keys[slot] == k
+        gone = [k for k in range(61) if k not in table.keys[held]]
+        assert (table.lookup(keys(*gone)) == OOV_ROW).all()  # the index forgot every key it freed
 
 
 # -- the learner, its snapshot and serving --------------------------------------------------------
