@@ -11,7 +11,6 @@ and the service keeps looking.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import signal
 import sys
@@ -21,6 +20,7 @@ from stream_learner.cli.common import form_topic
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
 from stream_learner.metrics import REGISTRY
+from stream_learner.runtime import heap
 from stream_learner.serving import ModelSubscriber
 from stream_learner.serving.api import Limits
 from stream_learner.serving.http import ScoringServer
@@ -69,8 +69,7 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
         subscriber.start(wait=settings.kafka.startup_timeout_seconds)
         if subscriber.ready:
             log.info("ready: model %s v%s", name, subscriber.version)
-        gc.collect()
-        gc.freeze()  # what start-up made (modules, compiled kernels) stays out of every later collection
+        heap.settle()  # what start-up made (modules, compiled kernels) stays out of later collections
         try:
             stop.wait()
         finally:

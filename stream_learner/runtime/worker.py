@@ -19,6 +19,7 @@ from typing import TypeVar
 from stream_learner.ingest.windowing import Window
 from stream_learner.learning.learner import Learner, WindowResult
 from stream_learner.learning.student import Student
+from stream_learner.runtime import heap
 from stream_learner.snapshots.publisher import Rollback
 from stream_learner.snapshots.state import StateCopier, StateCopy
 
@@ -57,6 +58,7 @@ class Worker:
     _thread: threading.Thread | None = None
     _taken: threading.Condition = field(default_factory=threading.Condition)  # a job left the inbox
     _idle: threading.Event = field(default_factory=threading.Event)  # no job in progress
+    _settled: bool = False  # the heap settled after the first window trained (`heap.settle`)
 
     def __enter__(self) -> Worker:
         self.start()
@@ -144,6 +146,9 @@ class Worker:
                     self.student.trainer.batch_multiplier = job.batch_multiplier
                     self.student.learn(result)
                 state = self._copy() if job.snapshot else None
+                if not self._settled and result is not None and result.step is not None:
+                    heap.settle()
+                    self._settled = True
                 out = Output(
                     job.window, result, state, rollback=rollback, batch_multiplier=job.batch_multiplier
                 )

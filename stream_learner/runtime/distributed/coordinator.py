@@ -38,6 +38,7 @@ from stream_learner.ingest.events import EventBatch
 from stream_learner.ingest.windowing import NO_TIME, Window
 from stream_learner.learning.collective import Group
 from stream_learner.learning.learner import Learner, WindowResult
+from stream_learner.runtime import heap
 from stream_learner.runtime.dead_letters import DeadLetter
 from stream_learner.runtime.distributed import letters
 from stream_learner.runtime.distributed.status import Facts, LocalStatus, decide, frontier
@@ -99,6 +100,7 @@ class Coordinator:
     _idle: threading.Event = field(default_factory=threading.Event)  # no training or copy in progress
     _taken: threading.Condition = field(default_factory=threading.Condition)  # a window left the queue
     _trained_since: int = 0  # windows trained since the last snapshot
+    _settled: bool = False  # the heap settled after the first window trained (`heap.settle`)
     _windows_since: int = 0  # towards snapshot.every_windows
     _unpublished_since: float | None = None
     _leaving: bool = False
@@ -235,6 +237,9 @@ class Coordinator:
                 job = self.group.gather_ints(mine)
             finally:
                 self._events_done += len(window)
+        if not self._settled and result.step is not None:
+            heap.settle()
+            self._settled = True
         self._outbox.put(
             Output(result=replace(result, events=int(job[:, 0].sum()), newest_event_ms=int(job[:, 1].max())))
         )
