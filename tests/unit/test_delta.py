@@ -90,6 +90,14 @@ def test_full_plus_deltas_equals_the_state_exactly(model):
     _full_plus_deltas(learner)
 
 
+def test_full_plus_deltas_equals_the_state_of_a_table_that_prunes():
+    """A full dynamic table reclaims slots it gives to no new id in that window: their rows are
+    reset outside the trained ones, and the next delta carries them."""
+    learner = Learner(_settings(kind="fm", table="dynamic", user_buckets=256))
+    _full_plus_deltas(learner)
+    assert learner.features.stats()["user"].pruned > 0
+
+
 def test_full_plus_deltas_equals_the_state_with_labels_pending():
     """With a feedback delay the pending labels change length from version to version: a delta
     carries them whole, of their new length."""
