@@ -15,8 +15,8 @@ and 2^22 rows per table, per form (the training snapshot; the serving form at fp
 
 Targets (`meets_targets`): int8 at most 1/8 of the full snapshot's bytes and of the subscriber's
 model memory, AUC within 0.001 of fp32; fp16 within 0.0002. Pruning and distillation record their own
-sections (benchmarks/pruning.py, benchmarks/distillation.py); `SECTIONS` is where more of this
-module's would go.
+sections (`python -m benchmarks.pruning`, `python -m benchmarks.distillation`; all three run in
+`make bench`); `SECTIONS` is where more of this module's would go.
 
     python -m benchmarks.compression           # records `compression`
     python -m benchmarks.compression --quick   # 30,000 MovieLens events, 2^16 rows; nothing recorded

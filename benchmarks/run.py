@@ -29,9 +29,14 @@ ALL = [
     "serving",
     "serving_memory",
     "compression",
+    "pruning",
+    "distillation",
 ]
 #: Benchmarks that are a module run with arguments (the others: ``python -m benchmarks.NAME``).
-ARGS = {"freshness_distributed": ["benchmarks.freshness", "--workers", "2"]}
+ARGS = {
+    "freshness_distributed": ["benchmarks.freshness", "--workers", "2"],
+    "pruning": ["benchmarks.pruning", "--rounds", "3"],  # as recorded: the time is a median of rounds
+}
 
 
 def main() -> int:
