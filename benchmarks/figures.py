@@ -145,7 +145,42 @@ def realtime_ablations(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SERVING_STREAMS = {
+    "movielens": "MovieLens 100K",
+    "synthetic_2^20": "synthetic, 2^20 rows",
+    "synthetic_2^22": "synthetic, 2^22 rows",
+}
+
+
+def serving_forms(results: dict[str, Any]) -> str:
+    """What each form of a version costs a serving process and what it scores (section
+    ``compression``, benchmarks.compression): the training snapshot against the serving form."""
+    section = results["compression"]
+    lines = [
+        "| stream | form | full snapshot | delta | model memory | load | score 100 | AUC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, label in SERVING_STREAMS.items():
+        forms = section["serving_forms"][key]["forms"]
+        for form in ("training", "fp32", "fp16", "int8"):
+            f = forms[form]
+            name = "training (fp32, all rows)" if form == "training" else f"serving {form}"
+            lines.append(
+                f"| {label} | {name} | {f['full_bytes'] / 1e6:,.2f} MB | {f['delta_bytes'] / 1e6:,.2f} MB | "
+                f"{f['model_bytes'] / 1e6:,.2f} MB | {f['load_seconds']:.3f} s | {f['score_us']:.0f} µs | "
+                f"{f['auc']:.5f} |"
+            )
+    lines += [
+        "",
+        "Model memory: the model's arrays a subscriber holds; load: reading and verifying a full "
+        "snapshot; score 100: one request of 100 candidates. Recorded "
+        f"{section['recorded_at'][:10]} by `python -m benchmarks.compression`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "serving_forms": serving_forms,
     "realtime_ablations": realtime_ablations,
     "distributed_throughput": distributed_throughput,
     "real_data": real_data,
