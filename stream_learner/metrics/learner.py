@@ -176,6 +176,12 @@ class Metrics:
         self.feature_rows_expired = Counter(
             f"{P}feature_rows_expired", "Dynamic-table rows freed after going unseen.", ["field"], registry=r
         )
+        self.feature_rows_pruned = Counter(
+            f"{P}feature_rows_pruned",
+            "Dynamic-table rows reclaimed from the ids worth least, the table being full (model.prune_by).",
+            ["field"],
+            registry=r,
+        )
         self.feature_ids_unplaced = Counter(
             f"{P}feature_ids_unplaced",
             "New ids that found their dynamic table full (they share the default row).",
@@ -209,6 +215,7 @@ class Metrics:
             (self.snapshots_refused, refused_reasons),
             (self.feature_ids_admitted, table_fields),
             (self.feature_rows_expired, table_fields),
+            (self.feature_rows_pruned, table_fields),
             (self.feature_ids_unplaced, table_fields),
             (self.drift_rows_reset, reset_fields),
             (self.rollbacks, rollback_results),
@@ -219,9 +226,10 @@ class Metrics:
 
     def record_tables(self, tables: Mapping[str, Any] | None) -> None:
         """Export a window's dynamic-table counts (`WindowResult.tables`: field -> in_use, admitted,
-        expired, unplaced)."""
+        expired, pruned, unplaced)."""
         for name, t in (tables or {}).items():
             self.feature_rows_in_use.labels(name).set(t.in_use)
             self.feature_ids_admitted.labels(name).inc(t.admitted)
             self.feature_rows_expired.labels(name).inc(t.expired)
+            self.feature_rows_pruned.labels(name).inc(t.pruned)
             self.feature_ids_unplaced.labels(name).inc(t.unplaced)

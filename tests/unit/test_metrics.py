@@ -235,7 +235,13 @@ def test_every_labelled_counter_starts_at_zero_for_every_value_it_can_take():
     assert values("stream_learner_snapshot_published", "kind") == {"full", "delta"}
     assert values("stream_learner_events_consumed", "topic") == {"events"}
     assert values("stream_learner_control_requests_refused", "reason") == set(get_args(ControlRefusal))
-    for name in ("feature_ids_admitted", "feature_rows_expired", "feature_ids_unplaced", "drift_rows_reset"):
+    for name in (
+        "feature_ids_admitted",
+        "feature_rows_expired",
+        "feature_rows_pruned",
+        "feature_ids_unplaced",
+        "drift_rows_reset",
+    ):
         assert values(f"stream_learner_{name}", "field") == {"user", "item"}
     # and no labelled counter was forgotten: each has its series before anything happened
     metrics = Metrics(CollectorRegistry())

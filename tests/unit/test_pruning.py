@@ -17,6 +17,7 @@ from stream_learner.learning.features import FREE, OOV_ROW, DynamicField
 from stream_learner.learning.learner import Learner
 from stream_learner.learning.pruning import Pruning
 from stream_learner.learning.realtime import EVENTS, INPUTS, Formula
+from stream_learner.metrics import CollectorRegistry, Metrics
 from stream_learner.serving.model import ServableModel
 from tests.learning_support import small_settings
 
@@ -231,3 +232,20 @@ def test_a_new_id_counts_in_its_own_row_from_its_first_event_when_its_window_is_
     activity = learner.lesson.scored_inputs[:, INPUTS.index("activity")]  # the user's, first
     expected = np.log1p([0, 0, 1, 1, 2, 0]) / Formula().activity_scale
     np.testing.assert_allclose(activity, expected, rtol=1e-6)
+
+
+def test_the_rows_pruned_are_counted_in_the_metrics() -> None:
+    learner = Learner(pruning_settings(prune_fraction=0.25))
+    metrics = Metrics(CollectorRegistry())
+
+    def pruned() -> float | None:
+        value = metrics.registry.get_sample_value
+        return value("stream_learner_feature_rows_pruned_total", {"field": "user"})
+
+    items = [f"i{k}" for k in range(6)]
+    for w in range(4):  # as user_windows: u0..u15 fill the table, then u99 makes it prune
+        users = [f"u{u}" for u in range(4 * w, 4 * w + 4) for _ in range(6)]
+        metrics.record_tables(learner.process(window(w, users, items * 4)).tables)
+    assert pruned() == 0
+    metrics.record_tables(learner.process(window(4, ["u99"] * 6 + ["u15"] * 6, items * 2)).tables)
+    assert pruned() == 4
