@@ -196,7 +196,7 @@ def unbounded(
 ) -> dict[str, Any]:
     slots, items = UNBOUNDED["user_slots"], UNBOUNDED["item_slots"]
     hash_rows = equal_memory_rows(slots)
-    contenders = {
+    contenders: dict[str, dict[str, Any]] = {
         f"hash, {hash_rows} user rows (the dynamic table's bytes)": {
             "user_buckets": hash_rows,
             "item_buckets": items,
