@@ -371,16 +371,8 @@ class FeatureMapper:
         item_ids: Sequence[str],
         context: Mapping[str, Sequence[str | None]] | None = None,
     ) -> np.ndarray:
-        """Read-only rows for raw id strings, one event per position (serving). ``context`` maps a
-        context field's name (without ``ctx.``) to its values; a field not given, or None, is missing."""
-        if len(user_ids) != len(item_ids):
-            raise ValueError(f"{len(user_ids)} user ids for {len(item_ids)} item ids")
-        context = context or {}
-        columns = [_keys(user_ids), _keys(item_ids)]
-        for f in self.fields[2:]:
-            values = context.get(f.name.removeprefix("ctx."))
-            columns.append(_keys(values) if values is not None else np.full(len(item_ids), MISSING_KEY))
-        return self.rows_from_keys(columns)
+        """Read-only rows for raw id strings, one event per position (serving); see `id_columns`."""
+        return self.rows_from_keys(id_columns([f.name for f in self.fields], user_ids, item_ids, context))
 
     def place(self, batch: EventBatch, worth: WorthOf | None = None) -> Placement:
         """Plan the rows of a window for training (admitting ids, pruning full tables by ``worth``
@@ -435,6 +427,25 @@ class FeatureMapper:
                 f.load({k: np.asarray(tensors[n]) for k, n in names.items()})
         if self.realtime is not None and realtime:
             self.realtime.load(tensors)
+
+
+def id_columns(
+    fields: Sequence[str],
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    context: Mapping[str, Sequence[str | None]] | None = None,
+) -> list[np.ndarray]:
+    """The key column of each of ``fields`` (user, item, then context fields) for raw id strings, one
+    event per position. ``context`` maps a context field's name (without ``ctx.``) to its values; a
+    field not given, or None, is missing."""
+    if len(user_ids) != len(item_ids):
+        raise ValueError(f"{len(user_ids)} user ids for {len(item_ids)} item ids")
+    context = context or {}
+    columns = [_keys(user_ids), _keys(item_ids)]
+    for name in fields[2:]:
+        values = context.get(name.removeprefix("ctx."))
+        columns.append(_keys(values) if values is not None else np.full(len(item_ids), MISSING_KEY))
+    return columns
 
 
 def _keys(ids: Sequence[str | None]) -> np.ndarray:

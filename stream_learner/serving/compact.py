@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stream_learner.ingest.events import MISSING_KEY, hash_id
-from stream_learner.learning.features import FREE, OOV_ROW, HashedField
+from stream_learner.learning.features import FREE, OOV_ROW, HashedField, id_columns
 from stream_learner.learning.realtime import (
     GLOBAL,
     LABELS_MS,
@@ -64,14 +63,7 @@ class CompactIds:
         item_ids: Sequence[str],
         context: Mapping[str, Sequence[str | None]] | None = None,
     ) -> np.ndarray:
-        if len(user_ids) != len(item_ids):
-            raise ValueError(f"{len(user_ids)} user ids for {len(item_ids)} item ids")
-        context = context or {}
-        columns = [_keys(user_ids), _keys(item_ids)]
-        for name in self._names[2:]:
-            values = context.get(name.removeprefix("ctx."))
-            columns.append(_keys(values) if values is not None else np.full(len(item_ids), MISSING_KEY))
-        return self.rows_from_keys(columns)
+        return self.rows_from_keys(id_columns(self._names, user_ids, item_ids, context))
 
     def rows_from_keys(self, columns: Sequence[np.ndarray]) -> np.ndarray:
         """Rows of id key columns (one per field, in order)."""
@@ -79,14 +71,6 @@ class CompactIds:
         for i, (f, keys) in enumerate(zip(self._fields, columns, strict=True)):
             out[:, i] = f.lookup(np.asarray(keys, np.int64))
         return out
-
-
-def _keys(ids: Sequence[str | None]) -> np.ndarray:
-    keys: dict[str | None, int] = {}
-    for i in ids:
-        if i not in keys:
-            keys[i] = hash_id(i) if i else MISSING_KEY
-    return np.fromiter((keys[i] for i in ids), np.int64, len(ids))
 
 
 def _counted(spec: ModelSpec) -> list[str]:

@@ -101,16 +101,23 @@ class Fold:
         self.applied += 1
 
     def apply_all(self, deltas: Iterable[Snapshot], on_refused: OnRefused | None = None) -> None:
-        """Fold in ``deltas`` in order. At the first that fails: with ``on_refused``, report it and
-        stop there; without, raise its `SnapshotError`."""
-        for snap in deltas:
-            try:
-                self.apply(snap)
-            except SnapshotError as err:
-                if on_refused is None:
-                    raise
-                on_refused(snap, err)
-                return
+        """Fold in ``deltas`` in order (`apply_in_order`)."""
+        apply_in_order(self.apply, deltas, on_refused)
+
+
+def apply_in_order(
+    apply: Callable[[Snapshot], None], deltas: Iterable[Snapshot], on_refused: OnRefused | None = None
+) -> None:
+    """``apply`` each of ``deltas`` in order. At the first that fails: with ``on_refused``, report it
+    and stop there; without, raise its `SnapshotError`."""
+    for snap in deltas:
+        try:
+            apply(snap)
+        except SnapshotError as err:
+            if on_refused is None:
+                raise
+            on_refused(snap, err)
+            return
 
 
 def check_finite(version: int, tensors: dict[str, np.ndarray]) -> None:

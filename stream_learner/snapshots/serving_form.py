@@ -232,14 +232,8 @@ class ServingFold:
         self.applied += 1
 
     def apply_all(self, deltas: Iterable[Snapshot], on_refused: chains.OnRefused | None = None) -> None:
-        for snap in deltas:
-            try:
-                self.apply(snap)
-            except SnapshotError as err:
-                if on_refused is None:
-                    raise
-                on_refused(snap, err)
-                return
+        """Fold in ``deltas`` in order (`chain.apply_in_order`)."""
+        chains.apply_in_order(self.apply, deltas, on_refused)
 
 
 def load(
