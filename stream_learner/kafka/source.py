@@ -121,7 +121,7 @@ class Source:
     def _passed(self, batch: list[Message]) -> None:
         """Move the positions past a consumed batch at once, keeping none of its messages: batches
         kept until the positions were read reached the collector's oldest generation, whose
-        collections then traversed every message (12-16% of the job's time, benchmarks.e2e)."""
+        collections then traversed every message, holding the GIL."""
         last = dict(zip(map(methodcaller("partition"), batch), batch, strict=True))  # the last of each
         for partition, msg in last.items():
             offset = msg.offset()
