@@ -24,6 +24,8 @@ DOCS = [
     REPO / "docs" / "distributed.md",
     REPO / "README.md",
     REPO / "docs" / "decisions" / "realtime-features.md",
+    REPO / "docs" / "decisions" / "pruning.md",
+    REPO / "docs" / "decisions" / "distillation.md",
 ]
 BLOCK = re.compile(r"(<!-- figures: (\S+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 
@@ -179,7 +181,141 @@ def serving_forms(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+WINDOWS = {"1000 events": "1,000 events", "1 hour": "1 hour", "1 day": "1 day"}
+POLICIES = ("least_recent", "least_seen", "smallest_norm")
+
+
+def pruning_real(results: dict[str, Any]) -> str:
+    """The dynamic table against hashing on MovieLens (section ``pruning``, part ``real``): below
+    its ceiling, and with ceilings below the id count per policy."""
+    section = results["pruning"]["real"]
+    lines = [
+        "| window | hash (defaults) | dynamic, ceiling above the ids | difference | dynamic, expiry 7 days "
+        "(former default) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, label in WINDOWS.items():
+        s = section["settings"][key]
+        auc = {name: learner["auc"] for name, learner in s["learners"].items()}
+        lines.append(
+            f"| {label} | {auc['hash (defaults)']:.5f} | "
+            f"{auc['dynamic, ceiling above the ids (pruning defaults)']:.5f} | "
+            f"{s['dynamic_minus_hash']:.5f} | "
+            f"{auc['dynamic, age-based expiry 7 days (former default)']:.5f} |"
+        )
+    ceiling = section["ceiling_below_the_ids"]
+    lines += [
+        "",
+        f"With ceilings below the id count ({ceiling['user_buckets'] - 1} user and "
+        f"{ceiling['item_buckets'] - 1} item slots), each policy against hashing into the same rows:",
+        "",
+        "| window | " + " | ".join(POLICIES) + " | hash, same rows |",
+        "| --- " * (len(POLICIES) + 2) + "|",
+    ]
+    for key, label in WINDOWS.items():
+        learners = section["settings"][key]["learners"]
+        cells = [f"{learners[f'dynamic, ceiling below the ids, prune_by {p}']['auc']:.5f}" for p in POLICIES]
+        hashed = learners["hash into the same rows as the ceiling"]["auc"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {hashed:.5f} |")
+    lines += ["", f"Recorded {results['pruning']['recorded_at'][:10]} (`{results['pruning']['command']}`)."]
+    return "\n".join(lines) + "\n"
+
+
+def _unbounded_rows(part: dict[str, Any]) -> list[str]:
+    stream, contenders = part["stream"], part["contenders"]
+    hashed = next(c for name, c in contenders.items() if name.startswith("hash"))
+    users = hashed["checkpoints"][-1]["distinct_users"]
+    run = (
+        f"{stream['events'] / 1e6:g}M events, {users / 1e6:.2g}M users "
+        f"(truth {hashed['true_probability_auc']:.4f})"
+    )
+    best = max(c["auc"] for c in contenders.values())
+    rows: list[str] = []
+    for name, c in sorted(contenders.items(), key=lambda item: not item[0].startswith("hash")):
+        label = "hash, same bytes" if name.startswith("hash") else "dynamic, " + name.split("prune_by ")[1]
+        marks = c["checkpoints"]
+        in_use = sorted({m["user_rows_in_use"] for m in marks if m["user_rows_in_use"] is not None})
+        rows_used = ", ".join(f"{r:,}" for r in in_use) if in_use else f"all {c['user_rows']:,}"
+        state = ", ".join(f"{b / 1e6:.2f}" for b in sorted({m["state_bytes"] for m in marks}))
+        rss = [m["rss_bytes"] / 2**20 for m in marks]
+        auc = f"**{c['auc']:.4f}**" if c["auc"] == best else f"{c['auc']:.4f}"
+        rows.append(
+            f"| {run if not rows else ''} | {label} | {auc} | {rows_used} | {state} MB | "
+            f"{_span(rss, 'MiB')} |"
+        )
+    return rows
+
+
+def _span(values: list[float], unit: str) -> str:
+    low, high = f"{min(values):,.0f}", f"{max(values):,.0f}"
+    return f"{low} {unit} flat" if low == high else f"{low}-{high} {unit}"
+
+
+def pruning_unbounded(results: dict[str, Any]) -> str:
+    """Pruning on an id space that grows without bound (sections ``pruning``, part ``unbounded``,
+    and ``pruning_unbounded``, the larger run): the ceiling over the stream's four quarters."""
+    lines = [
+        "| run | contender | AUC | user rows in use (each quarter) | snapshot bytes (each quarter) | "
+        "resident memory |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *_unbounded_rows(results["pruning"]["unbounded"]),
+        *_unbounded_rows(results["pruning_unbounded"]["unbounded"]),
+        "",
+        f"Recorded {results['pruning']['recorded_at'][:10]} (`{results['pruning']['command']}`) and "
+        f"{results['pruning_unbounded']['recorded_at'][:10]} (`{results['pruning_unbounded']['command']}`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+DISTILLATION = [
+    ("teacher", "teacher"),
+    ("student dim 4, alpha 0.9", "student, width 4, alpha 0.9 (the defaults)"),
+    ("student dim 4, alpha 0.5", "student, width 4, alpha 0.5"),
+    ("dim 4 alone", "width 4 alone"),
+    ("student dim 3, alpha 0.9", "student, width 3, alpha 0.9"),
+    ("student dim 3, alpha 0.7", "student, width 3, alpha 0.7"),
+    ("student dim 3, alpha 0.5", "student, width 3, alpha 0.5"),
+    ("dim 3 alone", "width 3 alone"),
+    ("rows/4 alone", "a quarter of the rows alone (2^16, width 16)"),
+]
+
+
+def distillation(results: dict[str, Any]) -> str:
+    """Students and small models against the teacher (section ``distillation``)."""
+    section = results["distillation"]
+    movielens, synthetic = section["movielens"]["models"], section["synthetic"]["models"]
+
+    def ratio(model: dict[str, Any], key: str) -> str:
+        return f"{model.get(key, 1):.3g}"
+
+    def quality(model: dict[str, Any], teacher: bool) -> str:
+        return f"{model['auc']:.5f}" + ("" if teacher else f" ({model['auc_below_teacher']:.5f})")
+
+    lines = [
+        "| model | params | serving fp32 | "
+        f"MovieLens 100K, {section['protocol']['movielens_window']} windows: AUC (below teacher) | "
+        f"synthetic, {section['synthetic']['events']:,} events: AUC (below teacher) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, label in DISTILLATION:
+        m, y = movielens[key], synthetic[key]
+        serving = (
+            "1"
+            if key == "teacher"
+            else f"{m['serving_fp32_bytes_ratio']:.2f} / {y['serving_fp32_bytes_ratio']:.2f}"
+        )
+        lines.append(
+            f"| {label} | {ratio(m, 'model_bytes_ratio')} | {serving} | {quality(m, key == 'teacher')} | "
+            f"{quality(y, key == 'teacher')} |"
+        )
+    lines += ["", f"Recorded {section['recorded_at'][:10]} by `python -m benchmarks.distillation`."]
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "pruning_real": pruning_real,
+    "pruning_unbounded": pruning_unbounded,
+    "distillation": distillation,
     "serving_forms": serving_forms,
     "realtime_ablations": realtime_ablations,
     "distributed_throughput": distributed_throughput,
