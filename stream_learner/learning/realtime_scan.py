@@ -70,6 +70,23 @@ def _logit(p):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(nogil=True, cache=True)
+def _fill(out, su, si, g, recent, weight, prior, clip, activity_scale, surprise_scale, recent_prior):  # type: ignore[no-untyped-def]
+    """Write the 7 inputs of a user row ``su`` and an item row ``si`` into ``out``, with ``g`` the
+    clipped global rate and ``recent`` / ``weight`` the user's decayed surprise and weight; return
+    the user's and the item's rate logits. The one formula of `scan` and `query`."""
+    logit_u = _logit(min(max((su[POSITIVES] + prior * g) / (su[LABELLED] + prior), clip), 1.0 - clip))
+    logit_i = _logit(min(max((si[POSITIVES] + prior * g) / (si[LABELLED] + prior), clip), 1.0 - clip))
+    out[0] = logit_u
+    out[1] = math.log1p(su[EVENTS]) / activity_scale
+    out[2] = su[SURPRISE] / (su[LABELLED] + prior) * surprise_scale
+    out[3] = recent / (weight + recent_prior) * surprise_scale
+    out[4] = logit_i
+    out[5] = math.log1p(si[EVENTS]) / activity_scale
+    out[6] = si[SURPRISE] / (si[LABELLED] + prior) * surprise_scale
+    return logit_u, logit_i
+
+
+@numba.njit(nogil=True, cache=True)
 def scan(  # type: ignore[no-untyped-def]
     users,
     items,
@@ -201,18 +218,11 @@ def scan(  # type: ignore[no-untyped-def]
             su = user_local[user_slots[users[e]]]
             si = item_local[item_slots[items[e]]]
             ref = user_local_refs[user_slots[users[e]]]
-            logit_u = _logit(min(max((su[POSITIVES] + prior * g) / (su[LABELLED] + prior), clip), 1.0 - clip))
-            logit_i = _logit(min(max((si[POSITIVES] + prior * g) / (si[LABELLED] + prior), clip), 1.0 - clip))
             decay = math.exp(-(limit - ref) / tau) if limit > ref else 1.0
-            inputs[e, 0] = logit_u
-            inputs[e, 1] = math.log1p(su[EVENTS]) / activity_scale
-            inputs[e, 2] = su[SURPRISE] / (su[LABELLED] + prior) * surprise_scale
-            inputs[e, 3] = (
-                su[RECENT_SURPRISE] * decay / (su[RECENT_WEIGHT] * decay + recent_prior) * surprise_scale
-            )
-            inputs[e, 4] = logit_i
-            inputs[e, 5] = math.log1p(si[EVENTS]) / activity_scale
-            inputs[e, 6] = si[SURPRISE] / (si[LABELLED] + prior) * surprise_scale
+            logit_u, logit_i = _fill(
+                inputs[e], su, si, g, su[RECENT_SURPRISE] * decay, su[RECENT_WEIGHT] * decay,
+                prior, clip, activity_scale, surprise_scale, recent_prior,
+            )  # fmt: skip
             surprise[e] = labels[e] - 1.0 / (1.0 + math.exp(logit_g - logit_u - logit_i))
         for e in range(k, j):
             user_local[user_slots[users[e]], EVENTS] += 1.0
@@ -279,14 +289,4 @@ def query(  # type: ignore[no-untyped-def]
                 si[SURPRISE] += p_surprise[e]
         g = g_positives / g_labelled if g_labelled > 0 else 0.5
         g = min(max(g, clip), 1.0 - clip)
-        inputs[q, 0] = _logit(
-            min(max((su[POSITIVES] + prior * g) / (su[LABELLED] + prior), clip), 1.0 - clip)
-        )
-        inputs[q, 1] = math.log1p(su[EVENTS]) / activity_scale
-        inputs[q, 2] = su[SURPRISE] / (su[LABELLED] + prior) * surprise_scale
-        inputs[q, 3] = recent / (weight + recent_prior) * surprise_scale
-        inputs[q, 4] = _logit(
-            min(max((si[POSITIVES] + prior * g) / (si[LABELLED] + prior), clip), 1.0 - clip)
-        )
-        inputs[q, 5] = math.log1p(si[EVENTS]) / activity_scale
-        inputs[q, 6] = si[SURPRISE] / (si[LABELLED] + prior) * surprise_scale
+        _fill(inputs[q], su, si, g, recent, weight, prior, clip, activity_scale, surprise_scale, recent_prior)
