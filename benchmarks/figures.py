@@ -30,6 +30,10 @@ DOCS = [
 BLOCK = re.compile(r"(<!-- figures: (\S+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 
 
+#: benchmarks.real's window settings (its result keys) and how the docs name them.
+WINDOWS = {"1000 events": "1,000 events", "1 hour": "1 hour", "1 day": "1 day"}
+
+
 def _rate(rounds: list[dict[str, Any]]) -> str:
     return f"{round(median([r['events_per_second'] for r in rounds])):,}"
 
@@ -83,12 +87,11 @@ def real_data(results: dict[str, Any]) -> str:
         "| window | " + " | ".join(name for name, _ in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
-    window = {"1000 events": "1,000 events", "1 hour": "1 hour", "1 day": "1 day"}
-    for name, label in window.items():
+    for name, label in WINDOWS.items():
         learners = section["settings"][name]["learners"]
         cells = [_pair(learners[key], bold=key == "ours (defaults)") for _, key in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    targets = [section["settings"][name]["targets"]["ours (defaults)"] for name in window]
+    targets = [section["settings"][name]["targets"]["ours (defaults)"] for name in WINDOWS]
     margins = ", ".join(f"{t['auc_margin_over_counting_as_of']:+.4f}" for t in targets)
     delayed = ", ".join(f"{t['delayed_auc_margin']:+.4f}" for t in targets)
     lines += [
@@ -106,7 +109,7 @@ def real_data(results: dict[str, Any]) -> str:
         )
     before = results.get("real_windowed_features")
     if before is not None:
-        old = ", ".join(_pair(before["settings"][name]["learners"]["ours (defaults)"]) for name in window)
+        old = ", ".join(_pair(before["settings"][name]["learners"]["ours (defaults)"]) for name in WINDOWS)
         lines.append(
             f"The same learner with its per-id inputs updated once per window (before real-time features, "
             f"section `real_windowed_features`): {old}."
@@ -133,14 +136,13 @@ def realtime_ablations(results: dict[str, Any]) -> str:
     """What each real-time input gains (section ``real_ablations``), AUC / log loss per window setting,
     and the learner before real-time features (section ``real_windowed_features``)."""
     section = results["real_ablations"]["settings"]
-    window = {"1000 events": "1,000 events", "1 hour": "1 hour", "1 day": "1 day"}
-    lines = ["| variant | " + " | ".join(window.values()) + " |", "|---" * (len(window) + 1) + "|"]
+    lines = ["| variant | " + " | ".join(WINDOWS.values()) + " |", "|---" * (len(WINDOWS) + 1) + "|"]
     for label, key in REALTIME_ABLATIONS:
-        lines.append(f"| {label} | " + " | ".join(_pair(section[w]["learners"][key]) for w in window) + " |")
+        lines.append(f"| {label} | " + " | ".join(_pair(section[w]["learners"][key]) for w in WINDOWS) + " |")
     before = results["real_windowed_features"]["settings"]
     lines.append(
         "| inputs updated once per window (before, section `real_windowed_features`) | "
-        + " | ".join(_pair(before[w]["learners"]["ours (defaults)"]) for w in window)
+        + " | ".join(_pair(before[w]["learners"]["ours (defaults)"]) for w in WINDOWS)
         + " |"
     )
     lines += ["", f"Recorded {results['real_ablations']['recorded_at'][:10]}."]
@@ -181,7 +183,6 @@ def serving_forms(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-WINDOWS = {"1000 events": "1,000 events", "1 hour": "1 hour", "1 day": "1 day"}
 POLICIES = ("least_recent", "least_seen", "smallest_norm")
 
 
