@@ -2,8 +2,8 @@
 
 The collector's full collections traverse every container object alive, and every thread waits for
 them (they hold the GIL). Most of a process's objects never die: the modules imported at start and
-those torch imports on its first optimiser step, compiled kernels, the model's Python objects (about
-430,000 objects in a learner, 80,000 in the scoring service). Traversing them again and again made
+those torch imports on its first optimiser step, compiled kernels, the model's Python objects
+(hundreds of thousands in a learner, tens of thousands in the scoring service). Traversing them made
 garbage collection a sizeable share of the learner's time and gave the scoring service's requests
 pauses of tens of milliseconds. `settle` moves them out of the collector's reach once they exist (the
 learner after its first trained window, the scoring service once it has started); what is allocated
